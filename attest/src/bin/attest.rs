@@ -1,0 +1,2 @@
+//! `attest`: the model owner's command-line tool.
+fn main() {}

@@ -1,0 +1,2 @@
+//! PID 1 of the Chrysalis image.
+fn main() {}
