@@ -5,3 +5,6 @@
 //! caller gives it; every byte of evidence is untrusted input.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod eventlog;
+pub mod evidence;
