@@ -1,2 +1,9 @@
 //! The Chrysalis guest runtime as a library: everything `main` sequences at boot, kept
 //! testable on the host (the binary is PID 1 only inside the image).
+
+pub mod api;
+pub mod boot;
+pub mod config;
+pub mod init;
+pub mod logger;
+pub mod sys;

@@ -1,2 +1,114 @@
-//! PID 1 of the Chrysalis image.
-fn main() {}
+//! PID 1 of the Chrysalis image. `main` only sequences the boot (mount → modules → network
+//! → serve) and owns the one fatal path: log the failed step and power off. Outside PID 1
+//! (host mode, for tests) it takes the command line from `--cmdline` and skips the steps
+//! that change the machine.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrysalis_runtime::boot::BootTimings;
+use chrysalis_runtime::config::Config;
+use chrysalis_runtime::init::{self, power};
+use chrysalis_runtime::{api, logger, sys};
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    let start = sys::uptime();
+    logger::init(log::LevelFilter::Info);
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("fatal: panic: {info}");
+        power::power_off("panic", 101);
+    }));
+    if let Err(e) = run(pid1, start) {
+        log::error!("fatal: {e:#}");
+        power::power_off("fatal error during boot", 1);
+    }
+    power::power_off("runtime stopped", 0);
+}
+
+fn run(pid1: bool, start: f64) -> Result<()> {
+    check_cpu()?;
+    let mut t = BootTimings { init: start, ..Default::default() };
+    log::info!("chrysalis runtime {} starting (pid 1: {pid1})", env!("CARGO_PKG_VERSION"));
+    if pid1 {
+        init::mount::basic()?;
+    }
+    t.mounts = sys::uptime();
+    let cmdline = read_cmdline(pid1)?;
+    let cfg = Config::from_cmdline(&cmdline).context("reading the kernel command line")?;
+    logger::init(cfg.log_level);
+    if pid1 {
+        let loaded = init::modules::load_all()?;
+        let summary: Vec<String> = loaded.iter().map(|(n, o)| format!("{n}:{o:?}")).collect();
+        log::info!("modules: {}", summary.join(" "));
+        init::mount::configfs()?;
+        init::modules::lock()?;
+        init::power::watch_power_button();
+    }
+    t.modules = sys::uptime();
+    if pid1 {
+        init::net::configure(&cfg)?;
+    }
+    t.network = sys::uptime();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    rt.block_on(serve(cfg, t, pid1))
+}
+
+async fn serve(cfg: Config, mut t: BootTimings, pid1: bool) -> Result<()> {
+    let host = if pid1 { [0, 0, 0, 0] } else { [127, 0, 0, 1] };
+    let addr = std::net::SocketAddr::from((host, cfg.port));
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    t.listen = sys::uptime();
+    let state = Arc::new(api::RuntimeState { timings: t.clone() });
+    let app = api::router(state);
+    log::info!("API listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    println!("{}", t.ready_line());
+    let shutdown = async {
+        let reason = shutdown_signal().await;
+        power::power_off(reason, 0);
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return "unreachable";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM received",
+        _ = int.recv() => "SIGINT received (ctrl-alt-del)",
+    }
+}
+
+fn read_cmdline(pid1: bool) -> Result<String> {
+    if pid1 {
+        return std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline");
+    }
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next()) {
+        (Some("--cmdline"), Some(c)) => Ok(c),
+        (None, _) => Ok(String::new()),
+        _ => anyhow::bail!("usage outside the image: chrysalis-runtime [--cmdline \"chrysalis.port=8000 ...\"]"),
+    }
+}
+
+/// The image is built for x86-64-v3 (AVX2, FMA, F16C, BMI2): every SEV-SNP (Zen 3+) and TDX
+/// (Sapphire Rapids+) host has it. Say so plainly instead of dying on an illegal instruction.
+fn check_cpu() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+        ("fma", std::arch::is_x86_feature_detected!("fma")),
+        ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+        ("bmi2", std::arch::is_x86_feature_detected!("bmi2")),
+    ]
+    .into_iter()
+    .filter_map(|(n, ok)| (!ok).then_some(n))
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("this CPU lacks {} (the image needs x86-64-v3)", missing.join(", "))
+    }
+}

@@ -1,1 +1,4 @@
-//! QEMU harness for the end-to-end tests.
+//! The QEMU harness shared by the end-to-end tests and by `cargo xtask run/bench/demo`.
+
+pub mod image;
+pub mod qemu;

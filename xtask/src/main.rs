@@ -1,2 +1,75 @@
-//! `cargo xtask`: one entry point for building, reproducing, booting and testing Chrysalis.
-fn main() {}
+//! `cargo xtask`: one entry point for building, reproducing, booting, benchmarking and
+//! testing Chrysalis. Every command prints `[xtask]` progress lines and fails with a hint.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod build;
+mod image;
+mod kernel;
+mod pins;
+mod repro;
+mod run;
+mod util;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Chrysalis build automation.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the image into out/: kernel, initramfs, cmdline, manifest.json.
+    Image {
+        /// Use this copy of the pinned kernel package instead of downloading it.
+        #[arg(long)]
+        kernel_deb: Option<PathBuf>,
+    },
+    /// Build the image twice (two target directories, two times) and compare every artifact.
+    Repro {
+        /// Use this copy of the pinned kernel package instead of downloading it.
+        #[arg(long)]
+        kernel_deb: Option<PathBuf>,
+    },
+    /// Boot the image in QEMU with the serial console on this terminal.
+    Run(run::RunArgs),
+    /// Benchmarks (results under out/bench/).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli.cmd) {
+        eprintln!("[xtask] error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    let root = util::project_root();
+    match cmd {
+        Cmd::Image { kernel_deb } => {
+            let mut opts = image::Options::defaults(&root);
+            opts.kernel_deb = kernel_deb;
+            let m = image::build(&root, &opts)?;
+            for a in &m.artifacts {
+                println!("{:<32} {:>10} B  sha256 {}", a.name, a.hashes.size, a.hashes.sha256);
+            }
+            util::say(format!("image written to {}", opts.out_dir.display()));
+            Ok(())
+        }
+        Cmd::Repro { kernel_deb } => repro::run(&root, kernel_deb),
+        Cmd::Run(args) => run::run(&root, args),
+        Cmd::Bench { which } => bench::run(&root, which),
+    }
+}

@@ -1,0 +1,93 @@
+//! The runtime's raw system interface: the few syscalls PID 1 needs that have no safe
+//! wrapper in `nix` (interface configuration ioctls). Every `unsafe` block states why it is
+//! sound. Inputs are the runtime's own validated configuration, never network data.
+
+use std::ffi::CString;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// An `AF_INET` datagram socket used only as a handle for interface ioctls.
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) has no memory-safety preconditions; a negative result is an error.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly created, valid descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
+    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has NUL"))?;
+    let bytes = cname.as_bytes_with_nul();
+    if bytes.len() > libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    // SAFETY: ifreq is a plain C struct of integers, arrays and a union of such; all-zero
+    // bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) on Linux and sockaddr
+    // is the generic view the kernel expects for these ioctls.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn ioctl(fd: &OwnedFd, request: libc::c_ulong, arg: *mut libc::c_void) -> io::Result<()> {
+    // SAFETY: callers pass a pointer to a live, correctly typed struct (ifreq or rtentry)
+    // for the given request; the kernel reads/writes only within that struct.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::Ioctl, arg) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Set `IFF_UP` on an interface.
+pub fn link_up(name: &str) -> io::Result<()> {
+    let fd = ioctl_socket()?;
+    let mut req = ifreq_for(name)?;
+    ioctl(&fd, libc::SIOCGIFFLAGS, (&raw mut req).cast())?;
+    // SAFETY: SIOCGIFFLAGS filled the ifru_flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    ioctl(&fd, libc::SIOCSIFFLAGS, (&raw mut req).cast())
+}
+
+/// Assign an IPv4 address and netmask to an interface.
+pub fn set_ipv4(name: &str, addr: Ipv4Addr, netmask: Ipv4Addr) -> io::Result<()> {
+    let fd = ioctl_socket()?;
+    let mut req = ifreq_for(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+    ioctl(&fd, libc::SIOCSIFADDR, (&raw mut req).cast())?;
+    let mut req = ifreq_for(name)?;
+    req.ifr_ifru.ifru_netmask = sockaddr_in(netmask);
+    ioctl(&fd, libc::SIOCSIFNETMASK, (&raw mut req).cast())
+}
+
+/// Add a default IPv4 route through `gateway`.
+pub fn add_default_route(gateway: Ipv4Addr) -> io::Result<()> {
+    let fd = ioctl_socket()?;
+    // SAFETY: rtentry is a plain C struct; all-zero is a valid (empty) value.
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+    rt.rt_genmask = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+    rt.rt_gateway = sockaddr_in(gateway);
+    rt.rt_flags = (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort;
+    ioctl(&fd, libc::SIOCADDRT, (&raw mut rt).cast())
+}
+
+/// Seconds since boot on CLOCK_BOOTTIME (includes time before /init started).
+pub fn uptime() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+        .unwrap_or(0.0)
+}

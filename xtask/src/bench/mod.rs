@@ -1,0 +1,48 @@
+//! `cargo xtask bench`: benchmarks that print ratios against a reference measured in the
+//! same run and write machine-readable results to `out/bench/<name>.json`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+pub mod boot;
+
+/// Which benchmark.
+#[derive(Subcommand)]
+pub enum Which {
+    /// QEMU start → kernel → /init → READY, median of N boots, TCG (and KVM when usable).
+    Boot {
+        /// Boots per accelerator.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+/// Run a benchmark.
+pub fn run(root: &Path, which: Which) -> Result<()> {
+    match which {
+        Which::Boot { runs } => boot::run(root, runs),
+    }
+}
+
+/// Write a result file under out/bench/.
+pub fn write_result(root: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
+    let dir = root.join("out/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n")?;
+    crate::util::say(format!("results written to {}", path.display()));
+    Ok(())
+}
+
+/// Median of a non-empty slice (0 for an empty one).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}

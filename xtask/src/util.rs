@@ -1,0 +1,82 @@
+//! Helpers shared by the xtask commands: the project root, running processes with a clear
+//! message when they fail, hashing files, and the `[xtask]` progress line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+/// The workspace root (the parent of `xtask/`).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Print a progress line.
+pub fn say(msg: impl AsRef<str>) {
+    eprintln!("[xtask] {}", msg.as_ref());
+}
+
+/// Run a command to completion; fail with its command line and exit status.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Run a command and return its stdout; fail with stderr included.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&data)))
+}
+
+/// The `cargo` that runs xtask (so builds use the pinned toolchain).
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Measures a stage and prints its duration when done.
+pub struct Stage {
+    name: String,
+    start: Instant,
+}
+
+impl Stage {
+    /// Start a stage and print its name.
+    pub fn start(name: impl Into<String>) -> Self {
+        let name = name.into();
+        say(format!("{name} ..."));
+        Stage { name, start: Instant::now() }
+    }
+
+    /// Seconds since start.
+    pub fn secs(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Print the stage's duration.
+    pub fn done(self) -> f64 {
+        let s = self.secs();
+        say(format!("{} done in {s:.1} s", self.name));
+        s
+    }
+}
+
+/// Whether we run as root (apt can install packages).
+pub fn is_root() -> bool {
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
