@@ -4,11 +4,13 @@
 
 mod bench;
 mod build;
+mod deps;
 mod image;
 mod kernel;
 mod pins;
 mod repro;
 mod run;
+mod test;
 mod util;
 
 use std::path::PathBuf;
@@ -40,6 +42,12 @@ enum Cmd {
     },
     /// Boot the image in QEMU with the serial console on this terminal.
     Run(run::RunArgs),
+    /// The whole test suite (installs what it needs; this is what CI runs).
+    Test {
+        /// Skip the reproducibility check (one image build instead of two).
+        #[arg(long)]
+        no_repro: bool,
+    },
     /// Benchmarks (results under out/bench/).
     Bench {
         #[command(subcommand)]
@@ -70,6 +78,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Repro { kernel_deb } => repro::run(&root, kernel_deb),
         Cmd::Run(args) => run::run(&root, args),
+        Cmd::Test { no_repro } => test::run_all(&root, no_repro),
         Cmd::Bench { which } => bench::run(&root, which),
     }
 }

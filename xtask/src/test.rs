@@ -1,0 +1,39 @@
+//! `cargo xtask test`: the whole test suite, exactly what CI runs. It installs what it
+//! needs, builds the image, checks that the build is reproducible, then runs every crate's
+//! tests including the QEMU end-to-end tests.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::util::{Stage, cargo, run, say};
+use crate::{deps, image, pins, repro};
+
+/// Run the suite.
+pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
+    let total = Stage::start("test suite");
+    deps::ensure_packages(deps::BASE_PACKAGES)?;
+    let settings = pins::image(root)?;
+    deps::ensure_rust_target(root, &settings.target)?;
+    let python = deps::ensure_venv(root)?;
+
+    if skip_repro {
+        image::build(root, &image::Options::defaults(root))?;
+    } else {
+        // Builds out/ from this tree, a second time from a copy elsewhere, and compares.
+        repro::run(root, None)?;
+    }
+
+    let stage = Stage::start("cargo test --workspace");
+    run(cargo()
+        .current_dir(root)
+        .args(["test", "--workspace", "--locked", "--all-features", "--no-fail-fast"])
+        .env("CHRYSALIS_OUT", root.join("out"))
+        .env("CHRYSALIS_PYTHON", &python)
+        .env("CHRYSALIS_MODELS", root.join(".cache/models")))
+    .context("the test suite failed (see the failing tests above)")?;
+    stage.done();
+    let secs = total.done();
+    say(format!("all tests passed in {:.1} min", secs / 60.0));
+    Ok(())
+}
