@@ -6,4 +6,6 @@ pub mod boot;
 pub mod config;
 pub mod init;
 pub mod logger;
+pub mod measure;
+pub mod simtee;
 pub mod sys;
