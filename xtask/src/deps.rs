@@ -42,6 +42,17 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// What building the image needs: dpkg-deb (kernel package) and the runtime's Rust target.
+pub fn ensure_build(root: &Path) -> Result<()> {
+    ensure_packages(&["dpkg"])?;
+    ensure_rust_target(root, &crate::pins::image(root)?.target)
+}
+
+/// What booting the image needs.
+pub fn ensure_qemu() -> Result<()> {
+    ensure_packages(&["qemu-system-x86"])
+}
+
 /// Make sure the runtime's Rust target is installed.
 pub fn ensure_rust_target(root: &Path, target: &str) -> Result<()> {
     let have = output(Command::new("rustup").args(["target", "list", "--installed"]).current_dir(root)).unwrap_or_default();

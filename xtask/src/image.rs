@@ -42,6 +42,7 @@ impl Options {
 
 /// Build the image; returns its manifest (also written to `out/manifest.json`).
 pub fn build(root: &Path, opts: &Options) -> Result<Manifest> {
+    crate::deps::ensure_build(root)?;
     let settings = pins::image(root)?;
     let sde = pins::source_date_epoch(&settings)?;
     let pin = pins::kernel(root)?;

@@ -35,6 +35,7 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     if args.build || !root.join("out/initramfs.cpio.gz").exists() {
         crate::image::build(root, &crate::image::Options::defaults(root))?;
     }
+    crate::deps::ensure_qemu()?;
     let qemu_bin = qemu::qemu_binary()?;
     let work = root.join("out/run");
     let mut cfg = VmConfig::for_image(&root.join("out"), &work)?;

@@ -14,6 +14,7 @@ use crate::util::say;
 
 /// Run the benchmark.
 pub fn run(root: &Path, runs: usize) -> Result<()> {
+    crate::deps::ensure_qemu()?;
     crate::image::build(root, &crate::image::Options::defaults(root))?;
     let out = root.join("out");
     let mut accels = vec![Accel::Tcg];
