@@ -714,7 +714,7 @@ mod tests {
 
     #[test]
     fn cpu_signatures() {
-        assert_eq!(vcpu_sig_of("EPYC-v4"), Some(0x0083_0f12));
+        assert_eq!(vcpu_sig_of("EPYC-v4"), Some(0x0080_0f12));
         assert_eq!(vcpu_sig_of("EPYC-Milan"), Some(0x00a0_0f11));
         assert_eq!(vcpu_sig_of("EPYC-Genoa"), Some(0x00a1_0f10));
         assert_eq!(vcpu_sig_of("EPYC-Turin"), Some(0x00b0_0f00));

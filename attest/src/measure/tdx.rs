@@ -336,6 +336,12 @@ const DIRECTORY_ENTRY_SECURITY: u32 = 4;
 /// sections by file offset, then trailing data minus the certificate table), with no
 /// padding of the file length.
 pub fn pe_image_digest(img: &[u8]) -> Result<Mr, MeasureError> {
+    Ok(pe_image_hash::<Sha384>(img)?.into())
+}
+
+/// The same image hash with any digest: with SHA-256 it is the Authenticode digest a
+/// signed kernel carries in its signature, which lets us check this code against it.
+pub fn pe_image_hash<D: Digest>(img: &[u8]) -> Result<sha2::digest::Output<D>, MeasureError> {
     let bad = MeasureError::BadPeImage;
     let pe = if u16_at(img, 0, "dos header")? == 0x5a4d {
         u32_at(img, 0x3c, "dos header")? as usize
@@ -359,7 +365,7 @@ pub fn pe_image_digest(img: &[u8]) -> Result<Mr, MeasureError> {
     let checksum = opt + 64;
     let cert_dir = dir_off + 8 * DIRECTORY_ENTRY_SECURITY as usize;
 
-    let mut h = Sha384::new();
+    let mut h = D::new();
     let mut hash_range = |a: usize, b: usize| -> Result<(), MeasureError> {
         let len = b.checked_sub(a).ok_or(bad("headers shorter than the optional header"))?;
         h.update(slice_at(img, a, len, "pe headers")?);
@@ -399,7 +405,7 @@ pub fn pe_image_digest(img: &[u8]) -> Result<Mr, MeasureError> {
             _ => return Err(bad("certificate table larger than the trailing data")),
         }
     }
-    Ok(h.finalize().into())
+    Ok(h.finalize())
 }
 
 #[cfg(test)]
