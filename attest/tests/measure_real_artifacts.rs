@@ -10,7 +10,12 @@
 //!   SNP comparison (the SNP digest depends on the kernel only through its SHA-256) and the
 //!   Authenticode check is skipped with a note.
 //! - `CHRYSALIS_INITRD` (optional): the initrd; a generated one otherwise.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,12 +27,16 @@ use sha2::{Digest, Sha256};
 const CMDLINE: &str = "console=hvc0 quiet panic=-1 chrysalis.mode=serve";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn firmware(name: &str) -> (PathBuf, Vec<u8>) {
     let p = root().join(format!("image/firmware/bin/{name}.fd"));
-    let b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask firmware`)", p.display()));
+    let b = std::fs::read(&p)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask firmware`)", p.display()));
     (p, b)
 }
 
@@ -129,12 +138,24 @@ fn snp_digest_agrees_with_sev_snp_measure_for_1_2_4_vcpus() {
                 "--guest-features".into(),
                 format!("{features:#x}"),
             ]);
-            println!("vcpus {vcpus} features {features:#x}: ours {} sev-snp-measure {theirs}", hex::encode(ours));
-            assert_eq!(hex::encode(ours), theirs, "vcpus {vcpus} features {features:#x}");
+            println!(
+                "vcpus {vcpus} features {features:#x}: ours {} sev-snp-measure {theirs}",
+                hex::encode(ours)
+            );
+            assert_eq!(
+                hex::encode(ours),
+                theirs,
+                "vcpus {vcpus} features {features:#x}"
+            );
         }
     }
     // The OVMF-only seed agrees too.
-    let theirs = sev_snp_measure(&["--mode".into(), "snp:ovmf-hash".into(), "--ovmf".into(), ovmf_path.display().to_string()]);
+    let theirs = sev_snp_measure(&[
+        "--mode".into(),
+        "snp:ovmf-hash".into(),
+        "--ovmf".into(),
+        ovmf_path.display().to_string(),
+    ]);
     assert_eq!(hex::encode(snp::ovmf_digest(&ovmf).unwrap()), theirs);
 }
 
@@ -171,10 +192,22 @@ fn snp_digest_changes_with_any_byte_of_kernel_initrd_or_cmdline() {
     for pos in 0..CMDLINE.len() {
         let mut c = CMDLINE.as_bytes().to_vec();
         c[pos] = if c[pos] == b'x' { b'y' } else { b'x' };
-        assert_ne!(digest(&kernel, &initrd, std::str::from_utf8(&c).unwrap()), base, "cmdline byte {pos}");
+        assert_ne!(
+            digest(&kernel, &initrd, std::str::from_utf8(&c).unwrap()),
+            base,
+            "cmdline byte {pos}"
+        );
     }
-    assert_ne!(digest(&kernel, &initrd, &format!("{CMDLINE} ")), base, "appended space");
-    assert_ne!(digest(&kernel[..kernel.len() - 1], &initrd, CMDLINE), base, "truncated kernel");
+    assert_ne!(
+        digest(&kernel, &initrd, &format!("{CMDLINE} ")),
+        base,
+        "appended space"
+    );
+    assert_ne!(
+        digest(&kernel[..kernel.len() - 1], &initrd, CMDLINE),
+        base,
+        "truncated kernel"
+    );
 }
 
 #[test]
@@ -188,11 +221,17 @@ fn tdx_mrtd_of_the_pinned_tdvf_is_stable_and_sensitive() {
         println!("  {s:?}");
     }
     // A byte of the measured BFV changes MRTD; the order of adds and extends matters.
-    let bfv = sections.iter().find(|s| s.kind == tdx::TdvfSectionType::Bfv).unwrap();
+    let bfv = sections
+        .iter()
+        .find(|s| s.kind == tdx::TdvfSectionType::Bfv)
+        .unwrap();
     let mut f = fw.clone();
     f[bfv.data_offset as usize + 0x1000] ^= 1;
     assert_ne!(tdx::mrtd(&f).unwrap(), m);
-    assert_ne!(tdx::mrtd_with_order(&fw, tdx::PageAddOrder::TwoPass).unwrap(), m);
+    assert_ne!(
+        tdx::mrtd_with_order(&fw, tdx::PageAddOrder::TwoPass).unwrap(),
+        m
+    );
 }
 
 /// The signed Debian kernel carries the Authenticode SHA-256 its signer computed: our PE
@@ -200,18 +239,29 @@ fn tdx_mrtd_of_the_pinned_tdvf_is_stable_and_sensitive() {
 #[test]
 fn pe_hash_reproduces_the_kernel_signature_digest() {
     let Some(p) = std::env::var_os("CHRYSALIS_KERNEL") else {
-        eprintln!("note: CHRYSALIS_KERNEL not set; the Authenticode cross-check needs the real kernel");
+        eprintln!(
+            "note: CHRYSALIS_KERNEL not set; the Authenticode cross-check needs the real kernel"
+        );
         return;
     };
     let kernel = std::fs::read(&p).unwrap();
     // SpcIndirectDataContent's DigestInfo: AlgorithmIdentifier(sha256) then OCTET STRING(32).
-    let marker = [0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
-    let at = kernel.windows(marker.len()).position(|w| w == marker).expect("kernel carries no sha256 authenticode signature");
+    let marker = [
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
+    ];
+    let at = kernel
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("kernel carries no sha256 authenticode signature");
     let signed = &kernel[at + marker.len()..at + marker.len() + 32];
     let ours = tdx::pe_image_hash::<Sha256>(&kernel).unwrap();
     assert_eq!(hex::encode(ours), hex::encode(signed));
     let rtmr1 = tdx::rtmr1(&kernel).unwrap();
-    println!("kernel pe sha384 {}\nrtmr1 {}", hex::encode(tdx::pe_image_digest(&kernel).unwrap()), hex::encode(rtmr1));
+    println!(
+        "kernel pe sha384 {}\nrtmr1 {}",
+        hex::encode(tdx::pe_image_digest(&kernel).unwrap()),
+        hex::encode(rtmr1)
+    );
     // The signature itself is outside the hash: stripping it leaves RTMR1 unchanged only if
     // the certificate directory is also cleared, which the hash skips as well.
 }
@@ -229,10 +279,16 @@ fn tdx_rtmrs_change_with_any_measured_byte() {
     for pos in 0..CMDLINE.len() {
         let mut c = CMDLINE.as_bytes().to_vec();
         c[pos] ^= 0x20;
-        assert_ne!(tdx::rtmr2(std::str::from_utf8(&c).unwrap(), Some(&initrd)), base2, "cmdline byte {pos}");
+        assert_ne!(
+            tdx::rtmr2(std::str::from_utf8(&c).unwrap(), Some(&initrd)),
+            base2,
+            "cmdline byte {pos}"
+        );
     }
     let Some(kernel) = kernel else {
-        eprintln!("note: CHRYSALIS_KERNEL not set; RTMR1 sensitivity is covered by the unit tests only");
+        eprintln!(
+            "note: CHRYSALIS_KERNEL not set; RTMR1 sensitivity is covered by the unit tests only"
+        );
         return;
     };
     let base1 = tdx::rtmr1(&kernel).unwrap();
@@ -240,9 +296,13 @@ fn tdx_rtmrs_change_with_any_measured_byte() {
     // makes the image one OVMF cannot load at all).
     let sig_len = u32::from_le_bytes(kernel[0x3c..0x40].try_into().unwrap()) as usize; // e_lfanew
     let opt = sig_len + 24;
-    let excluded = |p: usize| (opt + 64..opt + 68).contains(&p) || (opt + 144..opt + 152).contains(&p);
+    let excluded =
+        |p: usize| (opt + 64..opt + 68).contains(&p) || (opt + 144..opt + 152).contains(&p);
     let cert_len = u32::from_le_bytes(kernel[opt + 148..opt + 152].try_into().unwrap()) as usize;
-    for pos in (0..kernel.len() - cert_len).step_by(499_979).filter(|p| !excluded(*p)) {
+    for pos in (0..kernel.len() - cert_len)
+        .step_by(499_979)
+        .filter(|p| !excluded(*p))
+    {
         let mut k = kernel.clone();
         k[pos] ^= 1;
         assert_ne!(tdx::rtmr1(&k).ok(), Some(base1), "kernel byte {pos}");

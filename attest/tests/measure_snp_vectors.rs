@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use chrysalis_attest::measure::snp::{self, SnpLaunchInputs, SvsmLaunchInputs, VmmType};
 use chrysalis_attest::measure::MeasureError;
+use chrysalis_attest::measure::snp::{self, SnpLaunchInputs, SvsmLaunchInputs, VmmType};
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/measure/sev-snp-measure")
@@ -45,9 +45,10 @@ fn compute(a: &serde_json::Value) -> Result<Vec<u8>, MeasureError> {
     let vcpus = a["vcpus"].as_u64().unwrap() as u32;
     // `vcpu_sig: null` is only used with GCE (RDX fixed) or SEV (no VMSA).
     let vcpu_sig = a["vcpu_sig"].as_u64().unwrap_or(0) as u32;
-    let seed = a["snp_ovmf_hash_str"].as_str().filter(|s| !s.is_empty()).map(|s| {
-        <[u8; 48]>::try_from(hex::decode(s).unwrap()).unwrap()
-    });
+    let seed = a["snp_ovmf_hash_str"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(|s| <[u8; 48]>::try_from(hex::decode(s).unwrap()).unwrap());
     let inp = SnpLaunchInputs {
         ovmf: &ovmf,
         kernel: kernel.as_deref(),
@@ -60,8 +61,10 @@ fn compute(a: &serde_json::Value) -> Result<Vec<u8>, MeasureError> {
         ovmf_digest: seed,
     };
     match a["mode"].as_str().unwrap() {
-        "SevMode.SEV" => snp::sev_launch_digest(&ovmf, kernel.as_deref(), initrd.as_deref(), cmdline)
-            .map(|d| d.to_vec()),
+        "SevMode.SEV" => {
+            snp::sev_launch_digest(&ovmf, kernel.as_deref(), initrd.as_deref(), cmdline)
+                .map(|d| d.to_vec())
+        }
         "SevMode.SEV_ES" => snp::sev_es_launch_digest(&inp).map(|d| d.to_vec()),
         "SevMode.SEV_SNP" => snp::launch_digest(&inp).map(|d| d.to_vec()),
         "SevMode.SEV_SNP_SVSM" => {
@@ -84,7 +87,11 @@ fn every_upstream_vector_is_reproduced() {
     let text = std::fs::read_to_string(data_dir().join("vectors.expected.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let vectors = v["vectors"].as_array().unwrap();
-    assert_eq!(vectors.len(), 26, "the vector file changed: review this test");
+    assert_eq!(
+        vectors.len(),
+        26,
+        "the vector file changed: review this test"
+    );
     let mut failures = Vec::new();
     for t in vectors {
         let name = t["test"].as_str().unwrap();
@@ -95,7 +102,13 @@ fn every_upstream_vector_is_reproduced() {
             Err(e) => failures.push(format!("{name}: error {e}")),
         }
     }
-    assert!(failures.is_empty(), "{} of {} vectors differ:\n{}", failures.len(), vectors.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} vectors differ:\n{}",
+        failures.len(),
+        vectors.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -123,6 +136,12 @@ fn plain_ovmf_x64_refuses_a_kernel() {
         vmm: VmmType::Qemu,
         ovmf_digest: None,
     };
-    assert!(matches!(snp::launch_digest(&inp), Err(MeasureError::NoKernelHashesSupport(_))));
-    assert!(matches!(snp::sev_es_launch_digest(&inp), Err(MeasureError::NoKernelHashesSupport(_))));
+    assert!(matches!(
+        snp::launch_digest(&inp),
+        Err(MeasureError::NoKernelHashesSupport(_))
+    ));
+    assert!(matches!(
+        snp::sev_es_launch_digest(&inp),
+        Err(MeasureError::NoKernelHashesSupport(_))
+    ));
 }

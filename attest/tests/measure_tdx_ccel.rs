@@ -2,7 +2,12 @@
 //! (`tests/data/tdx-eventlog/`): the RTMR extend rule, the fixed RTMR1 events our edk2
 //! measures, the shape of RTMR2 (Linux EFI stub: load options, then initrd), and every
 //! event whose measured data the log itself carries.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::{Path, PathBuf};
 
@@ -40,7 +45,10 @@ fn parse_ccel(buf: &[u8]) -> Vec<Event> {
     let algs: Vec<(u16, usize)> = (0..n_algs)
         .map(|i| {
             let o = 28 + 4 * i;
-            (u16::from_le_bytes([spec[o], spec[o + 1]]), usize::from(u16::from_le_bytes([spec[o + 2], spec[o + 3]])))
+            (
+                u16::from_le_bytes([spec[o], spec[o + 1]]),
+                usize::from(u16::from_le_bytes([spec[o + 2], spec[o + 3]])),
+            )
         })
         .collect();
     let mut off = 32 + spec_len;
@@ -56,7 +64,11 @@ fn parse_ccel(buf: &[u8]) -> Vec<Event> {
         let mut sha384 = None;
         for _ in 0..count {
             let alg = u16::from_le_bytes([buf[o], buf[o + 1]]);
-            let len = algs.iter().find(|(a, _)| *a == alg).expect("digest of unknown algorithm").1;
+            let len = algs
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .expect("digest of unknown algorithm")
+                .1;
             if alg == 0xc {
                 sha384 = Some(<Mr>::try_from(&buf[o + 2..o + 2 + len]).unwrap());
             }
@@ -65,7 +77,12 @@ fn parse_ccel(buf: &[u8]) -> Vec<Event> {
         let size = rd32(buf, o) as usize;
         let data = buf[o + 4..o + 4 + size].to_vec();
         off = o + 4 + size;
-        out.push(Event { mr_index, event_type, sha384: sha384.expect("no sha384 digest"), data });
+        out.push(Event {
+            mr_index,
+            event_type,
+            sha384: sha384.expect("no sha384 digest"),
+            data,
+        });
     }
     out
 }
@@ -90,14 +107,23 @@ fn sha384(b: &[u8]) -> Mr {
     Sha384::digest(b).into()
 }
 
-const LOGS: [&str; 4] = ["dstack/ccel.bin", "trustee/CCEL_data", "trustee/CCEL_data_ovmf", "trustee/CCEL_data_grub"];
+const LOGS: [&str; 4] = [
+    "dstack/ccel.bin",
+    "trustee/CCEL_data",
+    "trustee/CCEL_data_ovmf",
+    "trustee/CCEL_data_grub",
+];
 
 #[test]
 fn replay_reproduces_the_independent_rtmr_values() {
     for name in LOGS {
         let (log, exp) = load(name);
         // The expected count includes the Spec ID header event.
-        assert_eq!(log.len() as u64 + 1, exp["event_count"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            log.len() as u64 + 1,
+            exp["event_count"].as_u64().unwrap(),
+            "{name}"
+        );
         for r in 0..4 {
             let want = exp["replayed"][format!("rtmr{r}")].as_str().unwrap();
             assert_eq!(hex::encode(rtmr(&log, r)), want, "{name} rtmr{r}");
@@ -115,11 +141,18 @@ fn every_event_that_carries_its_data_hashes_to_its_digest() {
         for e in &log {
             let measured: Option<&[u8]> = match e.event_type {
                 EV_EFI_ACTION | EV_SEPARATOR => Some(&e.data),
-                EV_PLATFORM_CONFIG_FLAGS if e.data.starts_with(b"td_payload_info") => Some(&e.data[20..]),
+                EV_PLATFORM_CONFIG_FLAGS if e.data.starts_with(b"td_payload_info") => {
+                    Some(&e.data[20..])
+                }
                 _ => None,
             };
             if let Some(m) = measured {
-                assert_eq!(sha384(m), e.sha384, "{name}: {:?}", String::from_utf8_lossy(&e.data));
+                assert_eq!(
+                    sha384(m),
+                    e.sha384,
+                    "{name}: {:?}",
+                    String::from_utf8_lossy(&e.data)
+                );
                 checked += 1;
             }
         }
@@ -130,7 +163,10 @@ fn every_event_that_carries_its_data_hashes_to_its_digest() {
 #[test]
 fn td_shim_log_carries_its_command_line() {
     let (log, _) = load("trustee/CCEL_data");
-    let e = log.iter().find(|e| e.data.starts_with(b"td_payload_info")).unwrap();
+    let e = log
+        .iter()
+        .find(|e| e.data.starts_with(b"td_payload_info"))
+        .unwrap();
     let cmdline = b"root=/dev/vda1 console=hvc0 rw";
     let mut page = vec![0u8; 4096];
     page[..cmdline.len()].copy_from_slice(cmdline);
@@ -154,7 +190,12 @@ fn our_rtmr1_event_sequence_is_what_a_2023_plus_tdvf_logged() {
     );
     // The kernel event's device path is OVMF's QEMU kernel loader file system, File(kernel).
     let utf16_kernel: Vec<u8> = "kernel".bytes().flat_map(|b| [b, 0]).collect();
-    assert!(r1[0].data.windows(utf16_kernel.len()).any(|w| w == utf16_kernel));
+    assert!(
+        r1[0]
+            .data
+            .windows(utf16_kernel.len())
+            .any(|w| w == utf16_kernel)
+    );
 }
 
 #[test]
@@ -162,9 +203,16 @@ fn older_tdvf_lacks_only_the_rtmr1_separator() {
     // trustee's OVMF log predates the RTMR1 separator (it went to RTMR0 only): the other
     // four RTMR1 events are ours, in our order.
     let (log, _) = load("trustee/CCEL_data_ovmf");
-    let r1: Vec<Mr> = log.iter().filter(|e| e.mr_index == 2).map(|e| e.sha384).collect();
+    let r1: Vec<Mr> = log
+        .iter()
+        .filter(|e| e.mr_index == 2)
+        .map(|e| e.sha384)
+        .collect();
     assert_eq!(r1.len(), 4);
-    let ours: Vec<Mr> = tdx::rtmr1_log_from_digest(r1[0]).iter().map(|e| e.digest).collect();
+    let ours: Vec<Mr> = tdx::rtmr1_log_from_digest(r1[0])
+        .iter()
+        .map(|e| e.digest)
+        .collect();
     assert_eq!(r1, [ours[0], ours[1], ours[3], ours[4]]);
 }
 
@@ -173,7 +221,10 @@ fn rtmr2_is_load_options_then_initrd_as_the_efi_stub_logs_them() {
     // Both OVMF-booted logs end RTMR2 with the stub's two tagged events, in our order.
     for name in ["trustee/CCEL_data_ovmf", "trustee/CCEL_data_grub"] {
         let (log, exp) = load(name);
-        let tagged: Vec<&Event> = log.iter().filter(|e| e.mr_index == 3 && e.event_type == EV_EVENT_TAG).collect();
+        let tagged: Vec<&Event> = log
+            .iter()
+            .filter(|e| e.mr_index == 3 && e.event_type == EV_EVENT_TAG)
+            .collect();
         assert_eq!(tagged.len(), 2, "{name}");
         // TCG_PCClientTaggedEvent { u32 id; u32 size; data }: Linux's ids and descriptions.
         assert_eq!(rd32(&tagged[0].data, 0), 0x8F3B_22ED, "{name}");
@@ -186,7 +237,10 @@ fn rtmr2_is_load_options_then_initrd_as_the_efi_stub_logs_them() {
         if name.ends_with("ovmf") {
             // Direct boot: RTMR2 holds nothing else.
             let d = [tagged[0].sha384, tagged[1].sha384];
-            assert_eq!(hex::encode(tdx::replay(&d)), exp["replayed"]["rtmr2"].as_str().unwrap());
+            assert_eq!(
+                hex::encode(tdx::replay(&d)),
+                exp["replayed"]["rtmr2"].as_str().unwrap()
+            );
         }
     }
 }

@@ -141,13 +141,19 @@ pub(crate) const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
 pub const PAGE_SIZE: usize = 4096;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn guid_matches_uuid_bytes_le() {
         // 96b582de-1fb2-45f7-baea-a366c55a082d, as Python's uuid.UUID(...).bytes_le.
-        let g = guid(0x96b582de, 0x1fb2, 0x45f7, [0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d]);
+        let g = guid(
+            0x96b582de,
+            0x1fb2,
+            0x45f7,
+            [0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d],
+        );
         assert_eq!(hex::encode(g), "de82b596b21ff745baeaa366c55a082d");
     }
 
@@ -159,6 +165,9 @@ mod tests {
         assert!(u64_at(&b, usize::MAX, "x").is_err());
         assert!(slice_at(&b, 2, usize::MAX, "x").is_err());
         let e = u32_at(&b, 2, "field").unwrap_err();
-        assert_eq!(e.to_string(), "field out of bounds: needs bytes 2..6, image has 3");
+        assert_eq!(
+            e.to_string(),
+            "field out of bounds: needs bytes 2..6, image has 3"
+        );
     }
 }

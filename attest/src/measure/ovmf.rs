@@ -10,27 +10,51 @@
 //! Trust: the image is parsed totally; a missing footer is an empty table (as QEMU and
 //! sev-snp-measure treat it), a malformed one is an error.
 
-use super::{array_at, guid, u16_at, MeasureError};
+use super::{MeasureError, array_at, guid, u16_at};
 
 /// `OVMF_TABLE_FOOTER_GUID` 96b582de-1fb2-45f7-baea-a366c55a082d.
-pub const FOOTER_GUID: [u8; 16] =
-    guid(0x96b582de, 0x1fb2, 0x45f7, [0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d]);
+pub const FOOTER_GUID: [u8; 16] = guid(
+    0x96b582de,
+    0x1fb2,
+    0x45f7,
+    [0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d],
+);
 /// `SEV_HASH_TABLE_RV_GUID` 7255371f-3a3b-4b04-927b-1da6efa8d454: GPA and size of the
 /// area where QEMU writes the kernel/initrd/cmdline hashes table.
-pub const SEV_HASH_TABLE_RV_GUID: [u8; 16] =
-    guid(0x7255371f, 0x3a3b, 0x4b04, [0x92, 0x7b, 0x1d, 0xa6, 0xef, 0xa8, 0xd4, 0x54]);
+pub const SEV_HASH_TABLE_RV_GUID: [u8; 16] = guid(
+    0x7255371f,
+    0x3a3b,
+    0x4b04,
+    [0x92, 0x7b, 0x1d, 0xa6, 0xef, 0xa8, 0xd4, 0x54],
+);
 /// `SEV_ES_RESET_BLOCK_GUID` 00f771de-1a7e-4fcb-890e-68c77e2fb44e: the AP reset vector.
-pub const SEV_ES_RESET_BLOCK_GUID: [u8; 16] =
-    guid(0x00f771de, 0x1a7e, 0x4fcb, [0x89, 0x0e, 0x68, 0xc7, 0x7e, 0x2f, 0xb4, 0x4e]);
+pub const SEV_ES_RESET_BLOCK_GUID: [u8; 16] = guid(
+    0x00f771de,
+    0x1a7e,
+    0x4fcb,
+    [0x89, 0x0e, 0x68, 0xc7, 0x7e, 0x2f, 0xb4, 0x4e],
+);
 /// `OVMF_SEV_META_DATA_GUID` dc886566-984a-4798-a75e-5585a7bf67cc.
-pub const SEV_METADATA_GUID: [u8; 16] =
-    guid(0xdc886566, 0x984a, 0x4798, [0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67, 0xcc]);
+pub const SEV_METADATA_GUID: [u8; 16] = guid(
+    0xdc886566,
+    0x984a,
+    0x4798,
+    [0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67, 0xcc],
+);
 /// `TDX_METADATA_OFFSET_GUID` e47a6535-984a-4798-865e-4685a7bf8ec2.
-pub const TDX_METADATA_GUID: [u8; 16] =
-    guid(0xe47a6535, 0x984a, 0x4798, [0x86, 0x5e, 0x46, 0x85, 0xa7, 0xbf, 0x8e, 0xc2]);
+pub const TDX_METADATA_GUID: [u8; 16] = guid(
+    0xe47a6535,
+    0x984a,
+    0x4798,
+    [0x86, 0x5e, 0x46, 0x85, 0xa7, 0xbf, 0x8e, 0xc2],
+);
 /// `SVSM_INFO_GUID` a789a612-0597-4c4b-a49f-cbb1fe9d1ddd (Coconut-SVSM images).
-pub const SVSM_INFO_GUID: [u8; 16] =
-    guid(0xa789a612, 0x0597, 0x4c4b, [0xa4, 0x9f, 0xcb, 0xb1, 0xfe, 0x9d, 0x1d, 0xdd]);
+pub const SVSM_INFO_GUID: [u8; 16] = guid(
+    0xa789a612,
+    0x0597,
+    0x4c4b,
+    [0xa4, 0x9f, 0xcb, 0xb1, 0xfe, 0x9d, 0x1d, 0xdd],
+);
 
 /// Bytes after the table: the 16-byte reset vector and padding up to the 4 GiB boundary.
 const BYTES_AFTER_TABLE: usize = 32;
@@ -54,9 +78,12 @@ impl<'a> FooterTable<'a> {
         if footer_guid != FOOTER_GUID {
             return Ok(Self::default());
         }
-        let table_len = footer_size
-            .checked_sub(ENTRY_HEADER)
-            .ok_or(MeasureError::BadFooterTable("footer size smaller than its header"))?;
+        let table_len =
+            footer_size
+                .checked_sub(ENTRY_HEADER)
+                .ok_or(MeasureError::BadFooterTable(
+                    "footer size smaller than its header",
+                ))?;
         let table_start = footer_off
             .checked_sub(table_len)
             .ok_or(MeasureError::BadFooterTable("table longer than the image"))?;
@@ -69,7 +96,9 @@ impl<'a> FooterTable<'a> {
             let size = usize::from(u16_at(rest, hdr, "ovmf table entry")?);
             let g: [u8; 16] = array_at(rest, hdr + 2, "ovmf table entry guid")?;
             if size < ENTRY_HEADER {
-                return Err(MeasureError::BadFooterTable("entry size smaller than its header"));
+                return Err(MeasureError::BadFooterTable(
+                    "entry size smaller than its header",
+                ));
             }
             let start = rest
                 .len()
@@ -112,7 +141,11 @@ impl<'a> FooterTable<'a> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
 mod tests {
     use super::*;
 
@@ -133,11 +166,17 @@ mod tests {
 
     #[test]
     fn parses_entries_and_rejects_garbage() {
-        let img = image_with(&[(SEV_ES_RESET_BLOCK_GUID, &[1, 2, 3, 4, 9]), (TDX_METADATA_GUID, &[7; 4])]);
+        let img = image_with(&[
+            (SEV_ES_RESET_BLOCK_GUID, &[1, 2, 3, 4, 9]),
+            (TDX_METADATA_GUID, &[7; 4]),
+        ]);
         let t = FooterTable::parse(&img).unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(t.u32_of(&SEV_ES_RESET_BLOCK_GUID, "r").unwrap(), 0x04030201);
-        assert!(matches!(t.u32_of(&SEV_METADATA_GUID, "m"), Err(MeasureError::MissingTableEntry("m"))));
+        assert!(matches!(
+            t.u32_of(&SEV_METADATA_GUID, "m"),
+            Err(MeasureError::MissingTableEntry("m"))
+        ));
         // No footer at all: empty table.
         assert!(FooterTable::parse(&[0u8; 100]).unwrap().is_empty());
         assert!(FooterTable::parse(&[]).unwrap().is_empty());
@@ -155,7 +194,10 @@ mod tests {
 
     #[test]
     fn every_truncation_is_an_error_or_ok_never_a_panic() {
-        let img = image_with(&[(SEV_ES_RESET_BLOCK_GUID, &[1, 2, 3, 4]), (SEV_METADATA_GUID, &[5; 4])]);
+        let img = image_with(&[
+            (SEV_ES_RESET_BLOCK_GUID, &[1, 2, 3, 4]),
+            (SEV_METADATA_GUID, &[5; 4]),
+        ]);
         for cut in 0..img.len() {
             let _ = FooterTable::parse(&img[cut..]);
             let _ = FooterTable::parse(&img[..cut]);

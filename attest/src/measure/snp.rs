@@ -20,10 +20,9 @@
 use sha2::{Digest, Sha256, Sha384};
 
 use super::ovmf::{
-    FooterTable, SEV_ES_RESET_BLOCK_GUID, SEV_HASH_TABLE_RV_GUID, SEV_METADATA_GUID,
-    SVSM_INFO_GUID,
+    FooterTable, SEV_ES_RESET_BLOCK_GUID, SEV_HASH_TABLE_RV_GUID, SEV_METADATA_GUID, SVSM_INFO_GUID,
 };
-use super::{guid, slice_at, u32_at, MeasureError, PAGE_SIZE};
+use super::{MeasureError, PAGE_SIZE, guid, slice_at, u32_at};
 
 /// A SHA-384 launch digest (SEV-SNP `MEASUREMENT`).
 pub type LaunchDigest = [u8; 48];
@@ -50,8 +49,11 @@ pub enum VmmType {
 /// The CPUID(1).EAX signature QEMU puts in RDX at reset, from family/model/stepping
 /// (AMD CPUID specification #25481, Fn0000_0001_EAX).
 pub const fn cpu_sig(family: u32, model: u32, stepping: u32) -> u32 {
-    let (family_low, family_high) =
-        if family > 0xf { (0xf, (family - 0xf) & 0xff) } else { (family, 0) };
+    let (family_low, family_high) = if family > 0xf {
+        (0xf, (family - 0xf) & 0xff)
+    } else {
+        (family, 0)
+    };
     (family_high << 20)
         | (((model >> 4) & 0xf) << 16)
         | (family_low << 8)
@@ -164,7 +166,12 @@ impl<'a> SevFirmware<'a> {
                 data.len()
             ))
         })?;
-        Ok(Self { data, table, sections, gpa })
+        Ok(Self {
+            data,
+            table,
+            sections,
+            gpa,
+        })
     }
 
     /// The image bytes.
@@ -194,7 +201,8 @@ impl<'a> SevFirmware<'a> {
 
     /// GPA of the SEV hashes table (`SEV_HASH_TABLE_RV_GUID`).
     pub fn sev_hashes_table_gpa(&self) -> Result<u32, MeasureError> {
-        self.table.u32_of(&SEV_HASH_TABLE_RV_GUID, "sev hashes table")
+        self.table
+            .u32_of(&SEV_HASH_TABLE_RV_GUID, "sev hashes table")
     }
 
     /// Whether QEMU can place a kernel hashes table (SEV/SEV-ES rule).
@@ -204,12 +212,16 @@ impl<'a> SevFirmware<'a> {
 
     /// The AP reset EIP (`SEV_ES_RESET_BLOCK_GUID`).
     pub fn sev_es_reset_eip(&self) -> Result<u32, MeasureError> {
-        self.table.u32_of(&SEV_ES_RESET_BLOCK_GUID, "sev-es reset block")
+        self.table
+            .u32_of(&SEV_ES_RESET_BLOCK_GUID, "sev-es reset block")
     }
 }
 
 fn parse_sev_metadata(data: &[u8], entry: &[u8]) -> Result<Vec<MetadataSection>, MeasureError> {
-    let bad = |reason: String| MeasureError::BadMetadata { what: "sev", reason };
+    let bad = |reason: String| MeasureError::BadMetadata {
+        what: "sev",
+        reason,
+    };
     let offset_from_end = u32_at(entry, 0, "sev metadata offset")? as usize;
     let start = data
         .len()
@@ -225,11 +237,17 @@ fn parse_sev_metadata(data: &[u8], entry: &[u8]) -> Result<Vec<MetadataSection>,
         return Err(bad(format!("version {version}, expected 1")));
     }
     let num = u32_at(data, start + 12, "sev metadata header")? as usize;
-    let items_len = size.checked_sub(16).ok_or_else(|| bad(format!("size {size} < 16")))?;
+    let items_len = size
+        .checked_sub(16)
+        .ok_or_else(|| bad(format!("size {size} < 16")))?;
     let items = slice_at(data, start + 16, items_len, "sev metadata sections")?;
-    let need = num.checked_mul(12).ok_or_else(|| bad(format!("{num} sections")))?;
+    let need = num
+        .checked_mul(12)
+        .ok_or_else(|| bad(format!("{num} sections")))?;
     if need > items.len() {
-        return Err(bad(format!("{num} sections need {need} bytes, header covers {items_len}")));
+        return Err(bad(format!(
+            "{num} sections need {need} bytes, header covers {items_len}"
+        )));
     }
     (0..num)
         .map(|i| {
@@ -246,20 +264,36 @@ fn parse_sev_metadata(data: &[u8], entry: &[u8]) -> Result<Vec<MetadataSection>,
 // The kernel hashes table (QEMU `sev_add_kernel_loader_hashes`)
 // ---------------------------------------------------------------------------------------
 
-const HASH_TABLE_HEADER_GUID: [u8; 16] =
-    guid(0x9438d606, 0x4f22, 0x4cc9, [0xb4, 0x79, 0xa7, 0x93, 0xd4, 0x11, 0xfd, 0x21]);
-const KERNEL_ENTRY_GUID: [u8; 16] =
-    guid(0x4de79437, 0xabd2, 0x427f, [0xb8, 0x35, 0xd5, 0xb1, 0x72, 0xd2, 0x04, 0x5b]);
-const INITRD_ENTRY_GUID: [u8; 16] =
-    guid(0x44baf731, 0x3a2f, 0x4bd7, [0x9a, 0xf1, 0x41, 0xe2, 0x91, 0x69, 0x78, 0x1d]);
-const CMDLINE_ENTRY_GUID: [u8; 16] =
-    guid(0x97d02dd8, 0xbd20, 0x4c94, [0xaa, 0x78, 0xe7, 0x71, 0x4d, 0x36, 0xab, 0x2a]);
+const HASH_TABLE_HEADER_GUID: [u8; 16] = guid(
+    0x9438d606,
+    0x4f22,
+    0x4cc9,
+    [0xb4, 0x79, 0xa7, 0x93, 0xd4, 0x11, 0xfd, 0x21],
+);
+const KERNEL_ENTRY_GUID: [u8; 16] = guid(
+    0x4de79437,
+    0xabd2,
+    0x427f,
+    [0xb8, 0x35, 0xd5, 0xb1, 0x72, 0xd2, 0x04, 0x5b],
+);
+const INITRD_ENTRY_GUID: [u8; 16] = guid(
+    0x44baf731,
+    0x3a2f,
+    0x4bd7,
+    [0x9a, 0xf1, 0x41, 0xe2, 0x91, 0x69, 0x78, 0x1d],
+);
+const CMDLINE_ENTRY_GUID: [u8; 16] = guid(
+    0x97d02dd8,
+    0xbd20,
+    0x4c94,
+    [0xaa, 0x78, 0xe7, 0x71, 0x4d, 0x36, 0xab, 0x2a],
+);
 /// `{GUID, u16 len, SHA-256}`.
-const HASH_ENTRY_LEN: usize = 16 + 2 + 32;
+const HASH_ENTRY_LEN: u16 = 16 + 2 + 32;
 /// Header `{GUID, u16 len}` + cmdline, initrd, kernel entries.
-const HASH_TABLE_LEN: usize = 16 + 2 + 3 * HASH_ENTRY_LEN;
+const HASH_TABLE_LEN: u16 = 16 + 2 + 3 * HASH_ENTRY_LEN;
 /// QEMU pads the table to a multiple of 16 bytes.
-const PADDED_HASH_TABLE_LEN: usize = (HASH_TABLE_LEN + 15) & !15;
+const PADDED_HASH_TABLE_LEN: usize = (HASH_TABLE_LEN as usize + 15) & !15;
 
 /// SHA-256 hashes of what QEMU hands OVMF through fw_cfg for direct kernel boot; OVMF's
 /// `BlobVerifierLibSevHashes` refuses to boot anything whose hash differs.
@@ -291,14 +325,14 @@ impl SevHashes {
         let mut t = [0u8; PADDED_HASH_TABLE_LEN];
         let mut w = Vec::with_capacity(PADDED_HASH_TABLE_LEN);
         w.extend_from_slice(&HASH_TABLE_HEADER_GUID);
-        w.extend_from_slice(&(HASH_TABLE_LEN as u16).to_le_bytes());
+        w.extend_from_slice(&HASH_TABLE_LEN.to_le_bytes());
         for (g, h) in [
             (CMDLINE_ENTRY_GUID, &self.cmdline),
             (INITRD_ENTRY_GUID, &self.initrd),
             (KERNEL_ENTRY_GUID, &self.kernel),
         ] {
             w.extend_from_slice(&g);
-            w.extend_from_slice(&(HASH_ENTRY_LEN as u16).to_le_bytes());
+            w.extend_from_slice(&HASH_ENTRY_LEN.to_le_bytes());
             w.extend_from_slice(h);
         }
         for (d, s) in t.iter_mut().zip(w) {
@@ -358,8 +392,11 @@ impl Gctx {
     }
 
     fn normal_pages(&mut self, gpa: u64, data: &[u8]) -> Result<(), MeasureError> {
-        if data.len() % PAGE_SIZE != 0 {
-            return Err(MeasureError::NotPageAligned { what: "measured image", value: data.len() as u64 });
+        if !data.len().is_multiple_of(PAGE_SIZE) {
+            return Err(MeasureError::NotPageAligned {
+                what: "measured image",
+                value: data.len() as u64,
+            });
         }
         for (i, page) in data.chunks_exact(PAGE_SIZE).enumerate() {
             let d: [u8; 48] = Sha384::digest(page).into();
@@ -369,8 +406,11 @@ impl Gctx {
     }
 
     fn empty_pages(&mut self, t: PageType, gpa: u64, len: u64) -> Result<(), MeasureError> {
-        if len % PAGE_SIZE as u64 != 0 {
-            return Err(MeasureError::NotPageAligned { what: "sev metadata section", value: len });
+        if !len.is_multiple_of(PAGE_SIZE as u64) {
+            return Err(MeasureError::NotPageAligned {
+                what: "sev metadata section",
+                value: len,
+            });
         }
         let mut off = 0;
         while off < len {
@@ -423,7 +463,9 @@ pub fn launch_digest(inp: &SnpLaunchInputs<'_>) -> Result<LaunchDigest, MeasureE
         Some(seed) => g.ld = seed,
         None => g.normal_pages(fw.gpa(), fw.data())?,
     }
-    let hashes = inp.kernel.map(|k| SevHashes::new(k, inp.initrd, inp.cmdline));
+    let hashes = inp
+        .kernel
+        .map(|k| SevHashes::new(k, inp.initrd, inp.cmdline));
     metadata_pages(&mut g, &fw, &fw, hashes.as_ref(), inp.vmm)?;
     let ap_eip = ap_eip(&fw, inp.vcpus)?;
     let bsp = vmsa_page(BSP_EIP, inp.guest_features, inp.vcpu_sig, inp.vmm);
@@ -440,14 +482,18 @@ pub fn launch_digest(inp: &SnpLaunchInputs<'_>) -> Result<LaunchDigest, MeasureE
 fn ap_eip(fw: &SevFirmware<'_>, vcpus: u32) -> Result<u32, MeasureError> {
     let eip = fw.sev_es_reset_eip()?;
     if eip == 0 && vcpus > 1 {
-        return Err(MeasureError::InvalidParameter("ap reset eip is 0 but vcpus > 1".into()));
+        return Err(MeasureError::InvalidParameter(
+            "ap reset eip is 0 but vcpus > 1".into(),
+        ));
     }
     Ok(eip)
 }
 
 fn check_vcpus(vcpus: u32) -> Result<(), MeasureError> {
     if vcpus == 0 || vcpus > 512 {
-        return Err(MeasureError::InvalidParameter(format!("vcpus must be 1..=512, got {vcpus}")));
+        return Err(MeasureError::InvalidParameter(format!(
+            "vcpus must be 1..=512, got {vcpus}"
+        )));
     }
     Ok(())
 }
@@ -462,7 +508,9 @@ fn metadata_pages(
     vmm: VmmType,
 ) -> Result<(), MeasureError> {
     if hashes.is_some() && !meta.has_section(SectionType::SnpKernelHashes) {
-        return Err(MeasureError::NoKernelHashesSupport("SNP_KERNEL_HASHES metadata section"));
+        return Err(MeasureError::NoKernelHashesSupport(
+            "SNP_KERNEL_HASHES metadata section",
+        ));
     }
     for s in meta.sections() {
         let (gpa, size) = (u64::from(s.gpa), u64::from(s.size));
@@ -470,7 +518,9 @@ fn metadata_pages(
             SectionType::SnpSecMemory if vmm == VmmType::Gce => {
                 g.empty_pages(PageType::Unmeasured, gpa, size)?
             }
-            SectionType::SnpSecMemory | SectionType::SvsmCaa => g.empty_pages(PageType::Zero, gpa, size)?,
+            SectionType::SnpSecMemory | SectionType::SvsmCaa => {
+                g.empty_pages(PageType::Zero, gpa, size)?
+            }
             SectionType::SnpSecrets => g.update(PageType::Secrets, gpa, &[0; 48]),
             SectionType::Cpuid => {
                 if vmm != VmmType::Ec2 {
@@ -495,7 +545,11 @@ fn metadata_pages(
     }
     // EC2 measures the CPUID page(s) last.
     if vmm == VmmType::Ec2 {
-        for s in meta.sections().iter().filter(|s| s.kind == SectionType::Cpuid) {
+        for s in meta
+            .sections()
+            .iter()
+            .filter(|s| s.kind == SectionType::Cpuid)
+        {
             g.update(PageType::Cpuid, u64::from(s.gpa), &[0; 48]);
         }
     }
@@ -511,7 +565,10 @@ struct Vmsa([u8; PAGE_SIZE]);
 
 impl Vmsa {
     fn put(&mut self, off: usize, bytes: &[u8]) {
-        if let Some(d) = off.checked_add(bytes.len()).and_then(|e| self.0.get_mut(off..e)) {
+        if let Some(d) = off
+            .checked_add(bytes.len())
+            .and_then(|e| self.0.get_mut(off..e))
+        {
             d.copy_from_slice(bytes);
         }
     }
@@ -564,7 +621,14 @@ fn vmsa_page(eip: u32, sev_features: u64, vcpu_sig: u32, vmm: VmmType) -> [u8; P
     let mut g_pat: u64 = 0x0007_0406_0007_0406; // PAT MSR reset value (APM vol. 2 §A.3)
     let (cs_flags, ss_flags, tr_flags, rdx, mxcsr, fcw) = match vmm {
         VmmType::Qemu => (0x9b, 0x93, 0x8b, u64::from(vcpu_sig), 0x1f80, 0x37f),
-        VmmType::Ec2 => (if eip == BSP_EIP { 0x9a } else { 0x9b }, 0x92, 0x83, 0x600, 0, 0),
+        VmmType::Ec2 => (
+            if eip == BSP_EIP { 0x9a } else { 0x9b },
+            0x92,
+            0x83,
+            0x600,
+            0,
+            0,
+        ),
         VmmType::Gce => {
             g_pat = 0x0007_0106; // GCE overrides the default PAT
             (0x9b, 0x93, 0x8b, 0x600, 0, 0)
@@ -572,7 +636,13 @@ fn vmsa_page(eip: u32, sev_features: u64, vcpu_sig: u32, vmm: VmmType) -> [u8; P
     };
     let mut v = Vmsa([0; PAGE_SIZE]);
     v.seg(off::ES, 0, 0x93, 0xffff, 0);
-    v.seg(off::CS, 0xf000, cs_flags, 0xffff, u64::from(eip & 0xffff_0000));
+    v.seg(
+        off::CS,
+        0xf000,
+        cs_flags,
+        0xffff,
+        u64::from(eip & 0xffff_0000),
+    );
     v.seg(off::SS, 0, ss_flags, 0xffff, 0);
     v.seg(off::DS, 0, 0x93, 0xffff, 0);
     v.seg(off::FS, 0, 0x93, 0xffff, 0);
@@ -689,13 +759,13 @@ pub fn sev_launch_digest(
     cmdline: &str,
 ) -> Result<[u8; 32], MeasureError> {
     let fw = SevFirmware::parse(ovmf)?;
-    Ok(sev_hash_prefix(&fw, kernel, initrd, cmdline)?.finalize().into())
+    Ok(sev_hash_prefix(&fw, kernel, initrd, cmdline)?
+        .finalize()
+        .into())
 }
 
 /// The SEV-ES launch digest: SHA-256 over OVMF, hashes table and the VMSA pages.
-pub fn sev_es_launch_digest(
-    inp: &SnpLaunchInputs<'_>,
-) -> Result<[u8; 32], MeasureError> {
+pub fn sev_es_launch_digest(inp: &SnpLaunchInputs<'_>) -> Result<[u8; 32], MeasureError> {
     check_vcpus(inp.vcpus)?;
     let fw = SevFirmware::parse(inp.ovmf)?;
     let mut h = sev_hash_prefix(&fw, inp.kernel, inp.initrd, inp.cmdline)?;
@@ -708,7 +778,12 @@ pub fn sev_es_launch_digest(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 mod tests {
     use super::*;
 
@@ -738,9 +813,20 @@ mod tests {
     #[test]
     fn vmsa_layout_spot_checks() {
         let p = vmsa_page(0xffff_fff0, 0x21, 0x0083_0f12, VmmType::Qemu);
-        assert_eq!(&p[0x10..0x20], &[0x00, 0xf0, 0x9b, 0, 0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0]);
-        assert_eq!(u64::from_le_bytes(p[0x178..0x180].try_into().unwrap()), 0xfff0);
-        assert_eq!(u64::from_le_bytes(p[0x3b0..0x3b8].try_into().unwrap()), 0x21);
+        assert_eq!(
+            &p[0x10..0x20],
+            &[
+                0x00, 0xf0, 0x9b, 0, 0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0
+            ]
+        );
+        assert_eq!(
+            u64::from_le_bytes(p[0x178..0x180].try_into().unwrap()),
+            0xfff0
+        );
+        assert_eq!(
+            u64::from_le_bytes(p[0x3b0..0x3b8].try_into().unwrap()),
+            0x21
+        );
         assert_eq!(p.iter().skip(0x420).filter(|b| **b != 0).count(), 0);
     }
 
@@ -757,7 +843,10 @@ mod tests {
             vmm: VmmType::Qemu,
             ovmf_digest: None,
         };
-        assert!(matches!(launch_digest(&inp), Err(MeasureError::InvalidParameter(_))));
+        assert!(matches!(
+            launch_digest(&inp),
+            Err(MeasureError::InvalidParameter(_))
+        ));
     }
 
     #[test]

@@ -21,7 +21,7 @@
 use sha2::{Digest, Sha384};
 
 use super::ovmf::{FooterTable, TDX_METADATA_GUID};
-use super::{slice_at, u16_at, u32_at, u64_at, MeasureError, PAGE_SIZE};
+use super::{MeasureError, PAGE_SIZE, slice_at, u16_at, u32_at, u64_at};
 
 /// A SHA-384 measurement register value.
 pub type Mr = [u8; 48];
@@ -79,7 +79,10 @@ pub struct TdvfSection {
 
 /// Parses and checks the TDX metadata (`TDVF` descriptor) as QEMU's `tdvf_parse_metadata`.
 pub fn tdvf_sections(fw: &[u8]) -> Result<Vec<TdvfSection>, MeasureError> {
-    let bad = |reason: String| MeasureError::BadMetadata { what: "tdvf", reason };
+    let bad = |reason: String| MeasureError::BadMetadata {
+        what: "tdvf",
+        reason,
+    };
     let table = FooterTable::parse(fw)?;
     let from_end = table.u32_of(&TDX_METADATA_GUID, "tdx metadata offset")? as usize;
     let off = fw
@@ -117,8 +120,11 @@ pub fn tdvf_sections(fw: &[u8]) -> Result<Vec<TdvfSection>, MeasureError> {
         if s.memory_data_size < u64::from(s.raw_data_size) {
             return Err(bad(format!("section {i}: memory size below raw size")));
         }
-        for (what, v) in [("tdvf section address", s.memory_address), ("tdvf section size", s.memory_data_size)] {
-            if v % PAGE_SIZE as u64 != 0 {
+        for (what, v) in [
+            ("tdvf section address", s.memory_address),
+            ("tdvf section size", s.memory_data_size),
+        ] {
+            if !v.is_multiple_of(PAGE_SIZE as u64) {
                 return Err(MeasureError::NotPageAligned { what, value: v });
             }
         }
@@ -130,7 +136,9 @@ pub fn tdvf_sections(fw: &[u8]) -> Result<Vec<TdvfSection>, MeasureError> {
                 return Err(bad(format!("section {i}: hob/temp memory with image data")));
             }
             TdvfSectionType::Unknown(t) => {
-                return Err(MeasureError::UnsupportedTdvfSection(format!("section {i} has type {t}")));
+                return Err(MeasureError::UnsupportedTdvfSection(format!(
+                    "section {i} has type {t}"
+                )));
             }
             _ => {}
         }
@@ -183,7 +191,12 @@ pub fn mrtd_with_order(fw: &[u8], order: PageAddOrder) -> Result<Mr, MeasureErro
                 let len = usize::try_from(s.memory_data_size).map_err(|_| {
                     MeasureError::InvalidParameter("tdvf section larger than memory".into())
                 })?;
-                Some(slice_at(fw, s.data_offset as usize, len, "tdvf section data")?)
+                Some(slice_at(
+                    fw,
+                    s.data_offset as usize,
+                    len,
+                    "tdvf section data",
+                )?)
             }
             (_, true) => {
                 return Err(MeasureError::UnsupportedTdvfSection(format!(
@@ -195,8 +208,12 @@ pub fn mrtd_with_order(fw: &[u8], order: PageAddOrder) -> Result<Mr, MeasureErro
         };
         let pages = s.memory_data_size / PAGE_SIZE as u64;
         let page_bytes = |p: u64| -> &[u8] {
-            let start = (p as usize).saturating_mul(PAGE_SIZE);
-            bytes.and_then(|b| b.get(start..start.saturating_add(PAGE_SIZE))).unwrap_or_default()
+            let start = usize::try_from(p)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(PAGE_SIZE);
+            bytes
+                .and_then(|b| b.get(start..start.saturating_add(PAGE_SIZE)))
+                .unwrap_or_default()
         };
         match order {
             PageAddOrder::PerPage => {
@@ -214,7 +231,11 @@ pub fn mrtd_with_order(fw: &[u8], order: PageAddOrder) -> Result<Mr, MeasureErro
                 }
                 if extend {
                     for p in 0..pages {
-                        mr_extend(&mut h, s.memory_address + p * PAGE_SIZE as u64, page_bytes(p));
+                        mr_extend(
+                            &mut h,
+                            s.memory_address + p * PAGE_SIZE as u64,
+                            page_bytes(p),
+                        );
                     }
                 }
             }
@@ -261,13 +282,28 @@ pub const SEPARATOR: [u8; 4] = [0; 4];
 
 /// The RTMR1 events for a kernel whose PE image digest is `kernel_digest`.
 pub fn rtmr1_log_from_digest(kernel_digest: Mr) -> Vec<RtmrEvent> {
-    let ev = |d: &str, digest| RtmrEvent { description: d.to_owned(), digest };
+    let ev = |d: &str, digest| RtmrEvent {
+        description: d.to_owned(),
+        digest,
+    };
     vec![
-        ev("EV_EFI_BOOT_SERVICES_APPLICATION File(kernel)", kernel_digest),
-        ev("EV_EFI_ACTION Calling EFI Application from Boot Option", sha384(CALLING_EFI_APPLICATION.as_bytes())),
+        ev(
+            "EV_EFI_BOOT_SERVICES_APPLICATION File(kernel)",
+            kernel_digest,
+        ),
+        ev(
+            "EV_EFI_ACTION Calling EFI Application from Boot Option",
+            sha384(CALLING_EFI_APPLICATION.as_bytes()),
+        ),
         ev("EV_SEPARATOR", sha384(&SEPARATOR)),
-        ev("EV_EFI_ACTION Exit Boot Services Invocation", sha384(EXIT_BOOT_SERVICES_INVOCATION.as_bytes())),
-        ev("EV_EFI_ACTION Exit Boot Services Returned with Success", sha384(EXIT_BOOT_SERVICES_SUCCEEDED.as_bytes())),
+        ev(
+            "EV_EFI_ACTION Exit Boot Services Invocation",
+            sha384(EXIT_BOOT_SERVICES_INVOCATION.as_bytes()),
+        ),
+        ev(
+            "EV_EFI_ACTION Exit Boot Services Returned with Success",
+            sha384(EXIT_BOOT_SERVICES_SUCCEEDED.as_bytes()),
+        ),
     ]
 }
 
@@ -313,7 +349,10 @@ pub fn rtmr2_log(cmdline: &str, initrd: Option<&[u8]>) -> Vec<RtmrEvent> {
         });
     }
     if let Some(i) = initrd {
-        out.push(RtmrEvent { description: "EV_EVENT_TAG Linux initrd".into(), digest: sha384(i) });
+        out.push(RtmrEvent {
+            description: "EV_EVENT_TAG Linux initrd".into(),
+            digest: sha384(i),
+        });
     }
     out
 }
@@ -321,6 +360,40 @@ pub fn rtmr2_log(cmdline: &str, initrd: Option<&[u8]>) -> Vec<RtmrEvent> {
 /// RTMR2 after the kernel's EFI stub ran.
 pub fn rtmr2(cmdline: &str, initrd: Option<&[u8]>) -> Mr {
     replay(rtmr2_log(cmdline, initrd).iter().map(|e| &e.digest))
+}
+
+/// The TDX values a direct boot of these inputs produces. None of them depends on the
+/// vCPU count or memory size (RTMR0 does, and is not computed here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TdxMeasurements {
+    /// MRTD of the TDVF image.
+    pub mrtd: Mr,
+    /// RTMR1 after ExitBootServices.
+    pub rtmr1: Mr,
+    /// RTMR2 after the kernel's EFI stub.
+    pub rtmr2: Mr,
+    /// The events behind RTMR1, for publication next to the value.
+    pub rtmr1_log: Vec<RtmrEvent>,
+    /// The events behind RTMR2.
+    pub rtmr2_log: Vec<RtmrEvent>,
+}
+
+/// MRTD, RTMR1 and RTMR2 of a QEMU direct boot of `kernel`/`initrd`/`cmdline` on `tdvf`.
+pub fn measure(
+    tdvf: &[u8],
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+    cmdline: &str,
+) -> Result<TdxMeasurements, MeasureError> {
+    let rtmr1_log = rtmr1_log(kernel)?;
+    let rtmr2_log = rtmr2_log(cmdline, initrd);
+    Ok(TdxMeasurements {
+        mrtd: mrtd(tdvf)?,
+        rtmr1: replay(rtmr1_log.iter().map(|e| &e.digest)),
+        rtmr2: replay(rtmr2_log.iter().map(|e| &e.digest)),
+        rtmr1_log,
+        rtmr2_log,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -367,7 +440,9 @@ pub fn pe_image_hash<D: Digest>(img: &[u8]) -> Result<sha2::digest::Output<D>, M
 
     let mut h = D::new();
     let mut hash_range = |a: usize, b: usize| -> Result<(), MeasureError> {
-        let len = b.checked_sub(a).ok_or(bad("headers shorter than the optional header"))?;
+        let len = b
+            .checked_sub(a)
+            .ok_or(bad("headers shorter than the optional header"))?;
         h.update(slice_at(img, a, len, "pe headers")?);
         Ok(())
     };
@@ -409,14 +484,25 @@ pub fn pe_image_hash<D: Digest>(img: &[u8]) -> Result<sha2::digest::Output<D>, M
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 mod tests {
     use super::*;
 
     #[test]
     fn load_options_encoding() {
         assert_eq!(load_options("", false), Vec::<u8>::new());
-        assert_eq!(load_options("", true), " initrd=initrd\0".bytes().flat_map(|b| [b, 0]).collect::<Vec<_>>());
+        assert_eq!(
+            load_options("", true),
+            " initrd=initrd\0"
+                .bytes()
+                .flat_map(|b| [b, 0])
+                .collect::<Vec<_>>()
+        );
         assert_eq!(load_options("a", false), vec![b'a', 0, 0, 0]);
         assert_eq!(load_options("é", false), vec![0xc3, 0, 0xa9, 0, 0, 0]);
     }
