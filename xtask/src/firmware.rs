@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Instant, SystemTime};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -118,7 +118,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Returns pinned firmware images, building them on a cache miss. Looks in
-/// `.cache/firmware/<name>.fd`, then in the committed `image/firmware/bin/<name>.fd`, and
+/// `.cache/firmware/out/<name>.fd`, then in the committed `image/firmware/bin/<name>.fd`, and
 /// only then builds from source; every image returned has the pinned SHA-256.
 pub fn ensure_firmware(root: &Path) -> Result<FirmwarePaths> {
     let pins = read_pins(root)?;
@@ -126,21 +126,20 @@ pub fn ensure_firmware(root: &Path) -> Result<FirmwarePaths> {
     let mut found = Vec::new();
     let mut missing = false;
     for fw in &pins.firmware {
-        let hit = [cache.join(format!("{}.fd", fw.name)), root.join(format!("image/firmware/bin/{}.fd", fw.name))]
-            .into_iter()
-            .find(|p| p.is_file() && sha256_file(p).is_ok_and(|h| h == fw.sha256));
+        let hit = [
+            cache.join(format!("out/{}.fd", fw.name)),
+            root.join(format!("image/firmware/bin/{}.fd", fw.name)),
+        ]
+        .into_iter()
+        .find(|p| p.is_file() && sha256_file(p).is_ok_and(|h| h == fw.sha256));
         missing |= hit.is_none();
         found.push(hit);
     }
     if missing {
-        let out = build_all(root, &pins, &cache.join("build"))?;
-        std::fs::create_dir_all(&cache)?;
-        found.clear();
-        for (fw, built) in pins.firmware.iter().zip(out) {
-            let dst = cache.join(format!("{}.fd", fw.name));
-            std::fs::copy(&built, &dst).with_context(|| format!("copying {}", built.display()))?;
-            found.push(Some(dst));
-        }
+        found = build_all(root, &pins, true)?
+            .into_iter()
+            .map(Some)
+            .collect();
     }
     let path_of = |name: &str| -> Result<PathBuf> {
         pins.firmware
@@ -150,16 +149,18 @@ pub fn ensure_firmware(root: &Path) -> Result<FirmwarePaths> {
             .and_then(|(_, p)| p.clone())
             .with_context(|| format!("firmware.toml has no {name} entry"))
     };
-    Ok(FirmwarePaths { amd_sev: path_of("ovmf-amdsev")?, intel_tdx: path_of("ovmf-inteltdx")? })
+    Ok(FirmwarePaths {
+        amd_sev: path_of("ovmf-amdsev")?,
+        intel_tdx: path_of("ovmf-inteltdx")?,
+    })
 }
 
 /// Rebuilds everything from source in a fresh directory and compares with the pins
 /// (`cargo xtask firmware --verify`). Returns the build's wall-clock seconds.
 pub fn verify_firmware(root: &Path) -> Result<u64> {
     let pins = read_pins(root)?;
-    let dir = root.join(".cache/firmware/verify");
     let t = Instant::now();
-    build_all(root, &pins, &dir)?;
+    build_all(root, &pins, true)?;
     Ok(t.elapsed().as_secs())
 }
 
@@ -167,10 +168,19 @@ pub fn verify_firmware(root: &Path) -> Result<u64> {
 fn ensure_tools(pins: &Pins) -> Result<()> {
     let mut missing = Vec::new();
     for t in &pins.build.tools {
-        let out = Command::new("dpkg-query").args(["-W", "-f", "${Status} ${Version}", &t.package]).output();
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f", "${Status} ${Version}", &t.package])
+            .output();
         match out {
-            Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("install ok installed") => {
-                let v = String::from_utf8_lossy(&o.stdout).rsplit(' ').next().unwrap_or_default().to_owned();
+            Ok(o)
+                if o.status.success()
+                    && String::from_utf8_lossy(&o.stdout).starts_with("install ok installed") =>
+            {
+                let v = String::from_utf8_lossy(&o.stdout)
+                    .rsplit(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 if v != t.version {
                     eprintln!(
                         "firmware: warning: {} is {v}, pins were built with {}; the output hash may differ",
@@ -182,9 +192,19 @@ fn ensure_tools(pins: &Pins) -> Result<()> {
         }
     }
     if !missing.is_empty() {
-        eprintln!("firmware: installing build tools from Debian: {}", missing.join(" "));
-        run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing))
-            .with_context(|| format!("installing {} (run as root, or install them)", missing.join(" ")))?;
+        eprintln!(
+            "firmware: installing build tools from Debian: {}",
+            missing.join(" ")
+        );
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing))
+        .with_context(|| {
+            format!(
+                "installing {} (run as root, or install them)",
+                missing.join(" ")
+            )
+        })?;
     }
     Ok(())
 }
@@ -209,7 +229,10 @@ fn fetch_source(pins: &Pins, dir: &Path) -> Result<Vec<PathBuf>> {
         ),
     )?;
     let opts = [
-        format!("-oDir::Etc::sourcelist={}", apt.join("sources.list").display()),
+        format!(
+            "-oDir::Etc::sourcelist={}",
+            apt.join("sources.list").display()
+        ),
         "-oDir::Etc::sourceparts=/nonexistent".to_owned(),
         format!("-oDir::State::Lists={}", apt.join("lists").display()),
         format!("-oDir::Cache::archives={}", apt.join("archives").display()),
@@ -226,26 +249,57 @@ fn fetch_source(pins: &Pins, dir: &Path) -> Result<Vec<PathBuf>> {
         .status()
         .context("running apt-get source")?;
     for (p, f) in paths.iter().zip(&src.files) {
-        ensure!(p.is_file(), "apt-get source ({st}) did not fetch {}", f.name);
+        ensure!(
+            p.is_file(),
+            "apt-get source ({st}) did not fetch {}",
+            f.name
+        );
         let h = sha256_file(p)?;
         ensure!(h == f.sha256, "{}: sha256 {h}, pinned {}", f.name, f.sha256);
     }
     Ok(paths)
 }
 
-/// Extracts, patches and builds every pinned image under `work`; returns their paths.
-fn build_all(root: &Path, pins: &Pins, work: &Path) -> Result<Vec<PathBuf>> {
+/// A fresh build directory whose absolute path always has the same length.
+///
+/// edk2's GenFw reserves room for the CodeView record naming each module's `.dll` by its
+/// absolute path; `--zero` (RELEASE) clears the bytes but not the room, so the images
+/// depend on the *length* of the build path (not on its characters). A fixed-length
+/// `/tmp/chrysalis-fw-XXXXXXXX` keeps the output independent of where the checkout is.
+fn fresh_work_dir() -> Result<PathBuf> {
+    let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
+    let tag = u32::from_le_bytes(Sha256::digest(seed.as_bytes())[..4].try_into()?);
+    let dir = PathBuf::from(format!("/tmp/chrysalis-fw-{tag:08x}"));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Builds from source and prints the images' hashes without checking them against the
+/// pins (`cargo xtask firmware --print-hashes`): how new pins are made.
+pub fn print_hashes(root: &Path) -> Result<()> {
+    let pins = read_pins(root)?;
+    for (fw, p) in pins.firmware.iter().zip(build_all(root, &pins, false)?) {
+        println!("{} {} {}", fw.name, sha256_file(&p)?, p.display());
+    }
+    Ok(())
+}
+
+/// Extracts, patches and builds every pinned image in a fresh directory; copies them to
+/// `.cache/firmware/out/` and returns their paths there. With `check`, fails unless each
+/// image has its pinned SHA-256.
+fn build_all(root: &Path, pins: &Pins, check: bool) -> Result<Vec<PathBuf>> {
     ensure_tools(pins)?;
     let dl = root.join(".cache/firmware/src");
     std::fs::create_dir_all(&dl)?;
     let tarballs = fetch_source(pins, &dl)?;
-    if work.exists() {
-        std::fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
-    }
-    std::fs::create_dir_all(work)?;
+    let work_dir = fresh_work_dir()?;
+    let work = work_dir.as_path();
+    eprintln!("firmware: building in {}", work.display());
     let tree = work.join(&pins.source.dir);
     let started = Instant::now();
-    let [orig, debian] = tarballs.as_slice() else { bail!("firmware.toml must pin exactly two tarballs") };
+    let [orig, debian] = tarballs.as_slice() else {
+        bail!("firmware.toml must pin exactly two tarballs")
+    };
     run(Command::new("tar").arg("xf").arg(orig).current_dir(work))?;
     run(Command::new("tar").arg("xf").arg(debian).current_dir(&tree))?;
     apply_debian_patches(&tree)?;
@@ -254,14 +308,25 @@ fn build_all(root: &Path, pins: &Pins, work: &Path) -> Result<Vec<PathBuf>> {
     // own escape hatch): a fixed stub keeps grub (never used for direct boot) out.
     let g = tree.join("OvmfPkg/AmdSev/Grub");
     std::fs::write(g.join("grub.efi"), &pins.build.grub_stub)?;
-    let epoch = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(pins.build.source_date_epoch.unsigned_abs());
-    for (f, t) in [("grub.cfg", epoch), ("grub.sh", epoch), ("grub.efi", epoch + std::time::Duration::from_secs(1))] {
-        std::fs::File::options().write(true).open(g.join(f))?.set_modified(t)?;
+    let epoch = SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_secs(pins.build.source_date_epoch.unsigned_abs());
+    for (f, t) in [
+        ("grub.cfg", epoch),
+        ("grub.sh", epoch),
+        ("grub.efi", epoch + std::time::Duration::from_secs(1)),
+    ] {
+        std::fs::File::options()
+            .write(true)
+            .open(g.join(f))?
+            .set_modified(t)?;
     }
 
     let envs = |c: &mut Command| {
         c.current_dir(&tree)
-            .env("SOURCE_DATE_EPOCH", pins.build.source_date_epoch.to_string())
+            .env(
+                "SOURCE_DATE_EPOCH",
+                pins.build.source_date_epoch.to_string(),
+            )
             .env("PYTHONHASHSEED", "0")
             .env("LC_ALL", "C")
             .env("TZ", "UTC")
@@ -271,11 +336,18 @@ fn build_all(root: &Path, pins: &Pins, work: &Path) -> Result<Vec<PathBuf>> {
             .env("CONF_PATH", tree.join("Conf"))
             .env(
                 "PATH",
-                format!("{}:{}", tree.join("BaseTools/BinWrappers/PosixLike").display(), std::env::var("PATH").unwrap_or_default()),
+                format!(
+                    "{}:{}",
+                    tree.join("BaseTools/BinWrappers/PosixLike").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
             );
     };
     let t_tools = Instant::now();
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string();
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .to_string();
     let mut make = Command::new("make");
     make.args(["-s", "-C", "BaseTools", "-j", &jobs]);
     envs(&mut make);
@@ -283,14 +355,31 @@ fn build_all(root: &Path, pins: &Pins, work: &Path) -> Result<Vec<PathBuf>> {
     let tools_secs = t_tools.elapsed().as_secs();
     std::fs::create_dir_all(tree.join("Conf"))?;
     for f in ["target", "tools_def", "build_rule"] {
-        std::fs::copy(tree.join(format!("BaseTools/Conf/{f}.template")), tree.join(format!("Conf/{f}.txt")))?;
+        std::fs::copy(
+            tree.join(format!("BaseTools/Conf/{f}.template")),
+            tree.join(format!("Conf/{f}.txt")),
+        )?;
     }
+    let out_dir = root.join(".cache/firmware/out");
+    std::fs::create_dir_all(&out_dir)?;
     let mut outs = Vec::new();
     let mut times = Vec::new();
     for fw in &pins.firmware {
         let t = Instant::now();
         let mut b = Command::new("build");
-        b.args(["-q", "-a", "X64", "-t", &pins.build.toolchain, "-b", "RELEASE", "-n", &jobs, "-p", &fw.dsc]);
+        b.args([
+            "-q",
+            "-a",
+            "X64",
+            "-t",
+            &pins.build.toolchain,
+            "-b",
+            "RELEASE",
+            "-n",
+            &jobs,
+            "-p",
+            &fw.dsc,
+        ]);
         b.args(&fw.flags);
         envs(&mut b);
         run(&mut b).with_context(|| format!("building {}", fw.dsc))?;
@@ -298,27 +387,34 @@ fn build_all(root: &Path, pins: &Pins, work: &Path) -> Result<Vec<PathBuf>> {
         let h = sha256_file(&out)?;
         times.push(format!("\"{}\": {}", fw.name, t.elapsed().as_secs()));
         ensure!(
-            h == fw.sha256,
+            !check || h == fw.sha256,
             "{} built to sha256 {h}, pinned {} (toolchain versions: see firmware.toml [build.tools])",
             fw.name,
             fw.sha256
         );
-        outs.push(out);
+        let kept = out_dir.join(format!("{}.fd", fw.name));
+        std::fs::copy(&out, &kept)?;
+        outs.push(kept);
     }
     let record = format!(
         "{{\"total_seconds\": {}, \"basetools_seconds\": {tools_secs}, {}, \"jobs\": {jobs}}}\n",
         started.elapsed().as_secs(),
         times.join(", ")
     );
-    std::fs::write(work.join("build-time.json"), &record)?;
+    std::fs::write(root.join(".cache/firmware/build-time.json"), &record)?;
     eprintln!("firmware: built and verified in {}", record.trim());
+    std::fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
     Ok(outs)
 }
 
 /// Applies `debian/patches/series` in order, as dpkg-source would.
 fn apply_debian_patches(tree: &Path) -> Result<()> {
     let series = std::fs::read_to_string(tree.join("debian/patches/series"))?;
-    for p in series.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for p in series
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         run(Command::new("patch")
             .args(["-p1", "-s", "--no-backup-if-mismatch", "-i"])
             .arg(tree.join("debian/patches").join(p))
@@ -333,16 +429,29 @@ mod tests {
     use super::*;
 
     fn root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     #[test]
     fn pin_file_is_complete() -> Result<()> {
         let p = read_pins(&root())?;
         assert_eq!(p.source.files.len(), 2);
-        for h in p.source.files.iter().map(|f| &f.sha256).chain(p.firmware.iter().map(|f| &f.sha256)) {
+        for h in p
+            .source
+            .files
+            .iter()
+            .map(|f| &f.sha256)
+            .chain(p.firmware.iter().map(|f| &f.sha256))
+        {
             assert_eq!(h.len(), 64, "{h}");
-            assert!(h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{h}");
+            assert!(
+                h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{h}"
+            );
         }
         let names: Vec<&str> = p.firmware.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["ovmf-amdsev", "ovmf-inteltdx"]);

@@ -19,10 +19,12 @@ fn main() -> ExitCode {
             println!("ovmf-amdsev   {}", p.amd_sev.display());
             println!("ovmf-inteltdx {}", p.intel_tdx.display());
         }),
-        ["firmware", "--verify"] => firmware::verify_firmware(&project_root())
-            .map(|s| println!("firmware rebuilt from source in {s} s: every image matches its pin")),
+        ["firmware", "--verify"] => firmware::verify_firmware(&project_root()).map(|s| {
+            println!("firmware rebuilt from source in {s} s: every image matches its pin")
+        }),
+        ["firmware", "--print-hashes"] => firmware::print_hashes(&project_root()),
         _ => {
-            eprintln!("usage: cargo xtask firmware [--verify]");
+            eprintln!("usage: cargo xtask firmware [--verify | --print-hashes]");
             return ExitCode::from(2);
         }
     };

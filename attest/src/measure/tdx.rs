@@ -335,7 +335,7 @@ pub fn load_options(cmdline: &str, has_initrd: bool) -> Vec<u8> {
         .collect()
 }
 
-/// The RTMR2 events the Linux EFI stub (≥ 6.9 with the CC measurement protocol) extends:
+/// The RTMR2 events the Linux EFI stub extends through the CC measurement protocol (6.12 does):
 /// its load options, then the initrd it loaded through OVMF's LoadFile2 protocol. An empty
 /// initrd is not handed over by QEMU/OVMF and is therefore absent.
 pub fn rtmr2_log(cmdline: &str, initrd: Option<&[u8]>) -> Vec<RtmrEvent> {
