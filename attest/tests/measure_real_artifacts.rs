@@ -257,13 +257,20 @@ fn pe_hash_reproduces_the_kernel_signature_digest() {
     let ours = tdx::pe_image_hash::<Sha256>(&kernel).unwrap();
     assert_eq!(hex::encode(ours), hex::encode(signed));
     let rtmr1 = tdx::rtmr1(&kernel).unwrap();
+    let (_, tdvf) = firmware("ovmf-inteltdx");
+    let (_, initrd) = artifact("CHRYSALIS_INITRD", 3 << 20, 2);
+    let all = tdx::measure(&tdvf, &kernel, Some(&initrd), CMDLINE).unwrap();
+    assert_eq!(all.rtmr1, rtmr1);
+    println!(
+        "tdx mrtd {}\ntdx rtmr2 {}",
+        hex::encode(all.mrtd),
+        hex::encode(all.rtmr2)
+    );
     println!(
         "kernel pe sha384 {}\nrtmr1 {}",
         hex::encode(tdx::pe_image_digest(&kernel).unwrap()),
         hex::encode(rtmr1)
     );
-    // The signature itself is outside the hash: stripping it leaves RTMR1 unchanged only if
-    // the certificate directory is also cleared, which the hash skips as well.
 }
 
 #[test]
