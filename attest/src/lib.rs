@@ -9,4 +9,5 @@
 pub mod claims;
 pub mod eventlog;
 pub mod evidence;
+pub mod measure;
 pub mod sim_transport;

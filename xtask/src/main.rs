@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod deps;
+mod firmware;
 mod image;
 mod kernel;
 mod pins;
@@ -48,6 +49,16 @@ enum Cmd {
         #[arg(long)]
         no_repro: bool,
     },
+    /// The pinned confidential-VM firmware (OVMF AmdSev, TDVF): locate/verify it, or rebuild
+    /// it from the pinned edk2 sources and compare with the pins (--verify, ~15-20 min).
+    Firmware {
+        /// Rebuild from source and compare every image with its pin.
+        #[arg(long)]
+        verify: bool,
+        /// Rebuild and print the hashes (for updating the pins).
+        #[arg(long)]
+        print_hashes: bool,
+    },
     /// Benchmarks (results under out/bench/).
     Bench {
         #[command(subcommand)]
@@ -79,6 +90,19 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Repro { kernel_deb } => repro::run(&root, kernel_deb),
         Cmd::Run(args) => run::run(&root, args),
         Cmd::Test { no_repro } => test::run_all(&root, no_repro),
+        Cmd::Firmware { verify, print_hashes } => {
+            if verify {
+                let s = firmware::verify_firmware(&root)?;
+                println!("firmware rebuilt from source in {s} s: every image matches its pin");
+            } else if print_hashes {
+                firmware::print_hashes(&root)?;
+            } else {
+                let p = firmware::ensure_firmware(&root)?;
+                println!("ovmf-amdsev   {}", p.amd_sev.display());
+                println!("ovmf-inteltdx {}", p.intel_tdx.display());
+            }
+            Ok(())
+        }
         Cmd::Bench { which } => bench::run(&root, which),
     }
 }
