@@ -9,3 +9,11 @@
 pub mod claims;
 pub mod eventlog;
 pub mod evidence;
+pub mod policy;
+pub mod sim;
+pub mod snp;
+pub mod tdx;
+pub mod verify;
+
+pub use policy::{Check, Policy};
+pub use verify::{verify_evidence, verify_evidence_with, Report, VerifyContext};
