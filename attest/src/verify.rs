@@ -73,7 +73,7 @@ pub const SIMULATED_WARNING: &str =
     "SIMULATED TEE: this evidence comes from the Chrysalis simulator, NOT from hardware; it proves nothing about isolation";
 
 impl Report {
-    fn new(platform: &str, now: SystemTime) -> Self {
+    pub(crate) fn empty(platform: &str, now: SystemTime) -> Self {
         Report {
             platform: platform.into(),
             verified_at: rfc3339(unix_secs(now)),
@@ -132,7 +132,7 @@ pub fn verify_evidence_with(evidence: &Evidence, policy: &Policy, ctx: &VerifyCo
         PlatformEvidence::Tdx { .. } => "tdx",
         PlatformEvidence::Simulated { .. } => "simulated",
     };
-    let mut r = Report::new(platform, ctx.now);
+    let mut r = Report::empty(platform, ctx.now);
     r.push(
         Check::new(
             "evidence.nonce",
@@ -282,9 +282,10 @@ fn short_hex(b: &[u8]) -> String {
     abbreviate(&hex::encode(b))
 }
 
+/// Long hex strings shortened for the table; other text is left whole.
 fn abbreviate(s: &str) -> String {
     let n = s.chars().count();
-    if n <= 32 {
+    if n <= 32 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
         return s.to_string();
     }
     let head: String = s.chars().take(12).collect();
@@ -431,5 +432,7 @@ mod tests {
     fn abbreviation() {
         assert_eq!(abbreviate("abcd"), "abcd");
         assert_eq!(abbreviate(&"0123456789".repeat(5)), "012345678901…23456789");
+        let text = "CN=SEV-VCEK <- CN=SEV-Milan <- CN=ARK-Milan";
+        assert_eq!(abbreviate(text), text);
     }
 }

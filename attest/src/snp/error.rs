@@ -59,6 +59,12 @@ pub enum SnpError {
         /// CPUID_STEP.
         stepping: u8,
     },
+    /// Reserved bytes after the signature (0x330..0x4A0, not signed) are not zero.
+    #[error("report has a non-zero byte at offset {offset:#x}, in the unsigned reserved area after the signature")]
+    UnsignedBytes {
+        /// Offset of the first non-zero byte.
+        offset: usize,
+    },
     /// The `sev` crate refused the layout.
     #[error("report does not decode: {0}")]
     Decode(String),
@@ -184,6 +190,7 @@ impl SnpError {
             | SnpError::UnsupportedVersion(_)
             | SnpError::UnknownCpu { .. }
             | SnpError::Decode(_)
+            | SnpError::UnsignedBytes { .. }
             | SnpError::SimulatedReport => "report",
             SnpError::SignatureAlgorithm(_)
             | SnpError::SignatureEncoding(_)

@@ -21,5 +21,7 @@ pub use cert::{oid, AmdCert, AmdExtensions};
 pub use chain::VerifiedChain;
 pub use error::{CertError, SnpError};
 pub use report::{policy_bits, platform_info_bits, SnpReport, TcbParts};
-pub use verify::{parse_certs, verify_cert_chain, verify_report, verify_report_detailed, SnpVerification};
+pub use verify::{
+    parse_certs, verify_cert_chain, verify_report, verify_report_detailed, verify_report_with_chain, SnpVerification,
+};
 pub(crate) use verify::check_report_signature;

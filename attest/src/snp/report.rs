@@ -153,6 +153,11 @@ impl SnpReport {
         if !matches!(version, 2 | 3 | 5) {
             return Err(SnpError::UnsupportedVersion(version));
         }
+        // The signature structure ends at 0x330; the rest up to 0x4A0 is reserved and unsigned.
+        // Require zeros so that unsigned bytes cannot be varied undetected.
+        if let Some(i) = raw[OFF_SIG_S + SIG_COMPONENT_LEN..].iter().position(|&b| b != 0) {
+            return Err(SnpError::UnsignedBytes { offset: OFF_SIG_S + SIG_COMPONENT_LEN + i });
+        }
         if version >= 3 {
             let (fam, model) = (raw[OFF_CPUID_FAM], raw[OFF_CPUID_MOD]);
             if product_from_cpuid(fam, model).is_none() {
@@ -334,6 +339,13 @@ mod tests {
         m[OFF_CHIP_ID..OFF_CHIP_ID + 64].fill(0);
         let rep = SnpReport::parse(&m);
         assert!(rep.as_ref().is_ok_and(|r| r.chip_id_masked()), "{rep:?}");
+    }
+
+    #[test]
+    fn unsigned_tail_must_be_zero() {
+        let mut r = blank(2);
+        r[REPORT_LEN - 1] = 1;
+        assert!(matches!(SnpReport::parse(&r), Err(SnpError::UnsignedBytes { offset: 0x49F })));
     }
 
     #[test]

@@ -113,6 +113,12 @@ fn verify_with_leaf(
     at: SystemTime,
 ) -> Result<SnpVerification, SnpError> {
     let chain = chain::verify_leaf(leaf, all, at)?;
+    check_against_chain(report, chain)
+}
+
+/// Everything after the chain: signer kind, report signature, product, TCB and hwID.
+fn check_against_chain(report: &SnpReport, chain: VerifiedChain) -> Result<SnpVerification, SnpError> {
+    let leaf = &chain.leaf;
     let (signer_name, expected_kind) = match chain.signer {
         SnpSigner::Vlek => ("VLEK", SigningKeyKind::Vlek),
         _ => ("VCEK", SigningKeyKind::Vcek),
@@ -128,9 +134,7 @@ fn verify_with_leaf(
             return Err(SnpError::ProductMismatch { report: cpu, chain: chain.product });
         }
     }
-    let ext = leaf
-        .amd_extensions()
-        .map_err(|source| SnpError::Cert { index: 0, source })?;
+    let ext = leaf.amd_extensions().map_err(|source| SnpError::Cert { index: 0, source })?;
     let report_tcb = TcbParts::from_raw(report.reported_tcb(), chain.product);
     let cert_tcb = check_tcb(&ext, &report_tcb, chain.product)?;
     let hwid_checked = chain.signer == SnpSigner::Vcek && !report.chip_id_masked();
@@ -139,6 +143,21 @@ fn verify_with_leaf(
     }
     let claims = Verified::new(report.claims(chain.product, chain.signer, false));
     Ok(SnpVerification { claims, chain, cert_tcb, extensions: ext, hwid_checked })
+}
+
+/// Verify a report against a chain verified earlier by [`verify_cert_chain`] (e.g. a cached
+/// VCEK verifying many reports of one chip). The chain's validity period was judged at the
+/// time given to [`verify_cert_chain`]; everything about the report is checked here.
+pub fn verify_report_with_chain(report: &[u8], chain: &VerifiedChain) -> Result<SnpVerification, SnpError> {
+    let report = SnpReport::parse(report)?;
+    if report.is_simulated() {
+        return Err(SnpError::SimulatedReport);
+    }
+    let algo = report.signature_algo();
+    if algo != SIGNATURE_ALGO_ECDSA_P384_SHA384 {
+        return Err(SnpError::SignatureAlgorithm(algo));
+    }
+    check_against_chain(&report, chain.clone())
 }
 
 /// Verify a report with the certificates supplied (DER or PEM; VCEK or VLEK, optionally ASK,
