@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::claims::{SnpClaims, SnpProduct, TdxClaims, Verified};
 use crate::eventlog::{EventKind, EventLog};
 use crate::sim::SimRootPublicKey;
-use crate::snp::{platform_info_bits, policy_bits, TcbParts};
+use crate::snp::{TcbParts, platform_info_bits, policy_bits};
 
 /// Why a policy file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -454,10 +454,12 @@ impl Policy {
             ("snp.tcb.fmc", t.fmc, tcb.fmc),
         ] {
             match (min, have) {
-                (Some(min), Some(have)) => out.push(Check::new(name, have >= min, have.to_string(), format!(">= {min}"))),
-                (Some(min), None) => out.push(
-                    Check::new(name, true, "n/a", format!(">= {min}")).detail("this product has no FMC SPL"),
-                ),
+                (Some(min), Some(have)) => {
+                    out.push(Check::new(name, have >= min, have.to_string(), format!(">= {min}")))
+                }
+                (Some(min), None) => {
+                    out.push(Check::new(name, true, "n/a", format!(">= {min}")).detail("this product has no FMC SPL"))
+                }
                 _ => {}
             }
         }
@@ -480,7 +482,12 @@ impl Policy {
         )];
         for (i, list) in [&m.tdx_rtmr0, &m.tdx_rtmr1, &m.tdx_rtmr2, &m.tdx_rtmr3].into_iter().enumerate() {
             if let (Some(list), Some(value)) = (list, c.rtmr.get(i)) {
-                out.push(Check::new(&format!("tdx.rtmr{i}"), in_list(value, list), hex::encode(value), expected_list(list)));
+                out.push(Check::new(
+                    &format!("tdx.rtmr{i}"),
+                    in_list(value, list),
+                    hex::encode(value),
+                    expected_list(list),
+                ));
             }
         }
         let debug = c.td_attributes.first().is_some_and(|b| b & 1 != 0);
@@ -499,8 +506,7 @@ impl Policy {
         }
         let st = &self.tdx.accepted_tcb_statuses;
         out.push(Check::new("tdx.tcb_status", st.contains(&c.tcb_status), c.tcb_status.clone(), st.join(", ")));
-        let bad: Vec<&String> =
-            c.advisory_ids.iter().filter(|a| !self.tdx.allowed_advisory_ids.contains(a)).collect();
+        let bad: Vec<&String> = c.advisory_ids.iter().filter(|a| !self.tdx.allowed_advisory_ids.contains(a)).collect();
         out.push(
             Check::new(
                 "tdx.advisory_ids",
@@ -537,7 +543,12 @@ impl Policy {
         match self.report_data.binding {
             Binding::ChrysalisEventlog => {
                 let want = log.report_data(nonce);
-                let c = Check::new(name, found == want.as_slice() && !nonce.is_empty(), hex::encode(found), hex::encode(want));
+                let c = Check::new(
+                    name,
+                    found == want.as_slice() && !nonce.is_empty(),
+                    hex::encode(found),
+                    hex::encode(want),
+                );
                 if nonce.is_empty() {
                     c.detail("no nonce: freshness cannot be established")
                 } else {

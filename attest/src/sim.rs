@@ -36,8 +36,8 @@ use zeroize::Zeroizing;
 
 use crate::claims::{SnpClaims, SnpProduct, SnpSigner, Verified};
 use crate::eventlog::EventLog;
-use crate::evidence::{Evidence, PlatformEvidence, EVIDENCE_VERSION};
-use crate::snp::report::{policy_bits, SIGNED_LEN};
+use crate::evidence::{EVIDENCE_VERSION, Evidence, PlatformEvidence};
+use crate::snp::report::{SIGNED_LEN, policy_bits};
 use crate::snp::{SnpError, SnpReport};
 
 /// ASCII marker at the start of a simulated report's CHIP_ID.

@@ -69,8 +69,7 @@ pub struct Report {
 }
 
 /// The loud line printed and logged for every simulated verification.
-pub const SIMULATED_WARNING: &str =
-    "SIMULATED TEE: this evidence comes from the Chrysalis simulator, NOT from hardware; it proves nothing about isolation";
+pub const SIMULATED_WARNING: &str = "SIMULATED TEE: this evidence comes from the Chrysalis simulator, NOT from hardware; it proves nothing about isolation";
 
 impl Report {
     pub(crate) fn empty(platform: &str, now: SystemTime) -> Self {
@@ -104,7 +103,7 @@ impl Report {
         serde_json::to_string_pretty(&View { ok: self.is_ok(), report: self }).unwrap_or_default()
     }
 
-    /// Add a check that is only shown when the given warning applies.
+    /// Record a warning for the reader and log it.
     fn warn(&mut self, text: &str) {
         log::warn!("{text}");
         self.warnings.push(text.to_string());
@@ -121,6 +120,20 @@ impl Report {
 
 /// Verify `evidence` against `policy` for `nonce` at time `now` (no TDX collateral, no
 /// extra certificates, nonce issue time unknown). See [`verify_evidence_with`].
+///
+/// ```
+/// use chrysalis_attest::eventlog::EventLog;
+/// use chrysalis_attest::sim::{SimPsp, SimRoot};
+/// use chrysalis_attest::{verify_evidence, Policy};
+///
+/// let psp = SimPsp::new(SimRoot::generate(), [0; 48]);
+/// let nonce = [7u8; 32];
+/// let evidence = psp.evidence(EventLog::default(), &nonce);
+/// let report = verify_evidence(&evidence, &Policy::default(), &nonce, std::time::SystemTime::now());
+/// // The default policy refuses simulated evidence, and says why.
+/// assert!(!report.is_ok());
+/// assert_eq!(report.failures().next().map(|c| c.name.as_str()), Some("simulation"));
+/// ```
 pub fn verify_evidence(evidence: &Evidence, policy: &Policy, nonce: &[u8], now: SystemTime) -> Report {
     verify_evidence_with(evidence, policy, &VerifyContext::new(nonce, now))
 }
@@ -134,18 +147,17 @@ pub fn verify_evidence_with(evidence: &Evidence, policy: &Policy, ctx: &VerifyCo
     };
     let mut r = Report::empty(platform, ctx.now);
     r.push(
-        Check::new(
-            "evidence.nonce",
-            evidence.nonce == ctx.nonce,
-            short_hex(&evidence.nonce),
-            short_hex(ctx.nonce),
-        )
-        .detail("the echoed nonce; the binding itself is REPORT_DATA"),
+        Check::new("evidence.nonce", evidence.nonce == ctx.nonce, short_hex(&evidence.nonce), short_hex(ctx.nonce))
+            .detail("the echoed nonce; the binding itself is REPORT_DATA"),
     );
     r.push(match evidence.event_log.check() {
-        Ok(()) => Check::new("event_log.data", true, format!("{} events", evidence.event_log.events.len()), "consistent"),
-        Err(e) => Check::new("event_log.data", false, format!("{} events", evidence.event_log.events.len()), "consistent")
-            .detail(e.to_string()),
+        Ok(()) => {
+            Check::new("event_log.data", true, format!("{} events", evidence.event_log.events.len()), "consistent")
+        }
+        Err(e) => {
+            Check::new("event_log.data", false, format!("{} events", evidence.event_log.events.len()), "consistent")
+                .detail(e.to_string())
+        }
     });
     match &evidence.platform {
         PlatformEvidence::Snp { report, certs } => verify_snp(&mut r, report, certs, evidence, policy, ctx),
@@ -211,11 +223,18 @@ fn verify_snp(
             format!("{} <- {} <- {}", v.chain.leaf.name(), v.chain.intermediate.name(), v.chain.root.name()),
             "pinned AMD root",
         )
-        .detail(if v.chain.intermediate_pinned { "ASK pinned" } else { "intermediate supplied, signed by pinned ARK" }),
+        .detail(if v.chain.intermediate_pinned {
+            "ASK pinned"
+        } else {
+            "intermediate supplied, signed by pinned ARK"
+        }),
     );
     r.push(Check::new("snp.report_signature", true, format!("ECDSA P-384 by {signer}"), "valid"));
     let reported = TcbParts::from_raw(c.reported_tcb, c.product);
-    r.push(Check::new("snp.vcek_tcb", true, v.cert_tcb.to_string(), reported.to_string()).detail("certificate TCB = REPORTED_TCB"));
+    r.push(
+        Check::new("snp.vcek_tcb", true, v.cert_tcb.to_string(), reported.to_string())
+            .detail("certificate TCB = REPORTED_TCB"),
+    );
     r.push(if v.hwid_checked {
         Check::new("snp.vcek_hwid", true, short_hex(v.extensions.hwid.as_deref().unwrap_or(&[])), "CHIP_ID")
     } else {
@@ -239,7 +258,9 @@ fn verify_simulated(r: &mut Report, report: &[u8], evidence: &Evidence, policy: 
     let key = match policy.sim_root() {
         Ok(Some(k)) => k,
         Ok(None) | Err(_) => {
-            r.push(Check::new("sim.signature", false, "", "valid").detail("the policy has no usable simulation root key"));
+            r.push(
+                Check::new("sim.signature", false, "", "valid").detail("the policy has no usable simulation root key"),
+            );
             return;
         }
     };
@@ -330,7 +351,8 @@ impl fmt::Display for Report {
         }
         for row in std::iter::once(&header).chain(rows.iter()) {
             let [a, b, c, d, e] = row;
-            let line = format!("{a:<w0$}  {b:<w1$}  {c:<w2$}  {d:<w3$}  {e}", w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]);
+            let line =
+                format!("{a:<w0$}  {b:<w1$}  {c:<w2$}  {d:<w3$}  {e}", w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]);
             writeln!(f, "{}", line.trim_end())?;
         }
         match &self.claims {
@@ -344,7 +366,12 @@ impl fmt::Display for Report {
                 writeln!(f, "  host_data     {}", hex::encode(&c.host_data))?;
                 writeln!(f, "  chip_id       {}", hex::encode(&c.chip_id))?;
                 writeln!(f, "  policy        {:#x}", c.policy)?;
-                writeln!(f, "  reported_tcb  {:#018x} ({})", c.reported_tcb, TcbParts::from_raw(c.reported_tcb, c.product))?;
+                writeln!(
+                    f,
+                    "  reported_tcb  {:#018x} ({})",
+                    c.reported_tcb,
+                    TcbParts::from_raw(c.reported_tcb, c.product)
+                )?;
                 writeln!(f, "  platform_info {:#x}", c.platform_info)?;
             }
             Some(Claims::Tdx(v)) => {

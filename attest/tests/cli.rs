@@ -60,8 +60,17 @@ fn virtee_policy(dir: &Path, measurement: &str) -> String {
 fn verify_virtee(policy: &str, extra: &[&str]) -> Output {
     let report = snp_data("virtee-sev-milan/report_milan.bin").display().to_string();
     let certs = snp_data("virtee-sev-milan").display().to_string();
-    let mut args =
-        vec!["verify", "--policy", policy, "--snp-report", &report, "--certs", &certs, "--time", "2026-01-01T00:00:00Z"];
+    let mut args = vec![
+        "verify",
+        "--policy",
+        policy,
+        "--snp-report",
+        &report,
+        "--certs",
+        &certs,
+        "--time",
+        "2026-01-01T00:00:00Z",
+    ];
     args.extend_from_slice(extra);
     attest(&args)
 }
@@ -88,7 +97,17 @@ fn genuine_snp_report_verifies_exit_0_with_table() {
     let certs = snp_data("virtee-sev-milan").display().to_string();
     let hexfile = snp_data("virtee-sev-milan/report_milan.hex").display().to_string();
     let policy = virtee_policy(&d, VIRTEE_MEASUREMENT);
-    let o = attest(&["verify", "--policy", &policy, "--snp-report", &hexfile, "--certs", &certs, "--time", "2026-01-01T00:00:00Z"]);
+    let o = attest(&[
+        "verify",
+        "--policy",
+        &policy,
+        "--snp-report",
+        &hexfile,
+        "--certs",
+        &certs,
+        "--time",
+        "2026-01-01T00:00:00Z",
+    ]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
 }
 
@@ -100,7 +119,10 @@ fn wrong_measurement_exits_1_and_names_the_check() {
     let out = stdout(&o);
     assert!(out.starts_with("attestation: FAILED (1 of"), "{out}");
     let line = out.lines().find(|l| l.starts_with("snp.measurement")).unwrap();
-    assert!(line.contains("FAIL") && line.contains("7a1e5c266c01…cd81841f") && line.contains("abababababab…abababab"), "{line}");
+    assert!(
+        line.contains("FAIL") && line.contains("7a1e5c266c01…cd81841f") && line.contains("abababababab…abababab"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -123,13 +145,41 @@ fn json_output() {
 #[test]
 fn expired_or_not_yet_valid_certs_exit_1() {
     let d = scratch("time");
-    let p = write_policy(&d, "none.toml", "[report_data]\nbinding = \"none\"\n[measurements]\nsnp = [\"7f51e17f72a04d5422cb2c00998166536019a217376f3aa45a630e59c805a599847ff250dbffcd07e1ba639771d6f05d\"]\n");
+    let p = write_policy(
+        &d,
+        "none.toml",
+        "[report_data]\nbinding = \"none\"\n[measurements]\nsnp = [\"7f51e17f72a04d5422cb2c00998166536019a217376f3aa45a630e59c805a599847ff250dbffcd07e1ba639771d6f05d\"]\n",
+    );
     let report = snp_data("dstack-milan-v3/report.bin").display().to_string();
     let certs = snp_data("dstack-milan-v3").display().to_string();
-    let o = attest(&["verify", "--policy", &p, "--snp-report", &report, "--certs", &certs, "--time", "2026-01-01T00:00:00Z"]);
+    let o = attest(&[
+        "verify",
+        "--policy",
+        &p,
+        "--snp-report",
+        &report,
+        "--certs",
+        &certs,
+        "--time",
+        "2026-01-01T00:00:00Z",
+    ]);
     assert_eq!(code(&o), 1);
-    assert!(stdout(&o).contains("is not valid at 2026-01-01T00:00:00Z: valid from 2026-06-17T01:05:04Z"), "{}", stdout(&o));
-    let o = attest(&["verify", "--policy", &p, "--snp-report", &report, "--certs", &certs, "--time", "2026-07-01T00:00:00Z"]);
+    assert!(
+        stdout(&o).contains("is not valid at 2026-01-01T00:00:00Z: valid from 2026-06-17T01:05:04Z"),
+        "{}",
+        stdout(&o)
+    );
+    let o = attest(&[
+        "verify",
+        "--policy",
+        &p,
+        "--snp-report",
+        &report,
+        "--certs",
+        &certs,
+        "--time",
+        "2026-07-01T00:00:00Z",
+    ]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
 }
 
@@ -189,14 +239,16 @@ fn simulated_evidence_file() {
     let ev = ev.display().to_string();
     let nonce_hex = hex::encode(nonce);
 
-    let refused = attest(&["verify", "--policy", &sim_policy(&d, &psp, false, ""), "--evidence", &ev, "--nonce", &nonce_hex]);
+    let refused =
+        attest(&["verify", "--policy", &sim_policy(&d, &psp, false, ""), "--evidence", &ev, "--nonce", &nonce_hex]);
     assert_eq!(code(&refused), 1);
     let out = stdout(&refused);
     assert!(out.contains("!!! WARNING: SIMULATED TEE"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("simulation") && l.contains("FAIL")), "{out}");
     assert!(stderr(&refused).contains("SIMULATED TEE"), "log::warn on stderr: {}", stderr(&refused));
 
-    let allowed = attest(&["verify", "--policy", &sim_policy(&d, &psp, true, ""), "--evidence", &ev, "--nonce", &nonce_hex]);
+    let allowed =
+        attest(&["verify", "--policy", &sim_policy(&d, &psp, true, ""), "--evidence", &ev, "--nonce", &nonce_hex]);
     assert_eq!(code(&allowed), 0, "{}", stdout(&allowed));
     assert!(stdout(&allowed).contains("!!! WARNING: SIMULATED TEE"));
 

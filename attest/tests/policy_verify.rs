@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrysalis_attest::eventlog::{Event, EventKind, EventLog};
-use chrysalis_attest::evidence::{Evidence, PlatformEvidence, EVIDENCE_VERSION};
-use chrysalis_attest::sim::{sim_launch_measurement, SimPsp, SimRoot};
-use chrysalis_attest::verify::{verify_evidence, verify_evidence_with, Claims, VerifyContext, SIMULATED_WARNING};
+use chrysalis_attest::evidence::{EVIDENCE_VERSION, Evidence, PlatformEvidence};
+use chrysalis_attest::sim::{SimPsp, SimRoot, sim_launch_measurement};
+use chrysalis_attest::verify::{Claims, SIMULATED_WARNING, VerifyContext, verify_evidence, verify_evidence_with};
 use chrysalis_attest::{Policy, Report};
 
 const VIRTEE_MEASUREMENT: &str =
@@ -54,7 +54,9 @@ fn genuine_milan_report_passes_a_matching_policy() {
     let p = policy(VIRTEE_MEASUREMENT, "[snp.min_tcb]\nbootloader = 3\nsnp = 8\nmicrocode = 115");
     let r = verify_evidence(&ev, &p, &[], jan_2026());
     assert!(r.is_ok(), "{r}");
-    for name in ["snp.cert_chain", "snp.report_signature", "snp.vcek_tcb", "snp.vcek_hwid", "snp.measurement", "report_data"] {
+    for name in
+        ["snp.cert_chain", "snp.report_signature", "snp.vcek_tcb", "snp.vcek_hwid", "snp.measurement", "report_data"]
+    {
         assert!(r.checks.iter().any(|c| c.name == name && c.passed), "{name} missing:\n{r}");
     }
     assert!(matches!(&r.claims, Some(Claims::Snp(v)) if !v.claims().simulated));
@@ -69,17 +71,25 @@ fn wrong_measurement_fails_only_that_check() {
     let p = policy(&"00".repeat(48), "");
     let r = verify_evidence(&virtee_evidence(), &p, &[], jan_2026());
     assert_eq!(failed(&r), ["snp.measurement"]);
-    assert!(Policy::default().check_snp(match &r.claims {
-        Some(Claims::Snp(v)) => v,
-        _ => panic!("no claims"),
-    })
-    .iter()
-    .any(|c| c.name == "snp.measurement" && !c.passed));
+    assert!(
+        Policy::default()
+            .check_snp(match &r.claims {
+                Some(Claims::Snp(v)) => v,
+                _ => panic!("no claims"),
+            })
+            .iter()
+            .any(|c| c.name == "snp.measurement" && !c.passed)
+    );
 }
 
 #[test]
 fn policy_minimums_and_bindings_fail_as_expected() {
-    let r = verify_evidence(&virtee_evidence(), &policy(VIRTEE_MEASUREMENT, "[snp.min_tcb]\nmicrocode = 200"), &[], jan_2026());
+    let r = verify_evidence(
+        &virtee_evidence(),
+        &policy(VIRTEE_MEASUREMENT, "[snp.min_tcb]\nmicrocode = 200"),
+        &[],
+        jan_2026(),
+    );
     assert_eq!(failed(&r), ["snp.tcb.microcode"]);
     let r = verify_evidence(
         &virtee_evidence(),
@@ -194,7 +204,12 @@ fn debug_enabled_report_fails_under_the_default_policy() {
     psp.policy |= chrysalis_attest::snp::policy_bits::MIGRATE_MA;
     psp.platform_info = chrysalis_attest::snp::platform_info_bits::SMT_EN;
     let ev = psp.evidence(runtime_log(), &nonce);
-    let r = verify_evidence(&ev, &sim_policy(&root, &m, true, "[snp]\nrequire_smt_disabled = true"), &nonce, SystemTime::now());
+    let r = verify_evidence(
+        &ev,
+        &sim_policy(&root, &m, true, "[snp]\nrequire_smt_disabled = true"),
+        &nonce,
+        SystemTime::now(),
+    );
     assert_eq!(failed(&r), ["snp.migration_agent", "snp.smt"]);
 }
 
@@ -209,7 +224,8 @@ fn freshness_uses_the_nonce_issue_time() {
     let now = SystemTime::now();
     let ctx = VerifyContext { nonce_issued_at: Some(now - Duration::from_secs(5)), ..VerifyContext::new(&nonce, now) };
     assert!(verify_evidence_with(&ev, &p, &ctx).is_ok());
-    let ctx = VerifyContext { nonce_issued_at: Some(now - Duration::from_secs(120)), ..VerifyContext::new(&nonce, now) };
+    let ctx =
+        VerifyContext { nonce_issued_at: Some(now - Duration::from_secs(120)), ..VerifyContext::new(&nonce, now) };
     assert_eq!(failed(&verify_evidence_with(&ev, &p, &ctx)), ["freshness"]);
     assert_eq!(failed(&verify_evidence(&ev, &p, &nonce, now)), ["freshness"]);
 }

@@ -176,7 +176,11 @@ fn single_byte_changes_anywhere_in_the_report_fail() {
         for i in (k..good.len()).step_by(7).chain(0x330..good.len()) {
             let mut rep = good.clone();
             rep[i] ^= 0x04;
-            assert!(snp::verify_report_with_chain(&rep, &chain).is_err(), "{}: byte {i:#x} changed and still verified", v.name);
+            assert!(
+                snp::verify_report_with_chain(&rep, &chain).is_err(),
+                "{}: byte {i:#x} changed and still verified",
+                v.name
+            );
         }
     }
 }
@@ -338,14 +342,14 @@ fn turin_chain_only_verifies_and_extensions_parse() {
     assert_eq!(chain.root.subject_cn().as_deref(), Some("ARK-Turin"));
     assert_eq!(chain.intermediate.subject_cn().as_deref(), Some("SEV-Turin"));
     assert_eq!(ext.hwid.as_deref(), Some(&hex::decode("1e550a8ee5cf9f4d").unwrap()[..]));
-    assert_eq!((ext.fmc, ext.microcode, ext.bootloader, ext.tee, ext.snp), (Some(0), Some(9), Some(0), Some(0), Some(0)));
+    assert_eq!(
+        (ext.fmc, ext.microcode, ext.bootloader, ext.tee, ext.snp),
+        (Some(0), Some(9), Some(0), Some(0), Some(0))
+    );
     assert_eq!(ext.product_name.as_deref(), Some("Turin"));
     // The VCEK alone verifies too (the Turin ASK is pinned); before its notBefore it does not.
     assert!(snp::verify_cert_chain(&certs[..1], at(JAN_2026)).is_ok());
-    assert!(matches!(
-        snp::verify_cert_chain(&certs[..1], at(1_700_000_000)),
-        Err(SnpError::CertValidity { .. })
-    ));
+    assert!(matches!(snp::verify_cert_chain(&certs[..1], at(1_700_000_000)), Err(SnpError::CertValidity { .. })));
     // Milan's VCEK extensions parse to the README values.
     let milan = snp::AmdCert::from_der(&data("virtee-sev-milan/vcek_milan.der")).unwrap().amd_extensions().unwrap();
     assert_eq!((milan.bootloader, milan.snp, milan.microcode, milan.fmc), (Some(3), Some(8), Some(115), None));

@@ -9,12 +9,12 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result, anyhow};
 use clap::Args;
 
-use super::{http, Outcome};
-use crate::snp::kds::{parse_product, VcekId, KDS_BASE, MAX_CERT_FILE};
-use crate::snp::{verify_cert_chain, SnpReport};
+use super::{Outcome, http};
+use crate::snp::kds::{KDS_BASE, MAX_CERT_FILE, VcekId, parse_product};
+use crate::snp::{SnpReport, verify_cert_chain};
 
 #[derive(Args, Debug)]
 pub(crate) struct FetchVcekArgs {

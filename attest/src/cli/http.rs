@@ -5,17 +5,14 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 
 /// GET `url`, failing on a non-2xx status, a body over `limit` bytes, or after 30 s.
 pub(crate) fn get(url: &str, limit: usize) -> Result<Vec<u8>> {
     if url.starts_with("https://") {
         bail!("{url}: this build of attest has no TLS support; use http:// (e.g. through an SSH tunnel)");
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
     let mut resp = agent.get(url).call().with_context(|| format!("GET {url}"))?;
     resp.body_mut()
         .with_config()

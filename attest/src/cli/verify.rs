@@ -6,18 +6,18 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
 use rand_core::{OsRng, RngCore};
 
-use super::{http, Outcome};
+use super::{Outcome, http};
 use crate::eventlog::EventLog;
-use crate::evidence::{Evidence, PlatformEvidence, EVIDENCE_VERSION, MAX_EVIDENCE_LEN};
+use crate::evidence::{EVIDENCE_VERSION, Evidence, MAX_EVIDENCE_LEN, PlatformEvidence};
 use crate::policy::{Check, Policy};
-use crate::snp::kds::load_cert_dir;
 use crate::snp::SnpReport;
+use crate::snp::kds::load_cert_dir;
 use crate::tdx::Collateral;
-use crate::verify::{verify_evidence_with, Report, VerifyContext};
+use crate::verify::{Report, VerifyContext, verify_evidence_with};
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("input").required(true).args(["evidence", "url", "snp_report", "tdx_quote"])))]
@@ -75,7 +75,13 @@ fn read_binary_or_hex(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn bare_evidence(nonce: &[u8], platform: PlatformEvidence) -> Evidence {
-    Evidence { version: EVIDENCE_VERSION, nonce: nonce.to_vec(), platform, event_log: EventLog::default(), gpus: vec![] }
+    Evidence {
+        version: EVIDENCE_VERSION,
+        nonce: nonce.to_vec(),
+        platform,
+        event_log: EventLog::default(),
+        gpus: vec![],
+    }
 }
 
 pub(crate) fn run(a: VerifyArgs) -> Result<Outcome> {

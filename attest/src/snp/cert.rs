@@ -303,10 +303,7 @@ mod tests {
         assert!(matches!(AmdCert::from_der(&[0x30, 0x03, 0x02, 0x01]), Err(CertError::Der(_))));
         assert!(matches!(AmdCert::from_der(&[]), Err(CertError::Der(_))));
         assert!(matches!(AmdCert::from_pem_all(b"hello"), Err(CertError::Pem(_))));
-        assert!(matches!(
-            AmdCert::from_pem_all(b"-----BEGIN CERTIFICATE-----\nAAAA\n"),
-            Err(CertError::Pem(_))
-        ));
+        assert!(matches!(AmdCert::from_pem_all(b"-----BEGIN CERTIFICATE-----\nAAAA\n"), Err(CertError::Pem(_))));
         assert!(matches!(AmdCert::from_pem_all(&[0xff, 0xfe]), Err(CertError::Pem(_))));
     }
 

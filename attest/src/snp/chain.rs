@@ -6,9 +6,9 @@
 use std::time::SystemTime;
 
 use crate::claims::{SnpProduct, SnpSigner};
-use crate::snp::cert::{rfc3339, unix_secs, AmdCert};
-use crate::snp::roots::{self, ProductRoots};
 use crate::snp::SnpError;
+use crate::snp::cert::{AmdCert, rfc3339, unix_secs};
+use crate::snp::roots::{self, ProductRoots};
 
 /// A chain that ends in a pinned ARK and is valid at the verification time.
 #[derive(Clone, Debug)]

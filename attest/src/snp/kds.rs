@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use crate::claims::SnpProduct;
+use crate::snp::SnpError;
 use crate::snp::cert::MAX_CERTS;
 use crate::snp::report::{SnpReport, TcbParts};
-use crate::snp::SnpError;
 
 /// AMD's KDS.
 pub const KDS_BASE: &str = "https://kdsintf.amd.com";

@@ -17,11 +17,11 @@ pub mod report;
 pub mod roots;
 mod verify;
 
-pub use cert::{oid, AmdCert, AmdExtensions};
+pub use cert::{AmdCert, AmdExtensions, oid};
 pub use chain::VerifiedChain;
 pub use error::{CertError, SnpError};
-pub use report::{policy_bits, platform_info_bits, SnpReport, TcbParts};
-pub use verify::{
-    parse_certs, verify_cert_chain, verify_report, verify_report_detailed, verify_report_with_chain, SnpVerification,
-};
+pub use report::{SnpReport, TcbParts, platform_info_bits, policy_bits};
 pub(crate) use verify::check_report_signature;
+pub use verify::{
+    SnpVerification, parse_certs, verify_cert_chain, verify_report, verify_report_detailed, verify_report_with_chain,
+};

@@ -145,9 +145,8 @@ impl SnpReport {
 
     /// Check length and version, then decode with the `sev` crate.
     pub fn parse(bytes: &[u8]) -> Result<Self, SnpError> {
-        let raw: [u8; REPORT_LEN] = bytes
-            .try_into()
-            .map_err(|_| SnpError::ReportLength { expected: REPORT_LEN, got: bytes.len() })?;
+        let raw: [u8; REPORT_LEN] =
+            bytes.try_into().map_err(|_| SnpError::ReportLength { expected: REPORT_LEN, got: bytes.len() })?;
         let raw = Box::new(raw);
         let version = u32_at(&raw, OFF_VERSION);
         if !matches!(version, 2 | 3 | 5) {
@@ -243,11 +242,7 @@ impl SnpReport {
 
     /// The product named by CPUID_FAM_ID / CPUID_MOD_ID (v3 and later; `None` for v2).
     pub fn cpuid_product(&self) -> Option<SnpProduct> {
-        if self.version() >= 3 {
-            product_from_cpuid(self.raw[OFF_CPUID_FAM], self.raw[OFF_CPUID_MOD])
-        } else {
-            None
-        }
+        if self.version() >= 3 { product_from_cpuid(self.raw[OFF_CPUID_FAM], self.raw[OFF_CPUID_MOD]) } else { None }
     }
 
     /// True when CHIP_ID carries the simulated-TEE marker ([`SIM_CHIP_ID_MARKER`]).

@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use crate::claims::SnpProduct;
-use crate::snp::cert::AmdCert;
 use crate::snp::SnpError;
+use crate::snp::cert::AmdCert;
 
 /// (product, file, PEM bytes) of every pinned root.
 pub const PINNED_PEMS: [(SnpProduct, &str, &[u8]); 6] = [
@@ -32,21 +32,16 @@ pub struct ProductRoots {
 }
 
 fn parse_one(file: &'static str, pem: &[u8]) -> Result<AmdCert, SnpError> {
-    AmdCert::from_pem_all(pem)
-        .ok()
-        .and_then(|v| v.into_iter().next())
-        .ok_or(SnpError::PinnedRoot(file))
+    AmdCert::from_pem_all(pem).ok().and_then(|v| v.into_iter().next()).ok_or(SnpError::PinnedRoot(file))
 }
 
 fn load() -> Result<Vec<ProductRoots>, SnpError> {
     PINNED_PEMS
         .chunks_exact(2)
         .map(|pair| match pair {
-            [(product, ark_file, ark), (_, ask_file, ask)] => Ok(ProductRoots {
-                product: *product,
-                ark: parse_one(ark_file, ark)?,
-                ask: parse_one(ask_file, ask)?,
-            }),
+            [(product, ark_file, ark), (_, ask_file, ask)] => {
+                Ok(ProductRoots { product: *product, ark: parse_one(ark_file, ark)?, ask: parse_one(ask_file, ask)? })
+            }
             _ => Err(SnpError::PinnedRoot("roots table")),
         })
         .collect()

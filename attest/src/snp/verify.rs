@@ -12,8 +12,8 @@ use p384::ecdsa::{Signature, VerifyingKey};
 use crate::claims::{SnpClaims, SnpProduct, SnpSigner, Verified};
 use crate::snp::cert::{AmdCert, AmdExtensions, MAX_CERTS};
 use crate::snp::chain::{self, VerifiedChain};
-use crate::snp::report::{SigningKeyKind, SnpReport, TcbParts, SIGNATURE_ALGO_ECDSA_P384_SHA384};
-use crate::snp::{oid, SnpError};
+use crate::snp::report::{SIGNATURE_ALGO_ECDSA_P384_SHA384, SigningKeyKind, SnpReport, TcbParts};
+use crate::snp::{SnpError, oid};
 
 /// What the verification established, beyond the claims: for the verification table.
 #[derive(Clone, Debug)]
@@ -129,10 +129,10 @@ fn check_against_chain(report: &SnpReport, chain: VerifiedChain) -> Result<SnpVe
     }
     let key = leaf.p384_key().ok_or(SnpError::LeafKind { subject: leaf.name(), expected: "SEV-VCEK" })?;
     check_report_signature(report, &key, signer_name, leaf.name())?;
-    if let Some(cpu) = report.cpuid_product() {
-        if cpu != chain.product {
-            return Err(SnpError::ProductMismatch { report: cpu, chain: chain.product });
-        }
+    if let Some(cpu) = report.cpuid_product()
+        && cpu != chain.product
+    {
+        return Err(SnpError::ProductMismatch { report: cpu, chain: chain.product });
     }
     let ext = leaf.amd_extensions().map_err(|source| SnpError::Cert { index: 0, source })?;
     let report_tcb = TcbParts::from_raw(report.reported_tcb(), chain.product);
@@ -162,11 +162,7 @@ pub fn verify_report_with_chain(report: &[u8], chain: &VerifiedChain) -> Result<
 
 /// Verify a report with the certificates supplied (DER or PEM; VCEK or VLEK, optionally ASK,
 /// ASVK, ARK: supplied roots are ignored) at time `at`, and say what was checked.
-pub fn verify_report_detailed(
-    report: &[u8],
-    certs: &[Vec<u8>],
-    at: SystemTime,
-) -> Result<SnpVerification, SnpError> {
+pub fn verify_report_detailed(report: &[u8], certs: &[Vec<u8>], at: SystemTime) -> Result<SnpVerification, SnpError> {
     let report = SnpReport::parse(report)?;
     if report.is_simulated() {
         return Err(SnpError::SimulatedReport);
@@ -182,10 +178,7 @@ pub fn verify_report_detailed(
     }
     // With several candidate keys (a cache directory), try those whose hwID matches first.
     let matches_chip = |c: &&AmdCert| {
-        c.amd_extensions()
-            .ok()
-            .and_then(|e| e.hwid)
-            .is_some_and(|h| !h.is_empty() && report.chip_id().starts_with(&h))
+        c.amd_extensions().ok().and_then(|e| e.hwid).is_some_and(|h| !h.is_empty() && report.chip_id().starts_with(&h))
     };
     leaves.sort_by_key(|c| !matches_chip(c));
     let mut first_err = None;
