@@ -6,8 +6,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod claims;
 pub mod eventlog;
 pub mod evidence;
 pub mod measure;
+pub mod policy;
+pub mod sim;
 pub mod sim_transport;
+pub mod snp;
+pub mod tdx;
+pub mod verify;
+
+pub use policy::{Check, Policy};
+pub use verify::{verify_evidence, verify_evidence_with, Report, VerifyContext};
