@@ -6,6 +6,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod claims;
 pub mod eventlog;
 pub mod evidence;
+pub mod keyrelease;
+pub mod release;
+pub mod seal;

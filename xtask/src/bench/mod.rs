@@ -1,0 +1,2 @@
+//! `cargo xtask bench <what>`: measured performance claims.
+pub mod unseal;
