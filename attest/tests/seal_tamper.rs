@@ -8,7 +8,7 @@ use chrysalis_attest::seal::cipher::ChunkCipher;
 use chrysalis_attest::seal::format::{PREAMBLE_LEN, TAG_LEN};
 use chrysalis_attest::seal::{
     DataKey, HeaderError, SealOptions, SealSource, SealedHeader, UnsealError, UnsealOptions, model_files, read_header,
-    seal, seal_to_vec, unseal_reader, unseal_with,
+    seal, seal_to_vec, unseal_file, unseal_reader, unseal_with,
 };
 use proptest::prelude::*;
 
@@ -74,6 +74,9 @@ fn unseal_err(bundle: &[u8], key: &DataKey) -> UnsealError {
     for t in [1, 4] {
         errs.push(unseal_with(bundle, key, &opts(t)).expect_err("must fail"));
         errs.push(unseal_reader(bundle, key, &opts(t)).expect_err("must fail"));
+        let mut tmp = tempfile::tempfile().expect("tempfile");
+        std::io::Write::write_all(&mut tmp, bundle).expect("write");
+        errs.push(unseal_file(&tmp, key, &opts(t)).expect_err("must fail"));
     }
     let first = format!("{}", errs[0]);
     for e in &errs {
@@ -93,7 +96,9 @@ fn assert_decrypt(bundle: &[u8], key: &DataKey, chunk: u32) {
 fn round_trip_all_paths() {
     let f = fixture();
     for t in [1, 2, 4, 16] {
-        for u in [unseal_with(&f.bundle, &f.key, &opts(t)), unseal_reader(&f.bundle[..], &f.key, &opts(t))] {
+        let mut tmp = tempfile::tempfile().expect("tempfile");
+        std::io::Write::write_all(&mut tmp, &f.bundle).expect("write");
+        for u in [unseal_with(&f.bundle, &f.key, &opts(t)), unseal_reader(&f.bundle[..], &f.key, &opts(t)), unseal_file(&tmp, &f.key, &opts(t))] {
             let u = u.expect("unseals");
             assert_eq!(u.model_name, "fixture");
             assert_eq!(u.header_digest, f.header.digest());

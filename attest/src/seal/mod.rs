@@ -32,4 +32,4 @@ pub use format::{BundleHeader, FileEntry, HeaderError, Layout, SealedHeader, rea
 pub use key::DataKey;
 pub use keyfile::{KeyFile, KeyFileError};
 pub use sealer::{SealError, SealOptions, SealSource, model_files, seal, seal_to_vec};
-pub use unseal::{UnsealError, UnsealOptions, UnsealedFile, UnsealedFiles, read_header_from, unseal, unseal_reader, unseal_with};
+pub use unseal::{UnsealError, UnsealOptions, UnsealedFile, UnsealedFiles, read_header_from, unseal, unseal_file, unseal_reader, unseal_with};

@@ -13,7 +13,9 @@
 //! header is parsed and its sizes checked against the input before any allocation that
 //! depends on them (slices), or against [`UnsealOptions::max_plaintext`] (readers).
 
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
@@ -176,7 +178,7 @@ pub fn unseal_with(bundle: &[u8], key: &DataKey, opts: &UnsealOptions) -> Result
             chunk: index,
         })?;
         rest = after;
-        Ok(Job { index, last: layout.is_last(index), file, dst, src: Some(ct), tag: *tag })
+        Ok(Job { index, last: layout.is_last(index), file, dst, src: Src::Slice(ct), tag: *tag })
     });
     run(key, &header, threads(opts), opts.verify_sha256, jobs)?;
     Ok(finish(&header, bufs))
@@ -203,7 +205,7 @@ pub fn unseal_reader<R: Read>(mut reader: R, key: &DataKey, opts: &UnsealOptions
                     return Err(UnsealError::Truncated { expected: layout.body_len, got: *got, chunk: index });
                 }
             }
-            Ok(Job { index, last: layout.is_last(index), file, dst, src: None, tag })
+            Ok(Job { index, last: layout.is_last(index), file, dst, src: Src::Filled, tag })
         });
         run(key, &header, threads(opts), opts.verify_sha256, jobs)?;
     }
@@ -212,6 +214,47 @@ pub fn unseal_reader<R: Read>(mut reader: R, key: &DataKey, opts: &UnsealOptions
         return Err(UnsealError::Trailing { extra });
     }
     Ok(finish(&header, bufs))
+}
+
+/// Unseal a bundle file: the workers read their own chunks with positioned reads, so copying
+/// from the page cache and first-touch page faults spread over all cores. The file's length
+/// is checked against the header before anything is allocated.
+pub fn unseal_file(file: &File, key: &DataKey, opts: &UnsealOptions) -> Result<UnsealedFiles, UnsealError> {
+    let header = read_header_from(&mut AtReader { file, pos: 0 })?;
+    let layout = &header.layout;
+    let len = file.metadata().map_err(UnsealError::Io)?.len();
+    let got = len.saturating_sub(header.len() as u64);
+    if got < layout.body_len {
+        return Err(UnsealError::Truncated { expected: layout.body_len, got, chunk: layout.chunk_at(got) });
+    }
+    if got > layout.body_len {
+        return Err(UnsealError::Trailing { extra: got - layout.body_len });
+    }
+    check_limit(layout, opts)?;
+    let mut bufs = allocate(layout);
+    let cs = layout.chunk_size as usize;
+    let mut off = header.len() as u64;
+    let jobs = chunk_slots(&mut bufs, cs).map(|(index, file_idx, dst)| {
+        let at = off;
+        off += (dst.len() + TAG_LEN) as u64;
+        Ok(Job { index, last: layout.is_last(index), file: file_idx, dst, src: Src::File(file, at), tag: [0; TAG_LEN] })
+    });
+    run(key, &header, threads(opts), opts.verify_sha256, jobs)?;
+    Ok(finish(&header, bufs))
+}
+
+/// `Read` over a file by positioned reads (leaves the file's cursor alone).
+struct AtReader<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for AtReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// Read and parse only the header from a reader, leaving it positioned at the body.
@@ -285,25 +328,46 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Where a chunk's ciphertext is.
+enum Src<'a> {
+    /// Already in the destination (read by the producer), tag in the job.
+    Filled,
+    /// In memory: ciphertext to copy into the destination, tag in the job.
+    Slice(&'a [u8]),
+    /// In a file at this offset: ciphertext then tag, read by the worker itself.
+    File(&'a File, u64),
+}
+
 /// One chunk to decrypt: its slot in a file buffer and where its ciphertext is.
 struct Job<'a> {
     index: u32,
     last: bool,
     file: usize,
-    /// Destination; already holds the ciphertext when `src` is `None`.
     dst: &'a mut [u8],
-    src: Option<&'a [u8]>,
+    src: Src<'a>,
     tag: [u8; TAG_LEN],
 }
 
-fn open_job(cipher: &ChunkCipher, job: &mut Job<'_>) -> bool {
-    if let Some(src) = job.src {
-        if src.len() != job.dst.len() {
-            return false;
+enum JobError {
+    Auth,
+    Io(io::Error),
+}
+
+fn open_job(cipher: &ChunkCipher, job: &mut Job<'_>) -> Result<(), JobError> {
+    match job.src {
+        Src::Filled => {}
+        Src::Slice(src) => {
+            if src.len() != job.dst.len() {
+                return Err(JobError::Auth);
+            }
+            job.dst.copy_from_slice(src);
         }
-        job.dst.copy_from_slice(src);
+        Src::File(f, off) => {
+            f.read_exact_at(job.dst, off).map_err(JobError::Io)?;
+            f.read_exact_at(&mut job.tag, off + job.dst.len() as u64).map_err(JobError::Io)?;
+        }
     }
-    cipher.open(job.index, job.last, job.dst, &job.tag).is_ok()
+    cipher.open(job.index, job.last, job.dst, &job.tag).map_err(|_| JobError::Auth)
 }
 
 /// Decrypt every job, with `threads` workers, and check file hashes if asked.
@@ -338,8 +402,10 @@ fn run<'a>(
         };
         for job in jobs {
             let mut job = job?;
-            if !open_job(&cipher, &mut job) {
-                return Err(UnsealError::Decrypt { chunk: job.index });
+            match open_job(&cipher, &mut job) {
+                Ok(()) => {}
+                Err(JobError::Auth) => return Err(UnsealError::Decrypt { chunk: job.index }),
+                Err(JobError::Io(e)) => return Err(UnsealError::Io(e)),
             }
             if verify {
                 match &mut cur {
@@ -358,6 +424,7 @@ fn run<'a>(
 
     let abort = AtomicBool::new(false);
     let failed: Mutex<Option<u32>> = Mutex::new(None);
+    let io_failed: Mutex<Option<io::Error>> = Mutex::new(None);
     let (job_tx, job_rx) = mpsc::channel::<Job<'a>>();
     let job_rx = Mutex::new(job_rx);
 
@@ -387,7 +454,7 @@ fn run<'a>(
         let mut workers = Vec::with_capacity(threads);
         for _ in 0..threads {
             let txs = hash_txs.clone();
-            let (abort, failed, job_rx, cipher, hasher_of) = (&abort, &failed, &job_rx, &cipher, &hasher_of);
+            let (abort, failed, io_failed, job_rx, cipher, hasher_of) = (&abort, &failed, &io_failed, &job_rx, &cipher, &hasher_of);
             workers.push(scope.spawn(move || {
                 loop {
                     if abort.load(Ordering::Relaxed) {
@@ -398,12 +465,22 @@ fn run<'a>(
                         Err(_) => break,
                     };
                     let Ok(mut job) = next else { break };
-                    if !open_job(cipher, &mut job) {
-                        abort.store(true, Ordering::Relaxed);
-                        if let Ok(mut f) = failed.lock() {
-                            *f = Some(f.map_or(job.index, |x| x.min(job.index)));
+                    match open_job(cipher, &mut job) {
+                        Ok(()) => {}
+                        Err(JobError::Auth) => {
+                            abort.store(true, Ordering::Relaxed);
+                            if let Ok(mut f) = failed.lock() {
+                                *f = Some(f.map_or(job.index, |x| x.min(job.index)));
+                            }
+                            break;
                         }
-                        break;
+                        Err(JobError::Io(e)) => {
+                            abort.store(true, Ordering::Relaxed);
+                            if let Ok(mut slot) = io_failed.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            break;
+                        }
                     }
                     if let Some(tx) = hasher_of.get(job.file).and_then(|&h| txs.get(h)) {
                         let plain: &'a [u8] = job.dst;
@@ -451,6 +528,9 @@ fn run<'a>(
     let (worker_panicked, bad_file) = outcome;
     if let Some(chunk) = failed.lock().ok().and_then(|f| *f) {
         return Err(UnsealError::Decrypt { chunk });
+    }
+    if let Some(e) = io_failed.into_inner().ok().flatten() {
+        return Err(UnsealError::Io(e));
     }
     if let Some(e) = producer_err {
         return Err(e);
@@ -520,6 +600,12 @@ mod tests {
             let r = unseal_reader(&bundle[..], &key, &opts(t)).expect("unseals");
             assert_eq!(r.get("a.safetensors"), Some(&a[..]));
             assert_eq!(r.total_bytes(), u.total_bytes());
+            let mut tmp = tempfile::tempfile().expect("tempfile");
+            std::io::Write::write_all(&mut tmp, &bundle).expect("write");
+            let f = unseal_file(&tmp, &key, &opts(t)).expect("unseals");
+            assert_eq!(f.get("a.safetensors"), Some(&a[..]));
+            tmp.set_len(bundle.len() as u64 - 1).expect("truncate");
+            assert!(matches!(unseal_file(&tmp, &key, &opts(t)), Err(UnsealError::Truncated { .. })));
         }
     }
 
