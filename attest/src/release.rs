@@ -180,6 +180,7 @@ pub fn prepare_release(
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::eventlog::Event;

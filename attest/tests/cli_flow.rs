@@ -3,6 +3,7 @@
 //!
 //! The verifier here is a test double that checks only the event-log binding (a simulated
 //! report whose bytes are REPORT_DATA); hardware verification is tested with the verifiers.
+#![allow(clippy::expect_used)]
 #![cfg(feature = "cli")]
 
 use std::net::SocketAddr;

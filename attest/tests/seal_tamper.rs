@@ -1,5 +1,6 @@
 //! Sealed bundles: round trips from files, and every tamper class gets its specific error,
 //! on the in-memory and the reader path, sequential and parallel.
+#![allow(clippy::expect_used)]
 
 use std::num::NonZeroUsize;
 use std::ops::Range;
@@ -224,7 +225,8 @@ fn header_edits() {
     assert_decrypt(&with_header(&f, |h| { h.files[0].size -= 50; h.files[2].size += 50; }), &f.key, 0);
     // Fields that change the geometry: structural errors where the whole bundle is at hand;
     // the reader path decrypts while it reads and fails at chunk 0 (the AAD changed).
-    let geometry: [(Vec<u8>, fn(&UnsealError) -> bool); 3] = [
+    type Expect = fn(&UnsealError) -> bool;
+    let geometry: [(Vec<u8>, Expect); 3] = [
         (with_header(&f, |h| h.files[1].size += 1), |e| matches!(e, UnsealError::Truncated { .. })),
         (with_header(&f, |h| h.chunk_size = 2 * CS), |e| matches!(e, UnsealError::Trailing { .. })),
         (with_header(&f, |h| { h.files.pop(); }), |e| matches!(e, UnsealError::Trailing { .. })),

@@ -94,6 +94,7 @@ fn unreachable_key_length() -> UnboundKey {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use aead_stream::{NewStream, StreamBE32, StreamPrimitive};

@@ -353,6 +353,7 @@ impl SealedHeader {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -392,7 +393,8 @@ mod tests {
 
     #[test]
     fn rejects_each_invalid_field() {
-        let cases: Vec<(fn(&mut BundleHeader), HeaderError)> = vec![
+        type Edit = fn(&mut BundleHeader);
+        let cases: Vec<(Edit, HeaderError)> = vec![
             (|h| h.chunk_size = 100, HeaderError::ChunkSize(100)),
             (|h| h.model_name.clear(), HeaderError::ModelName("empty")),
             (|h| h.model_name = "a\nb".into(), HeaderError::ModelName("contains a control character")),

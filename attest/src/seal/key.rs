@@ -51,6 +51,7 @@ impl std::fmt::Debug for DataKey {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -238,6 +238,7 @@ pub fn model_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::seal::format::read_header;

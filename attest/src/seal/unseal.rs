@@ -170,13 +170,10 @@ pub fn unseal_with(bundle: &[u8], key: &DataKey, opts: &UnsealOptions) -> Result
     let cs = layout.chunk_size as usize;
     let mut rest = body;
     let jobs = chunk_slots(&mut bufs, cs).map(|(index, file, dst)| {
-        let truncated = UnsealError::Truncated { expected: layout.body_len, got, chunk: index };
-        let (ct, after) = rest.split_at_checked(dst.len()).ok_or_else(|| truncated)?;
-        let (tag, after) = after.split_first_chunk::<TAG_LEN>().ok_or(UnsealError::Truncated {
-            expected: layout.body_len,
-            got,
-            chunk: index,
-        })?;
+        // The body length was checked against the layout: these cannot fail.
+        let truncated = || UnsealError::Truncated { expected: layout.body_len, got, chunk: index };
+        let (ct, after) = rest.split_at_checked(dst.len()).ok_or_else(truncated)?;
+        let (tag, after) = after.split_first_chunk::<TAG_LEN>().ok_or_else(truncated)?;
         rest = after;
         Ok(Job { index, last: layout.is_last(index), file, dst, src: Src::Slice(ct), tag: *tag })
     });
@@ -578,6 +575,7 @@ fn hash_files(rx: &mpsc::Receiver<(u32, &[u8])>, plan: &[usize], layout: &Layout
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::seal::sealer::{SealOptions, seal_to_vec};
