@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use p384::ecdsa::signature::Signer;
 use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p384::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
-use rand_core::{OsRng, RngCore};
+use rand_core_06::{OsRng, RngCore};
 use sha2::{Digest, Sha256, Sha384};
 use zeroize::Zeroizing;
 

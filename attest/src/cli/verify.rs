@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
-use rand_core::{OsRng, RngCore};
+use rand_core_06::{OsRng, RngCore};
 
 use super::{Outcome, http};
 use crate::eventlog::EventLog;

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 pub mod boot;
+pub mod unseal;
 
 /// Which benchmark.
 #[derive(Subcommand)]
@@ -17,12 +18,20 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Unseal throughput on a synthetic bundle against `openssl speed -evp aes-256-gcm`
+    /// (one core and all cores) measured in the same run.
+    Unseal {
+        /// Arguments: [--size-mib N] [--runs N] [--skip-openssl].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Run a benchmark.
 pub fn run(root: &Path, which: Which) -> Result<()> {
     match which {
         Which::Boot { runs } => boot::run(root, runs),
+        Which::Unseal { args } => unseal::run(&args),
     }
 }
 
