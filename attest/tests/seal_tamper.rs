@@ -349,3 +349,28 @@ proptest! {
         let _ = unseal_with(&b, &key, &o);
     }
 }
+
+/// A bundle on a disk: zero padding up to the allowed amount is accepted (block devices
+/// round up to whole sectors); non-zero padding or more padding than allowed is not.
+#[test]
+fn disk_padding_is_zero_and_bounded() {
+    let f = fixture();
+    let (bundle, key) = (f.bundle.clone(), f.key);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, pad: &[u8]| {
+        let p = dir.path().join(name);
+        let mut b = bundle.clone();
+        b.extend_from_slice(pad);
+        std::fs::write(&p, b).expect("write");
+        std::fs::File::open(p).expect("open")
+    };
+    let opts = UnsealOptions { allow_zero_padding: 4095, ..UnsealOptions::default() };
+    assert!(unseal_file(&write("exact", &[]), &key, &opts).is_ok());
+    assert!(unseal_file(&write("pad", &[0; 300]), &key, &opts).is_ok());
+    let e = unseal_file(&write("pad", &[0; 300]), &key, &UnsealOptions::default()).expect_err("strict");
+    assert!(matches!(e, UnsealError::Trailing { extra: 300 }), "{e}");
+    let e = unseal_file(&write("nonzero", &[0, 0, 1]), &key, &opts).expect_err("non-zero");
+    assert!(matches!(e, UnsealError::Trailing { extra: 3 }), "{e}");
+    let e = unseal_file(&write("long", &[0; 4096]), &key, &opts).expect_err("too long");
+    assert!(matches!(e, UnsealError::Trailing { extra: 4096 }), "{e}");
+}

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.raw, h.raw, "accepted header is not canonical");
         assert_eq!(again.layout, h.layout);
         let key = DataKey::from_bytes([7; 32]);
-        let opts = UnsealOptions { threads: NonZeroUsize::new(1), verify_sha256: true, max_plaintext: 1 << 20 };
+        let opts = UnsealOptions { threads: NonZeroUsize::new(1), verify_sha256: true, max_plaintext: 1 << 20, allow_zero_padding: 0 };
         assert!(unseal_with(data, &key, &opts).is_err() || h.layout.total_plaintext <= 1 << 20);
     }
 });

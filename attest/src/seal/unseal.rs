@@ -14,7 +14,7 @@
 //! depends on them (slices), or against [`UnsealOptions::max_plaintext`] (readers).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,11 +42,16 @@ pub struct UnsealOptions {
     /// Refuse bundles whose header declares more plaintext than this (the runtime sets its
     /// memory budget; a reader's header is not yet checked against any input length).
     pub max_plaintext: u64,
+    /// Zero bytes tolerated after the last chunk by [`unseal_file`]. A bundle attached as a
+    /// disk is read from a block device whose size is rounded up to whole sectors; the
+    /// runtime allows up to one 4 KiB block of zero padding. Any non-zero byte, or more
+    /// padding than this, is still [`UnsealError::Trailing`]. Default 0 (exact length).
+    pub allow_zero_padding: u64,
 }
 
 impl Default for UnsealOptions {
     fn default() -> Self {
-        UnsealOptions { threads: None, verify_sha256: true, max_plaintext: u64::MAX }
+        UnsealOptions { threads: None, verify_sha256: true, max_plaintext: u64::MAX, allow_zero_padding: 0 }
     }
 }
 
@@ -219,13 +224,17 @@ pub fn unseal_reader<R: Read>(mut reader: R, key: &DataKey, opts: &UnsealOptions
 pub fn unseal_file(file: &File, key: &DataKey, opts: &UnsealOptions) -> Result<UnsealedFiles, UnsealError> {
     let header = read_header_from(&mut AtReader { file, pos: 0 })?;
     let layout = &header.layout;
-    let len = file.metadata().map_err(UnsealError::Io)?.len();
+    // Seek rather than stat: a block device's metadata length is 0.
+    let len = { (&*file).seek(io::SeekFrom::End(0)).map_err(UnsealError::Io)? };
     let got = len.saturating_sub(header.len() as u64);
     if got < layout.body_len {
         return Err(UnsealError::Truncated { expected: layout.body_len, got, chunk: layout.chunk_at(got) });
     }
     if got > layout.body_len {
-        return Err(UnsealError::Trailing { extra: got - layout.body_len });
+        let extra = got - layout.body_len;
+        if extra > opts.allow_zero_padding || !is_zero_padding(file, len - extra, extra)? {
+            return Err(UnsealError::Trailing { extra });
+        }
     }
     check_limit(layout, opts)?;
     let mut bufs = allocate(layout);
@@ -238,6 +247,13 @@ pub fn unseal_file(file: &File, key: &DataKey, opts: &UnsealOptions) -> Result<U
     });
     run(key, &header, threads(opts), opts.verify_sha256, jobs)?;
     Ok(finish(&header, bufs))
+}
+
+/// Whether `len` bytes of `file` at `at` are all zero.
+fn is_zero_padding(file: &File, at: u64, len: u64) -> Result<bool, UnsealError> {
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| UnsealError::Trailing { extra: len })?];
+    file.read_exact_at(&mut buf, at).map_err(UnsealError::Io)?;
+    Ok(buf.iter().all(|&b| b == 0))
 }
 
 /// `Read` over a file by positioned reads (leaves the file's cursor alone).
