@@ -6,6 +6,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ccel;
 pub mod claims;
 pub mod eventlog;
 pub mod evidence;
+pub mod tdx;
+pub mod wire;
