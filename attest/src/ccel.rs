@@ -525,7 +525,7 @@ fn text(data: &[u8]) -> Option<String> {
 
 /// UTF-16LE text (NUL-terminated or not), if all of it is printable.
 fn utf16(data: &[u8]) -> Option<String> {
-    if data.len() % 2 != 0 {
+    if !data.len().is_multiple_of(2) {
         return None;
     }
     let units: Vec<u16> = data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();

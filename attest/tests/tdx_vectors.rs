@@ -340,8 +340,11 @@ fn b64_encode(d: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A tamper case: its name, the tampered quote, and the error it must produce.
+type TamperCase = (&'static str, Vec<u8>, fn(&TdxError) -> bool);
+
 /// Each tamper case with the exact error it must produce, for any quote.
-fn tamper_cases(raw: &[u8]) -> Vec<(&'static str, Vec<u8>, fn(&TdxError) -> bool)> {
+fn tamper_cases(raw: &[u8]) -> Vec<TamperCase> {
     let q = TdxQuote::parse(raw).unwrap();
     let body = q.signed_len - if q.body_type.is_some() { 648 } else { 584 };
     let sig = q.signed_len + 4;
