@@ -238,11 +238,21 @@ fn collateral_window_is_enforced() {
 
 #[test]
 fn collateral_from_another_platform_is_rejected() {
-    // Same FMSPC (b0c06f000000): the other two dcap-qvl samples are appraised by the
-    // same TCB info. A different FMSPC must be refused by dcap-qvl's TCB matching.
+    // Collateral is per platform (FMSPC) and per TCB evaluation: a quote from another
+    // platform, or with a TCB level the TCB info does not list, must be refused.
     let col = collateral();
     let other = tdx::verify_quote(&load("trustee/tdx_quote_4.dat"), &col, NOW_IN_WINDOW).unwrap_err();
     assert!(matches!(&other, TdxError::Collateral(m) if m.contains("Fmspc mismatch")), "{other}");
+    let other = tdx::verify_quote(&load("trustee/tdx_quote_5.dat"), &col, NOW_IN_WINDOW).unwrap_err();
+    assert!(matches!(&other, TdxError::Collateral(m) if m.contains("Fmspc mismatch")), "{other}");
+    // Same FMSPC, but an older platform TCB that this TCB info (evaluation 17) no longer lists.
+    for rel in ["dcap-qvl/tdx-quote.hex", "dcap-qvl/quote-from-tappd.hex"] {
+        let e = tdx::verify_quote(&load(rel), &col, NOW_IN_WINDOW).unwrap_err();
+        assert!(matches!(&e, TdxError::Collateral(m) if m.contains("No matching TCB level found")), "{rel}: {e}");
+    }
+    // go-tdx-guest's PCK certificate was issued after this collateral expired.
+    let e = tdx::verify_quote(&load("go-tdx-guest-v5/quote_v5_sample.dat"), &col, NOW_IN_WINDOW).unwrap_err();
+    assert!(matches!(&e, TdxError::PckChain(m) if m.contains("CertNotValidYet")), "{e}");
 }
 
 #[test]
