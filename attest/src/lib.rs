@@ -8,6 +8,7 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod ccel;
 pub mod claims;
 pub mod eventlog;
 pub mod evidence;
@@ -21,6 +22,7 @@ pub mod sim_transport;
 pub mod snp;
 pub mod tdx;
 pub mod verify;
+pub mod wire;
 
 pub use policy::{Check, Policy};
 pub use verify::{verify_evidence, verify_evidence_with, Report, VerifyContext};

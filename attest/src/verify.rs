@@ -162,7 +162,7 @@ pub fn verify_evidence_with(evidence: &Evidence, policy: &Policy, ctx: &VerifyCo
     match &evidence.platform {
         PlatformEvidence::Snp { report, certs } => verify_snp(&mut r, report, certs, evidence, policy, ctx),
         PlatformEvidence::Simulated { report } => verify_simulated(&mut r, report, evidence, policy, ctx),
-        PlatformEvidence::Tdx { quote, ccel_log: _ } => verify_tdx(&mut r, quote, evidence, policy, ctx),
+        PlatformEvidence::Tdx { quote, ccel_log } => verify_tdx(&mut r, quote, ccel_log.as_deref(), evidence, policy, ctx),
     }
     if !evidence.gpus.is_empty() {
         r.push(
@@ -280,7 +280,14 @@ fn verify_simulated(r: &mut Report, report: &[u8], evidence: &Evidence, policy: 
     r.claims = Some(Claims::Snp(v));
 }
 
-fn verify_tdx(r: &mut Report, quote: &[u8], evidence: &Evidence, policy: &Policy, ctx: &VerifyContext<'_>) {
+fn verify_tdx(
+    r: &mut Report,
+    quote: &[u8],
+    ccel_log: Option<&[u8]>,
+    evidence: &Evidence,
+    policy: &Policy,
+    ctx: &VerifyContext<'_>,
+) {
     let Some(collateral) = ctx.tdx_collateral else {
         r.push(Check::new("tdx.quote", false, "", "valid").detail("no Intel collateral was given"));
         return;
@@ -294,6 +301,14 @@ fn verify_tdx(r: &mut Report, quote: &[u8], evidence: &Evidence, policy: &Policy
     };
     r.push(Check::new("tdx.quote", true, format!("v{}", v.claims().quote_version), "valid"));
     r.extend(policy.check_tdx(&v));
+    if let Some(log) = ccel_log {
+        // The firmware's event log is informational (policy judges the RTMRs themselves), but
+        // a log that does not replay to the quoted RTMRs is a lie worth failing on.
+        r.push(match crate::ccel::replay(log).and_then(|rep| rep.check_claims(v.claims()).map(|()| rep)) {
+            Ok(rep) => Check::new("tdx.ccel_replay", true, format!("{} events", rep.events.len()), "replays to RTMR0..3"),
+            Err(e) => Check::new("tdx.ccel_replay", false, "", "replays to RTMR0..3").detail(e.to_string()),
+        });
+    }
     bind_and_check_runtime(r, &v, &evidence.event_log, policy, ctx.nonce);
     r.claims = Some(Claims::Tdx(v));
 }

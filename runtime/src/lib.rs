@@ -4,6 +4,7 @@
 pub mod api;
 pub mod boot;
 pub mod config;
+pub mod evidence;
 pub mod init;
 pub mod logger;
 pub mod measure;
