@@ -9,3 +9,4 @@
 pub mod claims;
 pub mod eventlog;
 pub mod evidence;
+pub mod nvidia;
