@@ -13,8 +13,8 @@
 //!   ocsp/<anything>.der                            DER OCSPResponse, any number
 //! ```
 //!
-//! The RIM ids are the ones NVIDIA's RIM service uses (`rim.attestation.nvidia.com/v1/rim/<id>`),
-//! so a bundle can be filled by fetching those ids once, online, and shipping the files.
+//! The RIM ids are the ones NVIDIA's RIM service serves them under, so a bundle can be
+//! filled by fetching those ids once, online, and shipping the files.
 
 use std::collections::BTreeMap;
 use std::path::Path;

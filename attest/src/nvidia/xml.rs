@@ -233,12 +233,24 @@ fn push_text(stack: &mut [(Element, NsScope)], text: String) -> Result<(), XmlEr
     }
 }
 
+/// XML 1.0 NCName, conservatively: ASCII letters, digits, `-`, `.`, `_` and any non-ASCII
+/// letter-like character; must not start with a digit, `-` or `.`. (The parser underneath
+/// takes everything up to whitespace as a name, so this is what keeps `"` or `=` out.)
+fn is_ncname(s: &str) -> bool {
+    let mut chars = s.chars();
+    let Some(first) = chars.next() else { return false };
+    let start_ok = |c: char| c.is_ascii_alphabetic() || c == '_' || (!c.is_ascii() && c.is_alphabetic());
+    let rest_ok = |c: char| start_ok(c) || c.is_ascii_digit() || c == '-' || c == '.' || (!c.is_ascii() && c.is_alphanumeric());
+    start_ok(first) && chars.all(rest_ok)
+}
+
 fn split_qname(q: &str) -> Result<(Option<String>, String), XmlError> {
+    let bad = || XmlError::Syntax(format!("bad qualified name {q:?}"));
     match q.split_once(':') {
-        Some((p, l)) if !p.is_empty() && !l.is_empty() && !l.contains(':') => Ok((Some(p.to_string()), l.to_string())),
-        Some(_) => Err(XmlError::Syntax(format!("bad qualified name {q:?}"))),
-        None if q.is_empty() => Err(XmlError::Syntax("empty name".into())),
-        None => Ok((None, q.to_string())),
+        Some((p, l)) if is_ncname(p) && is_ncname(l) => Ok((Some(p.to_string()), l.to_string())),
+        Some(_) => Err(bad()),
+        None if is_ncname(q) => Ok((None, q.to_string())),
+        None => Err(bad()),
     }
 }
 
@@ -517,9 +529,21 @@ mod tests {
             "<r></s>",
             "<r/><r/>",
             "<r a=\"1\" a=\"2\"/>",
+            // Fuzz finding: the tokenizer took `Resourcexmlpe="M"` as an element name.
+            "<r><Resourcexmlpe=\"Measurementdein \"x=\"50\"></Resourcexmlpe=\"Measurementdein></r>",
+            "<r b\"c=\"1\"/>",
+            "<1r/>",
+            "<r -a=\"1\"/>",
         ] {
             assert!(parse(bad.as_bytes()).is_err(), "accepted {bad}");
         }
+    }
+
+    #[test]
+    fn canonical_form_is_a_fixed_point() {
+        let doc = "<r xmlns=\"urn:d\" xmlns:p=\"urn:p\" b=\"&#9;&#10;\" a=\"x\"><p:a><![CDATA[<&>]]></p:a>\r\n<!-- c --><é ü=\"1\"/></r>";
+        let c1 = c14n(doc);
+        assert_eq!(c14n(&c1), c1);
     }
 
     #[test]
