@@ -64,7 +64,12 @@ pub struct Package {
 impl Package {
     /// File name `apt-get download` gives the .deb.
     pub fn deb_file_name(&self) -> String {
-        format!("{}_{}_{}.deb", self.name, self.version.replace(':', "%3a"), self.arch)
+        format!(
+            "{}_{}_{}.deb",
+            self.name,
+            self.version.replace(':', "%3a"),
+            self.arch
+        )
     }
 }
 
@@ -86,7 +91,8 @@ pub struct Fetched {
 pub fn load_packages(root: &Path) -> Result<Vec<Package>> {
     let path = root.join(PACKAGES_TOML);
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let list: PackageList = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let list: PackageList =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok(list.package)
 }
 
@@ -105,7 +111,12 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 
 fn output(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    ensure!(out.status.success(), "{what} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -121,13 +132,20 @@ impl PrivateApt {
     pub fn setup(root: &Path, suites: &BTreeSet<String>) -> Result<Self> {
         let dir = root.join(".cache/apt");
         for d in ["etc", "lists/partial", "cache/archives/partial"] {
-            fs::create_dir_all(dir.join(d)).with_context(|| format!("creating {}", dir.join(d).display()))?;
+            fs::create_dir_all(dir.join(d))
+                .with_context(|| format!("creating {}", dir.join(d).display()))?;
         }
         let (main, security) = mirrors()?;
         let mut list = String::new();
         for suite in suites {
-            let uri = if suite.ends_with("-security") { &security } else { &main };
-            list.push_str(&format!("deb [signed-by={KEYRING}] {uri} {suite} {COMPONENTS}\n"));
+            let uri = if suite.ends_with("-security") {
+                &security
+            } else {
+                &main
+            };
+            list.push_str(&format!(
+                "deb [signed-by={KEYRING}] {uri} {suite} {COMPONENTS}\n"
+            ));
         }
         fs::write(dir.join("etc/sources.list"), list)?;
         Ok(PrivateApt { dir })
@@ -149,25 +167,45 @@ impl PrivateApt {
 
     /// `apt-get update` of the private lists.
     pub fn update(&self) -> Result<()> {
-        run(Command::new("apt-get").args(self.options()).args(["-q", "update"]), "apt-get update (private config)")
+        run(
+            Command::new("apt-get")
+                .args(self.options())
+                .args(["-q", "update"]),
+            "apt-get update (private config)",
+        )
     }
 
     /// Versions of `name` the private lists offer.
     pub fn available(&self, name: &str) -> Result<Vec<String>> {
-        let out = output(Command::new("apt-cache").args(self.options()).args(["madison", name]), "apt-cache madison")?;
-        Ok(out.lines().filter_map(|l| l.split('|').nth(1)).map(|v| v.trim().to_string()).collect())
+        let out = output(
+            Command::new("apt-cache")
+                .args(self.options())
+                .args(["madison", name]),
+            "apt-cache madison",
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split('|').nth(1))
+            .map(|v| v.trim().to_string())
+            .collect())
     }
 }
 
 /// The host's Debian archive and security-archive URIs (read from its apt sources).
 fn mirrors() -> Result<(String, String)> {
-    if let (Ok(m), Ok(s)) = (std::env::var("CHRYSALIS_DEBIAN_MIRROR"), std::env::var("CHRYSALIS_DEBIAN_SECURITY_MIRROR")) {
+    if let (Ok(m), Ok(s)) = (
+        std::env::var("CHRYSALIS_DEBIAN_MIRROR"),
+        std::env::var("CHRYSALIS_DEBIAN_SECURITY_MIRROR"),
+    ) {
         return Ok((m, s));
     }
     let mut text = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
     if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
         for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "sources" || x == "list") {
+            if e.path()
+                .extension()
+                .is_some_and(|x| x == "sources" || x == "list")
+            {
                 text.push('\n');
                 text.push_str(&fs::read_to_string(e.path()).unwrap_or_default());
             }
@@ -184,7 +222,10 @@ fn mirrors() -> Result<(String, String)> {
                 classify(u, s, &mut main, &mut security);
             }
         } else if let Some(rest) = line.strip_prefix("deb ") {
-            let parts: Vec<&str> = rest.split_whitespace().filter(|p| !p.starts_with('[')).collect();
+            let parts: Vec<&str> = rest
+                .split_whitespace()
+                .filter(|p| !p.starts_with('['))
+                .collect();
             if let [u, s, ..] = parts.as_slice() {
                 classify(u, s, &mut main, &mut security);
             }
@@ -234,7 +275,9 @@ pub fn fetch_roles(root: &Path, roles: &[&str]) -> Result<Vec<Fetched>> {
                 a.update()?;
                 apt = Some(a);
             }
-            let a = apt.as_ref().ok_or_else(|| anyhow!("private apt not set up"))?;
+            let a = apt
+                .as_ref()
+                .ok_or_else(|| anyhow!("private apt not set up"))?;
             let spec = format!("{}={}", p.name, p.version);
             let status = Command::new("apt-get")
                 .args(a.options())
@@ -249,15 +292,28 @@ pub fn fetch_roles(root: &Path, roles: &[&str]) -> Result<Vec<Fetched>> {
                      update {PACKAGES_TOML}",
                     p.suite,
                     p.component,
-                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
                 );
             }
-            let len = fs::metadata(&path).with_context(|| format!("{spec} downloaded under an unexpected name"))?.len();
-            ensure!(len == p.size, "{spec}: {len} bytes, the pin says {}", p.size);
+            let len = fs::metadata(&path)
+                .with_context(|| format!("{spec} downloaded under an unexpected name"))?
+                .len();
+            ensure!(
+                len == p.size,
+                "{spec}: {len} bytes, the pin says {}",
+                p.size
+            );
             let got = sha256_file(&path)?;
             if got != p.sha256 {
                 let _ = fs::remove_file(&path);
-                bail!("{spec}: SHA-256 {got} does not match the pinned {}", p.sha256);
+                bail!(
+                    "{spec}: SHA-256 {got} does not match the pinned {}",
+                    p.sha256
+                );
             }
         }
         out.push(Fetched { package: p, path });
@@ -268,7 +324,10 @@ pub fn fetch_roles(root: &Path, roles: &[&str]) -> Result<Vec<Fetched>> {
 fn extract(debs: &[Fetched], into: &Path) -> Result<()> {
     fs::create_dir_all(into)?;
     for f in debs {
-        run(Command::new("dpkg-deb").arg("-x").arg(&f.path).arg(into), &format!("dpkg-deb -x {}", f.package.name))?;
+        run(
+            Command::new("dpkg-deb").arg("-x").arg(&f.path).arg(into),
+            &format!("dpkg-deb -x {}", f.package.name),
+        )?;
     }
     Ok(())
 }
@@ -303,17 +362,28 @@ pub fn build_nvidia_modules(root: &Path, work: &Path, out: &Path) -> Result<Modu
     let common = sysroot.join(format!("usr/src/linux-headers-{KERNEL_ABI}-common"));
     let arch_dir = sysroot.join(format!("usr/src/linux-headers-{KERNEL_RELEASE}"));
     // Debian's per-flavour Makefile includes the common one by absolute path.
-    fs::write(arch_dir.join("Makefile"), format!("include {}/Makefile\n", common.display()))?;
+    fs::write(
+        arch_dir.join("Makefile"),
+        format!("include {}/Makefile\n", common.display()),
+    )?;
     let src_root = work.join("src");
     fs::create_dir_all(&src_root)?;
     run(
-        Command::new("tar").arg("-xJf").arg(sysroot.join("usr/src/nvidia-open-kernel.tar.xz")).arg("-C").arg(&src_root),
+        Command::new("tar")
+            .arg("-xJf")
+            .arg(sysroot.join("usr/src/nvidia-open-kernel.tar.xz"))
+            .arg("-C")
+            .arg(&src_root),
         "unpacking nvidia-open-kernel.tar.xz",
     )?;
     let src = src_root.join("modules/nvidia-open-kernel");
     patch_pci_resize(&src, &common)?;
 
-    let path = format!("{}:{}", sysroot.join("usr/bin").display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        sysroot.join("usr/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let kcflags = format!(
         "-ffile-prefix-map={}/=/usr/src/nvidia-{DRIVER_VERSION}/ -ffile-prefix-map={}/=/",
         src.display(),
@@ -323,7 +393,12 @@ pub fn build_nvidia_modules(root: &Path, work: &Path, out: &Path) -> Result<Modu
     run(
         Command::new("make")
             .current_dir(&src)
-            .arg(format!("-j{}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)))
+            .arg(format!(
+                "-j{}",
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            ))
             .arg("modules")
             .arg(format!("KERNEL_UNAME={KERNEL_RELEASE}"))
             .arg(format!("SYSSRC={}", common.display()))
@@ -333,7 +408,10 @@ pub fn build_nvidia_modules(root: &Path, work: &Path, out: &Path) -> Result<Modu
             .arg(format!("KCFLAGS={kcflags}"))
             .env("PATH", path)
             .env("SOURCE_DATE_EPOCH", MODULES_SOURCE_DATE_EPOCH.to_string())
-            .env("KBUILD_BUILD_TIMESTAMP", format!("@{MODULES_SOURCE_DATE_EPOCH}"))
+            .env(
+                "KBUILD_BUILD_TIMESTAMP",
+                format!("@{MODULES_SOURCE_DATE_EPOCH}"),
+            )
             .env("KBUILD_BUILD_USER", "chrysalis")
             .env("KBUILD_BUILD_HOST", "chrysalis")
             .env("LC_ALL", "C")
@@ -352,10 +430,17 @@ pub fn build_nvidia_modules(root: &Path, work: &Path, out: &Path) -> Result<Modu
         }
     }
     modules.sort();
-    ensure!(modules.iter().any(|(n, _)| n == "nvidia.ko"), "the build produced no nvidia.ko");
+    ensure!(
+        modules.iter().any(|(n, _)| n == "nvidia.ko"),
+        "the build produced no nvidia.ko"
+    );
     let sums: String = modules.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
     fs::write(out.join("SHA256SUMS"), sums)?;
-    Ok(ModuleBuild { modules, out_dir: out.to_path_buf(), elapsed })
+    Ok(ModuleBuild {
+        modules,
+        out_dir: out.to_path_buf(),
+        elapsed,
+    })
 }
 
 fn patch_pci_resize(src: &Path, kernel_common: &Path) -> Result<()> {
@@ -366,8 +451,18 @@ fn patch_pci_resize(src: &Path, kernel_common: &Path) -> Result<()> {
     let file = src.join("nvidia/nv-pci.c");
     let text = fs::read_to_string(&file)?;
     let from = "pci_resize_resource(pci_dev, NV_GPU_BAR1, requested_size)";
-    ensure!(text.matches(from).count() == 1, "{}: expected exactly one `{from}` to patch", file.display());
-    fs::write(&file, text.replace(from, "pci_resize_resource(pci_dev, NV_GPU_BAR1, requested_size, 0)"))?;
+    ensure!(
+        text.matches(from).count() == 1,
+        "{}: expected exactly one `{from}` to patch",
+        file.display()
+    );
+    fs::write(
+        &file,
+        text.replace(
+            from,
+            "pci_resize_resource(pci_dev, NV_GPU_BAR1, requested_size, 0)",
+        ),
+    )?;
     Ok(())
 }
 
@@ -377,7 +472,12 @@ pub fn check_modules_reproducible(root: &Path) -> Result<ModuleBuild> {
     let base = root.join(".cache/gpu-build");
     let a = build_nvidia_modules(root, &base.join("a"), &base.join("out-a"))?;
     let b = build_nvidia_modules(root, &base.join("second-directory-b"), &base.join("out-b"))?;
-    ensure!(a.modules == b.modules, "module builds differ:\n{:?}\n{:?}", a.modules, b.modules);
+    ensure!(
+        a.modules == b.modules,
+        "module builds differ:\n{:?}\n{:?}",
+        a.modules,
+        b.modules
+    );
     Ok(a)
 }
 
@@ -397,7 +497,11 @@ pub struct Nvcc {
 impl Nvcc {
     /// Environment for `cargo build --features cuda` (candle-kernels/cudaforge, cudarc).
     pub fn cargo_env(&self) -> Vec<(String, String)> {
-        let mut path: Vec<String> = self.path_prefix.iter().map(|p| p.display().to_string()).collect();
+        let mut path: Vec<String> = self
+            .path_prefix
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         path.push(std::env::var("PATH").unwrap_or_default());
         vec![
             ("NVCC".into(), self.nvcc.display().to_string()),
@@ -419,7 +523,10 @@ pub fn ensure_nvcc(root: &Path) -> Result<Nvcc> {
     let debs = fetch_roles(root, &["nvcc"])?;
     let prefix = root.join(".cache/cuda/root");
     let stamp = prefix.join(".chrysalis-stamp");
-    let want: String = debs.iter().map(|d| format!("{} {}\n", d.package.name, d.package.sha256)).collect();
+    let want: String = debs
+        .iter()
+        .map(|d| format!("{} {}\n", d.package.name, d.package.sha256))
+        .collect();
     if fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
         if prefix.exists() {
             fs::remove_dir_all(&prefix)?;
@@ -451,8 +558,16 @@ pub fn ensure_nvcc(root: &Path) -> Result<Nvcc> {
         version: String::new(),
     };
     let env = nvcc.cargo_env();
-    let version = output(Command::new(&nvcc.nvcc).arg("--version").envs(env.iter().cloned()), "nvcc --version")?;
-    ensure!(version.contains(&format!("release {CUDA_RELEASE}")), "unexpected nvcc: {version}");
+    let version = output(
+        Command::new(&nvcc.nvcc)
+            .arg("--version")
+            .envs(env.iter().cloned()),
+        "nvcc --version",
+    )?;
+    ensure!(
+        version.contains(&format!("release {CUDA_RELEASE}")),
+        "unexpected nvcc: {version}"
+    );
     let probe_dir = root.join(".cache/cuda/probe");
     fs::create_dir_all(&probe_dir)?;
     let cu = probe_dir.join("probe.cu");
@@ -470,8 +585,16 @@ pub fn ensure_nvcc(root: &Path) -> Result<Nvcc> {
             .envs(env.iter().cloned()),
         "nvcc probe compile (sm_90)",
     )?;
-    let line = version.lines().find(|l| l.contains("release")).unwrap_or_default().trim().to_string();
-    Ok(Nvcc { version: line, ..nvcc })
+    let line = version
+        .lines()
+        .find(|l| l.contains("release"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok(Nvcc {
+        version: line,
+        ..nvcc
+    })
 }
 
 /// `cargo build -p chrysalis-runtime --features cuda --release` with the private nvcc;
@@ -482,7 +605,14 @@ pub fn build_runtime_cuda(root: &Path) -> Result<Duration> {
     run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root)
-            .args(["build", "-p", "chrysalis-runtime", "--features", "cuda", "--release"])
+            .args([
+                "build",
+                "-p",
+                "chrysalis-runtime",
+                "--features",
+                "cuda",
+                "--release",
+            ])
             .envs(nvcc.cargo_env()),
         "cargo build --features cuda",
     )?;
@@ -521,14 +651,24 @@ pub fn gpu_check(root: &Path, stage: GpuCheckStage, out_dir: Option<&Path>) -> R
             let json = output(
                 Command::new(&cargo)
                     .current_dir(root)
-                    .args(["test", "-p", "chrysalis-runtime", "--features", "cuda", "--release", "--no-run"])
+                    .args([
+                        "test",
+                        "-p",
+                        "chrysalis-runtime",
+                        "--features",
+                        "cuda",
+                        "--release",
+                        "--no-run",
+                    ])
                     .args(["--message-format=json"])
                     .envs(nvcc.cargo_env()),
                 "cargo test --no-run --features cuda",
             )?;
             let mut tests = Vec::new();
             for line in json.lines() {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
                 if let Some(exe) = v.get("executable").and_then(|e| e.as_str()) {
                     if v.pointer("/profile/test").and_then(|t| t.as_bool()) == Some(true) {
                         tests.push(PathBuf::from(exe));
@@ -536,15 +676,25 @@ pub fn gpu_check(root: &Path, stage: GpuCheckStage, out_dir: Option<&Path>) -> R
                 }
             }
             run(
-                Command::new(&cargo).current_dir(root).args(["build", "-p", "xtask", "--release"]),
+                Command::new(&cargo)
+                    .current_dir(root)
+                    .args(["build", "-p", "xtask", "--release"]),
                 "cargo build -p xtask --release",
             )?;
             let mut total = 0u64;
-            for exe in tests.iter().chain(std::iter::once(&root.join("target/release/xtask"))) {
-                let name = exe.file_name().ok_or_else(|| anyhow!("bad path {}", exe.display()))?;
+            for exe in tests
+                .iter()
+                .chain(std::iter::once(&root.join("target/release/xtask")))
+            {
+                let name = exe
+                    .file_name()
+                    .ok_or_else(|| anyhow!("bad path {}", exe.display()))?;
                 let dst = dir.join("bin").join(name);
                 fs::copy(exe, &dst)?;
-                let _ = Command::new("strip").arg("--strip-debug").arg(&dst).status();
+                let _ = Command::new("strip")
+                    .arg("--strip-debug")
+                    .arg(&dst)
+                    .status();
                 total += fs::metadata(&dst)?.len();
             }
             // libcudart is tiny and linked by candle-kernels; the big CUDA libraries
@@ -563,24 +713,59 @@ pub fn gpu_check(root: &Path, stage: GpuCheckStage, out_dir: Option<&Path>) -> R
         GpuCheckStage::Run => {
             let out = match out_dir {
                 Some(o) => o.to_path_buf(),
-                None => PathBuf::from(std::env::var("OUT").unwrap_or_else(|_| dir.display().to_string())),
+                None => PathBuf::from(
+                    std::env::var("OUT").unwrap_or_else(|_| dir.display().to_string()),
+                ),
             };
             fs::create_dir_all(&out)?;
             let mut results = serde_json::Map::new();
             let probe = |cmd: &str, args: &[&str]| -> serde_json::Value {
                 match Command::new(cmd).args(args).output() {
-                    Ok(o) => serde_json::json!({"status": o.status.code(), "stdout": String::from_utf8_lossy(&o.stdout), "stderr": String::from_utf8_lossy(&o.stderr)}),
+                    Ok(o) => {
+                        serde_json::json!({"status": o.status.code(), "stdout": String::from_utf8_lossy(&o.stdout), "stderr": String::from_utf8_lossy(&o.stderr)})
+                    }
                     Err(e) => serde_json::json!({"error": e.to_string()}),
                 }
             };
-            results.insert("nvidia_smi".into(), probe("nvidia-smi", &["--query-gpu=name,driver_version,compute_cap,memory.total", "--format=csv"]));
-            results.insert("cc_mode".into(), probe("nvidia-smi", &["conf-compute", "-f"]));
-            results.insert("libraries".into(), probe("sh", &["-c", "ldconfig -p | grep -E 'libcuda.so|libcublas|libcurand|libnvrtc' || true"]));
-            let ld = format!("{}:{}", dir.display(), std::env::var("LD_LIBRARY_PATH").unwrap_or_default());
+            results.insert(
+                "nvidia_smi".into(),
+                probe(
+                    "nvidia-smi",
+                    &[
+                        "--query-gpu=name,driver_version,compute_cap,memory.total",
+                        "--format=csv",
+                    ],
+                ),
+            );
+            results.insert(
+                "cc_mode".into(),
+                probe("nvidia-smi", &["conf-compute", "-f"]),
+            );
+            results.insert(
+                "libraries".into(),
+                probe(
+                    "sh",
+                    &[
+                        "-c",
+                        "ldconfig -p | grep -E 'libcuda.so|libcublas|libcurand|libnvrtc' || true",
+                    ],
+                ),
+            );
+            let ld = format!(
+                "{}:{}",
+                dir.display(),
+                std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
+            );
             let mut test_results = Vec::new();
-            let mut bins: Vec<PathBuf> = fs::read_dir(dir.join("bin"))?.flatten().map(|e| e.path()).collect();
+            let mut bins: Vec<PathBuf> = fs::read_dir(dir.join("bin"))?
+                .flatten()
+                .map(|e| e.path())
+                .collect();
             bins.sort();
-            for exe in bins.iter().filter(|p| p.file_name().is_some_and(|n| n != "xtask")) {
+            for exe in bins
+                .iter()
+                .filter(|p| p.file_name().is_some_and(|n| n != "xtask"))
+            {
                 let start = Instant::now();
                 let o = Command::new(exe)
                     .args(["--test-threads=1"])
@@ -589,8 +774,16 @@ pub fn gpu_check(root: &Path, stage: GpuCheckStage, out_dir: Option<&Path>) -> R
                     .env("LD_LIBRARY_PATH", &ld)
                     .output()
                     .with_context(|| format!("running {}", exe.display()))?;
-                let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-                let tail: String = text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+                let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr);
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(4000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 test_results.push(serde_json::json!({
                     "binary": exe.file_name().map(|n| n.to_string_lossy().into_owned()),
                     "status": o.status.code(), "seconds": start.elapsed().as_secs_f64(), "output_tail": tail,
@@ -611,7 +804,10 @@ pub fn gpu_check(root: &Path, stage: GpuCheckStage, out_dir: Option<&Path>) -> R
                 },
             );
             let path = out.join("results.json");
-            fs::write(&path, serde_json::to_string_pretty(&serde_json::Value::Object(results))?)?;
+            fs::write(
+                &path,
+                serde_json::to_string_pretty(&serde_json::Value::Object(results))?,
+            )?;
             Ok(path)
         }
     }
@@ -628,19 +824,53 @@ mod tests {
     #[test]
     fn pins_are_complete_and_well_formed() {
         let pins = load_packages(&root()).unwrap();
-        let roles = ["image-kernel", "image-firmware", "image-lib", "module-build", "nvcc"];
+        let roles = [
+            "image-kernel",
+            "image-firmware",
+            "image-lib",
+            "module-build",
+            "nvcc",
+        ];
         for p in &pins {
             assert_eq!(p.sha256.len(), 64, "{}", p.name);
-            assert!(p.sha256.chars().all(|c| c.is_ascii_hexdigit()), "{}", p.name);
-            assert!(roles.contains(&p.role.as_str()), "{}: role {}", p.name, p.role);
+            assert!(
+                p.sha256.chars().all(|c| c.is_ascii_hexdigit()),
+                "{}",
+                p.name
+            );
+            assert!(
+                roles.contains(&p.role.as_str()),
+                "{}: role {}",
+                p.name,
+                p.role
+            );
             assert!(p.size > 0, "{}", p.name);
         }
-        for must in ["linux-image-6.12.117+deb12-amd64", "nvidia-open-kernel-source", "firmware-nvidia-gsp", "libcuda1", "libcublas12"] {
+        for must in [
+            "linux-image-6.12.117+deb12-amd64",
+            "nvidia-open-kernel-source",
+            "firmware-nvidia-gsp",
+            "libcuda1",
+            "libcublas12",
+        ] {
             assert!(pins.iter().any(|p| p.name == must), "{must} missing");
         }
         // Driver pieces must all be the same driver release.
-        for p in pins.iter().filter(|p| ["libcuda1", "firmware-nvidia-gsp", "nvidia-open-kernel-source", "libnvidia-ml1"].contains(&p.name.as_str())) {
-            assert!(p.version.starts_with(DRIVER_VERSION), "{} {}", p.name, p.version);
+        for p in pins.iter().filter(|p| {
+            [
+                "libcuda1",
+                "firmware-nvidia-gsp",
+                "nvidia-open-kernel-source",
+                "libnvidia-ml1",
+            ]
+            .contains(&p.name.as_str())
+        }) {
+            assert!(
+                p.version.starts_with(DRIVER_VERSION),
+                "{} {}",
+                p.name,
+                p.version
+            );
         }
     }
 
@@ -663,8 +893,21 @@ mod tests {
     #[test]
     fn mirrors_classify_deb822_and_one_line_sources() {
         let (mut m, mut s) = (None, None);
-        classify("http://a/debian", "bookworm bookworm-updates", &mut m, &mut s);
-        classify("http://a/debian-security", "bookworm-security", &mut m, &mut s);
-        assert_eq!((m.as_deref(), s.as_deref()), (Some("http://a/debian"), Some("http://a/debian-security")));
+        classify(
+            "http://a/debian",
+            "bookworm bookworm-updates",
+            &mut m,
+            &mut s,
+        );
+        classify(
+            "http://a/debian-security",
+            "bookworm-security",
+            &mut m,
+            &mut s,
+        );
+        assert_eq!(
+            (m.as_deref(), s.as_deref()),
+            (Some("http://a/debian"), Some("http://a/debian-security"))
+        );
     }
 }

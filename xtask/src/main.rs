@@ -26,16 +26,28 @@ fn repo_root() -> PathBuf {
         return PathBuf::from(r);
     }
     let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    if built.join("kernel").is_dir() { built } else { PathBuf::from(".") }
+    if built.join("kernel").is_dir() {
+        built
+    } else {
+        PathBuf::from(".")
+    }
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = std::fs::canonicalize(repo_root()).context("locating the repository root")?;
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["gpu-fetch"] => {
             for f in gpu::fetch_gpu_inputs(&root)? {
-                println!("ok  {:<36} {:<30} {:<15} {}", f.package.name, f.package.version, f.package.role, f.package.sha256);
+                println!(
+                    "ok  {:<36} {:<30} {:<15} {}",
+                    f.package.name, f.package.version, f.package.role, f.package.sha256
+                );
                 println!("    {}", f.package.why);
             }
         }
@@ -51,7 +63,11 @@ fn main() -> Result<()> {
             for (name, sha) in &b.modules {
                 println!("{sha}  {name}");
             }
-            println!("make modules took {:.0} s; modules in {}", b.elapsed.as_secs_f64(), b.out_dir.display());
+            println!(
+                "make modules took {:.0} s; modules in {}",
+                b.elapsed.as_secs_f64(),
+                b.out_dir.display()
+            );
             if rest == ["--repro"] {
                 println!("reproducible: two builds in different directories are byte-identical");
             }

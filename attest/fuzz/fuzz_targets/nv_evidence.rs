@@ -11,7 +11,8 @@ use chrysalis_attest::evidence::GpuEvidence;
 use chrysalis_attest::nvidia::{self, Rim, RimBundle, SpdmReport, x509, xml};
 use libfuzzer_sys::fuzz_target;
 
-const CASE1: &str = include_str!("../../tests/data/nvidia/trustee-hopper/hopper_cert_chain_case1.txt");
+const CASE1: &str =
+    include_str!("../../tests/data/nvidia/trustee-hopper/hopper_cert_chain_case1.txt");
 
 fn chain() -> &'static Vec<Vec<u8>> {
     static C: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
@@ -20,11 +21,16 @@ fn chain() -> &'static Vec<Vec<u8>> {
 
 fuzz_target!(|data: &[u8]| {
     let now = UNIX_EPOCH + Duration::from_secs(1_717_200_000);
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     match selector % 4 {
         0 => {
             let _ = SpdmReport::parse(rest);
-            let ev = GpuEvidence { report: rest.to_vec(), cert_chain: chain().clone() };
+            let ev = GpuEvidence {
+                report: rest.to_vec(),
+                cert_chain: chain().clone(),
+            };
             let _ = nvidia::verify_gpu(&ev, &[0u8; 32], &RimBundle::new(), now);
         }
         1 => {
@@ -50,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
-            let ev = GpuEvidence { report: Vec::new(), cert_chain: vec![rest.to_vec()] };
+            let ev = GpuEvidence {
+                report: Vec::new(),
+                cert_chain: vec![rest.to_vec()],
+            };
             let _ = nvidia::verify_gpu(&ev, &[0u8; 32], &RimBundle::new(), now);
         }
     }

@@ -109,8 +109,17 @@ pub fn driver_rim_id(driver_version: &str) -> String {
 
 /// NVIDIA's RIM id of a VBIOS RIM: project, project SKU, chip SKU and the VBIOS version
 /// without dots, upper-case (`96.00.9f.00.01` becomes `96009F0001`).
-pub fn vbios_rim_id(project: &str, project_sku: &str, chip_sku: &str, vbios_version: &str) -> String {
-    let v: String = vbios_version.chars().filter(|c| *c != '.').collect::<String>().to_uppercase();
+pub fn vbios_rim_id(
+    project: &str,
+    project_sku: &str,
+    chip_sku: &str,
+    vbios_version: &str,
+) -> String {
+    let v: String = vbios_version
+        .chars()
+        .filter(|c| *c != '.')
+        .collect::<String>()
+        .to_uppercase();
     format!("NV_GPU_VBIOS_{project}_{project_sku}_{chip_sku}_{v}")
 }
 
@@ -121,7 +130,10 @@ mod tests {
     #[test]
     fn rim_ids_follow_nvidia_naming() {
         assert_eq!(driver_rim_id("550.90.07"), "NV_GPU_DRIVER_GH100_550.90.07");
-        assert_eq!(vbios_rim_id("1010", "0200", "882", "96.00.9f.00.01"), "NV_GPU_VBIOS_1010_0200_882_96009F0001");
+        assert_eq!(
+            vbios_rim_id("1010", "0200", "882", "96.00.9f.00.01"),
+            "NV_GPU_VBIOS_1010_0200_882_96009F0001"
+        );
     }
 
     #[test]

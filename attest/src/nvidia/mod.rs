@@ -257,18 +257,28 @@ pub fn verify_gpu_with(
     trust: &Trust,
 ) -> Result<Verified<GpuClaims>, NvError> {
     let report = SpdmReport::parse(&ev.report)?;
-    let chain = x509::verify_chain(&ev.cert_chain, &trust.device_root, now, 2).map_err(NvError::DeviceChain)?;
-    let leaf = chain.leaf().ok_or(NvError::DeviceChain(ChainError::TooShort { got: 0 }))?;
+    let chain = x509::verify_chain(&ev.cert_chain, &trust.device_root, now, 2)
+        .map_err(NvError::DeviceChain)?;
+    let leaf = chain
+        .leaf()
+        .ok_or(NvError::DeviceChain(ChainError::TooShort { got: 0 }))?;
 
     let cert_fwid = x509::fwid(leaf).ok_or(NvError::FwidMissingInCert)?;
-    let report_fwid = report.opaque(spdm::opaque_type::FWID).ok_or(NvError::FwidMissingInReport)?;
+    let report_fwid = report
+        .opaque(spdm::opaque_type::FWID)
+        .ok_or(NvError::FwidMissingInReport)?;
     if cert_fwid.as_slice() != report_fwid {
-        return Err(NvError::FwidMismatch { cert: hex::encode(&cert_fwid), report: hex::encode(report_fwid) });
+        return Err(NvError::FwidMismatch {
+            cert: hex::encode(&cert_fwid),
+            report: hex::encode(report_fwid),
+        });
     }
 
     let key = chain.leaf_key().map_err(NvError::DeviceChain)?;
-    let sig = p384::ecdsa::Signature::from_slice(&report.signature).map_err(|_| NvError::Signature)?;
-    p384::ecdsa::signature::Verifier::verify(&key, &report.signed, &sig).map_err(|_| NvError::Signature)?;
+    let sig =
+        p384::ecdsa::Signature::from_slice(&report.signature).map_err(|_| NvError::Signature)?;
+    p384::ecdsa::signature::Verifier::verify(&key, &report.signed, &sig)
+        .map_err(|_| NvError::Signature)?;
 
     if &report.request_nonce != expected_nonce {
         return Err(NvError::NonceMismatch {
@@ -280,9 +290,18 @@ pub fn verify_gpu_with(
     let device_ocsp = ocsp::check_chain(&chain.certs, rims.ocsp(), now);
     reject_revoked(&device_ocsp)?;
 
-    let driver_version = report.driver_version().ok_or(NvError::MissingField("driver version"))?;
-    let vbios_version = report.vbios_version().ok_or(NvError::MissingField("VBIOS version"))?;
-    let field = |kind, name| report.opaque(kind).map(spdm::ascii_field).ok_or(NvError::MissingField(name));
+    let driver_version = report
+        .driver_version()
+        .ok_or(NvError::MissingField("driver version"))?;
+    let vbios_version = report
+        .vbios_version()
+        .ok_or(NvError::MissingField("VBIOS version"))?;
+    let field = |kind, name| {
+        report
+            .opaque(kind)
+            .map(spdm::ascii_field)
+            .ok_or(NvError::MissingField(name))
+    };
     let project = field(spdm::opaque_type::PROJECT, "project")?;
     let project_sku = field(spdm::opaque_type::PROJECT_SKU, "project SKU")?;
     let chip_sku = field(spdm::opaque_type::CHIP_SKU, "chip SKU")?;
@@ -332,16 +351,35 @@ pub fn verify_gpu_with(
 fn reject_revoked(results: &[OcspResult]) -> Result<(), NvError> {
     for r in results {
         if let OcspStatus::Revoked { at, .. } = &r.status {
-            return Err(NvError::Revoked { subject: r.subject.clone(), at: at.clone() });
+            return Err(NvError::Revoked {
+                subject: r.subject.clone(),
+                at: at.clone(),
+            });
         }
     }
     Ok(())
 }
 
-fn load_rim(id: &str, xml: &[u8], report_version: &str, trust: &Trust, now: SystemTime) -> Result<VerifiedRim, NvError> {
-    let wrap = |source| NvError::Rim { id: id.to_string(), source };
-    let rim = Rim::parse(xml).map_err(wrap)?.verify(&trust.rim_root, now).map_err(wrap)?;
-    if !rim.rim.colloquial_version.eq_ignore_ascii_case(report_version) {
+fn load_rim(
+    id: &str,
+    xml: &[u8],
+    report_version: &str,
+    trust: &Trust,
+    now: SystemTime,
+) -> Result<VerifiedRim, NvError> {
+    let wrap = |source| NvError::Rim {
+        id: id.to_string(),
+        source,
+    };
+    let rim = Rim::parse(xml)
+        .map_err(wrap)?
+        .verify(&trust.rim_root, now)
+        .map_err(wrap)?;
+    if !rim
+        .rim
+        .colloquial_version
+        .eq_ignore_ascii_case(report_version)
+    {
         return Err(NvError::RimVersion {
             id: id.to_string(),
             rim_version: rim.rim.colloquial_version.clone(),
@@ -357,7 +395,8 @@ fn load_rim(id: &str, xml: &[u8], report_version: &str, trust: &Trust, now: Syst
 ///
 /// Takes RIMs whose signatures the caller has verified (or derived test RIMs).
 pub fn compare(report: &SpdmReport, driver: &Rim, vbios: &Rim) -> Result<RimComparison, NvError> {
-    let mut golden: Vec<(&GoldenMeasurement, RimSource)> = driver.active().map(|m| (m, RimSource::Driver)).collect();
+    let mut golden: Vec<(&GoldenMeasurement, RimSource)> =
+        driver.active().map(|m| (m, RimSource::Driver)).collect();
     for m in vbios.active() {
         if golden.iter().any(|(g, _)| g.index == m.index) {
             return Err(NvError::RimIndexConflict(m.index));
@@ -365,20 +404,29 @@ pub fn compare(report: &SpdmReport, driver: &Rim, vbios: &Rim) -> Result<RimComp
         golden.push((m, RimSource::Vbios));
     }
     golden.sort_by_key(|(g, _)| g.index);
-    let nvdec_disabled = report.opaque(spdm::opaque_type::NVDEC0_STATUS) == Some(&[NVDEC0_DISABLED][..]);
+    let nvdec_disabled =
+        report.opaque(spdm::opaque_type::NVDEC0_STATUS) == Some(&[NVDEC0_DISABLED][..]);
     let mut compared = Vec::new();
     let mut mismatches = Vec::new();
     for (g, source) in golden {
         if g.index == NVDEC0_INDEX && nvdec_disabled {
             continue;
         }
-        let found = u8::try_from(g.index + 1).ok().and_then(|i| report.block(i)).map(|b| b.value.clone());
+        let found = u8::try_from(g.index + 1)
+            .ok()
+            .and_then(|i| report.block(i))
+            .map(|b| b.value.clone());
         let ok = found
             .as_ref()
             .is_some_and(|v| v.len() == g.size && g.alternatives.iter().any(|a| a == v));
         compared.push(g.index);
         if !ok {
-            mismatches.push(Mismatch { index: g.index, source, expected: g.alternatives.clone(), found });
+            mismatches.push(Mismatch {
+                index: g.index,
+                source,
+                expected: g.alternatives.clone(),
+                found,
+            });
         }
     }
     if mismatches.is_empty() {
@@ -415,8 +463,14 @@ mod tests {
             NvError::FwidMissingInReport,
             NvError::MissingField("driver version"),
             NvError::RimIndexConflict(3),
-            NvError::NonceMismatch { expected: "00".into(), found: "01".into() },
-            NvError::Revoked { subject: "CN=x".into(), at: "2025-01-01T00:00:00Z".into() },
+            NvError::NonceMismatch {
+                expected: "00".into(),
+                found: "01".into(),
+            },
+            NvError::Revoked {
+                subject: "CN=x".into(),
+                at: "2025-01-01T00:00:00Z".into(),
+            },
         ];
         for e in errs {
             assert!(!e.to_string().is_empty(), "{e:?}");

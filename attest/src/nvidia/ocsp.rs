@@ -55,11 +55,18 @@ pub struct OcspResult {
 
 /// Check every non-root certificate of a validated chain (leaf first, root last) against
 /// the stored responses.
-pub fn check_chain(chain: &[Certificate], responses: &[Vec<u8>], now: SystemTime) -> Vec<OcspResult> {
+pub fn check_chain(
+    chain: &[Certificate],
+    responses: &[Vec<u8>],
+    now: SystemTime,
+) -> Vec<OcspResult> {
     chain
         .windows(2)
         .filter_map(|w| match w {
-            [cert, issuer] => Some(OcspResult { subject: x509::subject(cert), status: status_of(cert, issuer, responses, now) }),
+            [cert, issuer] => Some(OcspResult {
+                subject: x509::subject(cert),
+                status: status_of(cert, issuer, responses, now),
+            }),
             _ => None,
         })
         .collect()
@@ -67,14 +74,24 @@ pub fn check_chain(chain: &[Certificate], responses: &[Vec<u8>], now: SystemTime
 
 /// The status of `cert` (issued by `issuer`) according to the first valid, fresh, matching
 /// response in `responses`.
-pub fn status_of(cert: &Certificate, issuer: &Certificate, responses: &[Vec<u8>], now: SystemTime) -> OcspStatus {
+pub fn status_of(
+    cert: &Certificate,
+    issuer: &Certificate,
+    responses: &[Vec<u8>],
+    now: SystemTime,
+) -> OcspStatus {
     responses
         .iter()
         .find_map(|r| single_status(cert, issuer, r, now))
         .unwrap_or(OcspStatus::NoResponse)
 }
 
-fn single_status(cert: &Certificate, issuer: &Certificate, der: &[u8], now: SystemTime) -> Option<OcspStatus> {
+fn single_status(
+    cert: &Certificate,
+    issuer: &Certificate,
+    der: &[u8],
+    now: SystemTime,
+) -> Option<OcspStatus> {
     let resp = OcspResponse::from_der(der).ok()?;
     if resp.response_status != OcspResponseStatus::Successful {
         return None;
@@ -85,7 +102,11 @@ fn single_status(cert: &Certificate, issuer: &Certificate, der: &[u8], now: Syst
     }
     let basic = BasicOcspResponse::from_der(bytes.response.as_bytes()).ok()?;
     let now_s = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    let single = basic.tbs_response_data.responses.iter().find(|s| cert_id_matches(&s.cert_id, cert, issuer))?;
+    let single = basic
+        .tbs_response_data
+        .responses
+        .iter()
+        .find(|s| cert_id_matches(&s.cert_id, cert, issuer))?;
     if !signed_by_issuer_or_delegate(&basic, issuer, now) {
         return None;
     }
@@ -111,8 +132,15 @@ fn cert_id_matches(id: &x509_ocsp::CertId, cert: &Certificate, issuer: &Certific
     if id.serial_number != cert.tbs_certificate.serial_number {
         return false;
     }
-    let Ok(name) = issuer.tbs_certificate.subject.to_der() else { return false };
-    let Some(key) = issuer.tbs_certificate.subject_public_key_info.subject_public_key.as_bytes() else {
+    let Ok(name) = issuer.tbs_certificate.subject.to_der() else {
+        return false;
+    };
+    let Some(key) = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .as_bytes()
+    else {
         return false;
     };
     let (name_hash, key_hash): (Vec<u8>, Vec<u8>) = if id.hash_algorithm.oid == SHA384 {
@@ -122,32 +150,50 @@ fn cert_id_matches(id: &x509_ocsp::CertId, cert: &Certificate, issuer: &Certific
     } else {
         return false;
     };
-    id.issuer_name_hash.as_bytes() == name_hash.as_slice() && id.issuer_key_hash.as_bytes() == key_hash.as_slice()
+    id.issuer_name_hash.as_bytes() == name_hash.as_slice()
+        && id.issuer_key_hash.as_bytes() == key_hash.as_slice()
 }
 
 fn verify_with(basic: &BasicOcspResponse, signer: &Certificate) -> bool {
     if basic.signature_algorithm.oid != ECDSA_WITH_SHA384 {
         return false;
     }
-    let Ok(key) = x509::p384_key(0, signer) else { return false };
-    let Ok(tbs) = basic.tbs_response_data.to_der() else { return false };
-    let Some(sig) = basic.signature.as_bytes() else { return false };
-    let Ok(sig) = Signature::from_der(sig) else { return false };
+    let Ok(key) = x509::p384_key(0, signer) else {
+        return false;
+    };
+    let Ok(tbs) = basic.tbs_response_data.to_der() else {
+        return false;
+    };
+    let Some(sig) = basic.signature.as_bytes() else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_der(sig) else {
+        return false;
+    };
     key.verify(&tbs, &sig).is_ok()
 }
 
-fn signed_by_issuer_or_delegate(basic: &BasicOcspResponse, issuer: &Certificate, now: SystemTime) -> bool {
+fn signed_by_issuer_or_delegate(
+    basic: &BasicOcspResponse,
+    issuer: &Certificate,
+    now: SystemTime,
+) -> bool {
     if verify_with(basic, issuer) {
         return true;
     }
     // A delegated responder: issued and signed by `issuer`, valid now, EKU id-kp-OCSPSigning.
     basic.certs.iter().flatten().any(|responder| {
-        let has_eku = responder.tbs_certificate.extensions.iter().flatten().any(|e| {
-            e.extn_id == EXT_KEY_USAGE
-                && x509_cert::ext::pkix::ExtendedKeyUsage::from_der(e.extn_value.as_bytes())
-                    .map(|eku| eku.0.contains(&KP_OCSP_SIGNING))
-                    .unwrap_or(false)
-        });
+        let has_eku = responder
+            .tbs_certificate
+            .extensions
+            .iter()
+            .flatten()
+            .any(|e| {
+                e.extn_id == EXT_KEY_USAGE
+                    && x509_cert::ext::pkix::ExtendedKeyUsage::from_der(e.extn_value.as_bytes())
+                        .map(|eku| eku.0.contains(&KP_OCSP_SIGNING))
+                        .unwrap_or(false)
+            });
         has_eku && x509::issued_by(responder, issuer, now) && verify_with(basic, responder)
     })
 }

@@ -107,7 +107,10 @@ impl Rim {
     pub fn parse(bytes: &[u8]) -> Result<Rim, RimError> {
         let root = xml::parse(bytes)?;
         if !root.is(SWID_NS, "SoftwareIdentity") {
-            return Err(RimError::Malformed(format!("root element is {}, not SoftwareIdentity", root.local)));
+            return Err(RimError::Malformed(format!(
+                "root element is {}, not SoftwareIdentity",
+                root.local
+            )));
         }
         let tag_id = root.attr("tagId").unwrap_or_default().to_string();
         let meta = single(&root, SWID_NS, "Meta")?;
@@ -121,7 +124,10 @@ impl Rim {
         let mut measurements: Vec<GoldenMeasurement> = Vec::new();
         for r in payload.elements() {
             if !r.is(SWID_NS, "Resource") {
-                return Err(RimError::Malformed(format!("unexpected element {} in Payload", r.local)));
+                return Err(RimError::Malformed(format!(
+                    "unexpected element {} in Payload",
+                    r.local
+                )));
             }
             let m = parse_resource(r)?;
             if measurements.iter().any(|x| x.index == m.index) {
@@ -130,9 +136,17 @@ impl Rim {
             measurements.push(m);
         }
         if measurements.is_empty() {
-            return Err(RimError::Malformed("no reference measurements in Payload".into()));
+            return Err(RimError::Malformed(
+                "no reference measurements in Payload".into(),
+            ));
         }
-        Ok(Rim { tag_id, colloquial_version, product, measurements, root })
+        Ok(Rim {
+            tag_id,
+            colloquial_version,
+            product,
+            measurements,
+            root,
+        })
     }
 
     /// Verify the enveloped XML-DSig signature and the signing chain to `root` at `now`.
@@ -153,7 +167,12 @@ impl Rim {
     }
 
     fn signature_element(&self) -> Result<&Element, RimError> {
-        let all: Vec<&Element> = self.root.descendants().into_iter().filter(|e| e.is(DSIG_NS, "Signature")).collect();
+        let all: Vec<&Element> = self
+            .root
+            .descendants()
+            .into_iter()
+            .filter(|e| e.is(DSIG_NS, "Signature"))
+            .collect();
         let direct: Vec<&Element> = self.root.children_named(DSIG_NS, "Signature").collect();
         match (all.len(), direct.as_slice()) {
             (1, [one]) => Ok(one),
@@ -164,7 +183,11 @@ impl Rim {
         }
     }
 
-    fn verify_xmldsig(&self, sig: &Element, key: &p384::ecdsa::VerifyingKey) -> Result<(), RimError> {
+    fn verify_xmldsig(
+        &self,
+        sig: &Element,
+        key: &p384::ecdsa::VerifyingKey,
+    ) -> Result<(), RimError> {
         let unsupported = |m: String| RimError::UnsupportedSignature(m);
         let signed_info = first_child(sig, "SignedInfo")?;
         let c14n = single(signed_info, DSIG_NS, "CanonicalizationMethod")?;
@@ -179,7 +202,10 @@ impl Rim {
         }
         let reference = single(signed_info, DSIG_NS, "Reference")?;
         if reference.attr("URI") != Some("") {
-            return Err(unsupported(format!("reference URI {:?} (only \"\" is accepted)", reference.attr("URI"))));
+            return Err(unsupported(format!(
+                "reference URI {:?} (only \"\" is accepted)",
+                reference.attr("URI")
+            )));
         }
         let transforms = single(reference, DSIG_NS, "Transforms")?;
         let algs: Vec<&str> = transforms
@@ -204,7 +230,7 @@ impl Rim {
         // Digest over the whole document minus the Signature element.
         let doc = xml::canonicalize(&self.root, &NsScope::new(), Some(sig));
         let digest = Sha384::digest(doc.as_bytes());
-        if digest.as_slice() != digest_value.as_slice() {
+        if digest[..] != digest_value[..] {
             return Err(RimError::DigestMismatch);
         }
         // Signature over canonical SignedInfo, with the namespaces it inherits.
@@ -214,7 +240,8 @@ impl Rim {
         let sig_bytes = x509::decode_base64(&first_child(sig, "SignatureValue")?.text())
             .map_err(|e| RimError::Malformed(format!("SignatureValue: {e}")))?;
         let signature = Signature::from_slice(&sig_bytes).map_err(|_| RimError::BadSignature)?;
-        key.verify(si.as_bytes(), &signature).map_err(|_| RimError::BadSignature)
+        key.verify(si.as_bytes(), &signature)
+            .map_err(|_| RimError::BadSignature)
     }
 }
 
@@ -222,8 +249,14 @@ fn single<'a>(parent: &'a Element, ns: &'a str, local: &'a str) -> Result<&'a El
     let mut it = parent.children_named(ns, local);
     match (it.next(), it.next()) {
         (Some(e), None) => Ok(e),
-        (None, _) => Err(RimError::Malformed(format!("{} has no {local}", parent.local))),
-        (Some(_), Some(_)) => Err(RimError::Malformed(format!("{} has more than one {local}", parent.local))),
+        (None, _) => Err(RimError::Malformed(format!(
+            "{} has no {local}",
+            parent.local
+        ))),
+        (Some(_), Some(_)) => Err(RimError::Malformed(format!(
+            "{} has more than one {local}",
+            parent.local
+        ))),
     }
 }
 
@@ -237,7 +270,10 @@ fn embedded_certs(sig: &Element) -> Result<Vec<Vec<u8>>, RimError> {
     let certs = data
         .children_named(DSIG_NS, "X509Certificate")
         .enumerate()
-        .map(|(i, c)| x509::decode_base64(&c.text()).map_err(|e| RimError::Malformed(format!("X509Certificate {i}: {e}"))))
+        .map(|(i, c)| {
+            x509::decode_base64(&c.text())
+                .map_err(|e| RimError::Malformed(format!("X509Certificate {i}: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if certs.is_empty() {
         return Err(RimError::Malformed("no X509Certificate in KeyInfo".into()));
@@ -246,8 +282,16 @@ fn embedded_certs(sig: &Element) -> Result<Vec<Vec<u8>>, RimError> {
 }
 
 fn parse_resource(r: &Element) -> Result<GoldenMeasurement, RimError> {
-    let bad = |what: &str| RimError::Malformed(format!("Resource {}: {what}", r.attr("name").unwrap_or("?")));
-    let index: u16 = r.attr("index").and_then(|v| v.parse().ok()).ok_or_else(|| bad("bad index"))?;
+    let bad = |what: &str| {
+        RimError::Malformed(format!(
+            "Resource {}: {what}",
+            r.attr("name").unwrap_or("?")
+        ))
+    };
+    let index: u16 = r
+        .attr("index")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("bad index"))?;
     if index > 254 {
         return Err(bad("index above 254"));
     }
@@ -256,21 +300,35 @@ fn parse_resource(r: &Element) -> Result<GoldenMeasurement, RimError> {
         Some("False") | Some("false") => false,
         _ => return Err(bad("bad active flag")),
     };
-    let count: usize = r.attr("alternatives").and_then(|v| v.parse().ok()).ok_or_else(|| bad("bad alternatives"))?;
+    let count: usize = r
+        .attr("alternatives")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("bad alternatives"))?;
     if count == 0 || count > MAX_ALTERNATIVES {
         return Err(bad("alternatives out of range"));
     }
-    let size: usize = r.attr("size").and_then(|v| v.parse().ok()).ok_or_else(|| bad("bad size"))?;
+    let size: usize = r
+        .attr("size")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("bad size"))?;
     let mut alternatives = Vec::with_capacity(count);
     for i in 0..count {
-        let v = r.attr_ns(HASH_NS, &format!("Hash{i}")).ok_or_else(|| bad("missing HashN attribute"))?;
+        let v = r
+            .attr_ns(HASH_NS, &format!("Hash{i}"))
+            .ok_or_else(|| bad("missing HashN attribute"))?;
         let bytes = hex::decode(v).map_err(|_| bad("HashN is not hex"))?;
         if bytes.len() != size {
             return Err(bad("HashN length differs from size"));
         }
         alternatives.push(bytes);
     }
-    Ok(GoldenMeasurement { index, name: r.attr("name").unwrap_or_default().to_string(), active, size, alternatives })
+    Ok(GoldenMeasurement {
+        index,
+        name: r.attr("name").unwrap_or_default().to_string(),
+        active,
+        size,
+        alternatives,
+    })
 }
 
 #[cfg(test)]
@@ -284,7 +342,10 @@ mod tests {
         let rim = Rim::parse(MINI.as_bytes()).unwrap();
         assert_eq!(rim.colloquial_version, "1.0");
         assert_eq!(rim.measurements[0].alternatives, vec![vec![0], vec![1]]);
-        assert!(matches!(rim.signature_element(), Err(RimError::Malformed(_))));
+        assert!(matches!(
+            rim.signature_element(),
+            Err(RimError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -297,9 +358,15 @@ mod tests {
             ("h:Hash1=\"01\"", "h:Hash1=\"zz\""),
         ] {
             let doc = MINI.replace(from, to);
-            assert!(matches!(Rim::parse(doc.as_bytes()), Err(RimError::Malformed(_))), "{to}");
+            assert!(
+                matches!(Rim::parse(doc.as_bytes()), Err(RimError::Malformed(_))),
+                "{to}"
+            );
         }
         let dup = MINI.replace("</Payload>", r#"<Resource index="0" active="False" alternatives="1" h:Hash0="00" size="1"/></Payload>"#);
-        assert_eq!(Rim::parse(dup.as_bytes()).err(), Some(RimError::DuplicateIndex(0)));
+        assert_eq!(
+            Rim::parse(dup.as_bytes()).err(),
+            Some(RimError::DuplicateIndex(0))
+        );
     }
 }

@@ -88,7 +88,9 @@ pub enum SpdmError {
         expected: u8,
     },
     /// The request did not ask for a signature over all measurements.
-    #[error("request does not ask for signed measurements of all blocks (param1 {param1:#04x}, param2 {param2:#04x})")]
+    #[error(
+        "request does not ask for signed measurements of all blocks (param1 {param1:#04x}, param2 {param2:#04x})"
+    )]
     RequestParams {
         /// Param1 (bit 0: signature requested).
         param1: u8,
@@ -160,28 +162,48 @@ impl<'a> Reader<'a> {
                 self.pos += n;
                 Ok(s)
             }
-            None => Err(SpdmError::Truncated { what, offset: self.pos, need: n, have: self.left() }),
+            None => Err(SpdmError::Truncated {
+                what,
+                offset: self.pos,
+                need: n,
+                have: self.left(),
+            }),
         }
     }
 
     fn u8(&mut self, what: &'static str) -> Result<u8, SpdmError> {
         match self.take(1, what)? {
             [b] => Ok(*b),
-            _ => Err(SpdmError::Truncated { what, offset: self.pos, need: 1, have: 0 }),
+            _ => Err(SpdmError::Truncated {
+                what,
+                offset: self.pos,
+                need: 1,
+                have: 0,
+            }),
         }
     }
 
     fn u16le(&mut self, what: &'static str) -> Result<u16, SpdmError> {
         match self.take(2, what)? {
             [a, b] => Ok(u16::from_le_bytes([*a, *b])),
-            _ => Err(SpdmError::Truncated { what, offset: self.pos, need: 2, have: 0 }),
+            _ => Err(SpdmError::Truncated {
+                what,
+                offset: self.pos,
+                need: 2,
+                have: 0,
+            }),
         }
     }
 
     fn u24le(&mut self, what: &'static str) -> Result<usize, SpdmError> {
         match self.take(3, what)? {
             [a, b, c] => Ok(usize::from(*a) | usize::from(*b) << 8 | usize::from(*c) << 16),
-            _ => Err(SpdmError::Truncated { what, offset: self.pos, need: 3, have: 0 }),
+            _ => Err(SpdmError::Truncated {
+                what,
+                offset: self.pos,
+                need: 3,
+                have: 0,
+            }),
         }
     }
 
@@ -248,11 +270,18 @@ impl SpdmReport {
         // Request.
         let version = r.u8("request version")?;
         if version != SPDM_VERSION_11 {
-            return Err(SpdmError::Version { msg: "request", found: version });
+            return Err(SpdmError::Version {
+                msg: "request",
+                found: version,
+            });
         }
         let code = r.u8("request code")?;
         if code != GET_MEASUREMENTS {
-            return Err(SpdmError::Code { msg: "request", found: code, expected: GET_MEASUREMENTS });
+            return Err(SpdmError::Code {
+                msg: "request",
+                found: code,
+                expected: GET_MEASUREMENTS,
+            });
         }
         let param1 = r.u8("request param1")?;
         let param2 = r.u8("request param2")?;
@@ -265,11 +294,18 @@ impl SpdmReport {
         // Response.
         let version = r.u8("response version")?;
         if version != SPDM_VERSION_11 {
-            return Err(SpdmError::Version { msg: "response", found: version });
+            return Err(SpdmError::Version {
+                msg: "response",
+                found: version,
+            });
         }
         let code = r.u8("response code")?;
         if code != MEASUREMENTS {
-            return Err(SpdmError::Code { msg: "response", found: code, expected: MEASUREMENTS });
+            return Err(SpdmError::Code {
+                msg: "response",
+                found: code,
+                expected: MEASUREMENTS,
+            });
         }
         let p1 = r.u8("response param1")?;
         let p2 = r.u8("response param2")?;
@@ -305,7 +341,10 @@ impl SpdmReport {
 
     /// The value of an opaque field, if present.
     pub fn opaque(&self, kind: u16) -> Option<&[u8]> {
-        self.opaque.iter().find(|f| f.kind == kind).map(|f| f.value.as_slice())
+        self.opaque
+            .iter()
+            .find(|f| f.kind == kind)
+            .map(|f| f.value.as_slice())
     }
 
     /// The measurement block with SPDM index `index`.
@@ -320,7 +359,8 @@ impl SpdmReport {
 
     /// VBIOS version as NVIDIA prints it, e.g. `96.00.9f.00.01` (opaque field 6).
     pub fn vbios_version(&self) -> Option<String> {
-        self.opaque(opaque_type::VBIOS_VERSION).and_then(format_vbios_version)
+        self.opaque(opaque_type::VBIOS_VERSION)
+            .and_then(format_vbios_version)
     }
 }
 
@@ -332,7 +372,14 @@ pub fn format_vbios_version(raw: &[u8]) -> Option<String> {
     let hi = (v >> 32) as u32; // 0x00000001
     let lo = v as u32; // 0x96009f00
     let b = lo.to_be_bytes();
-    Some(format!("{:02x}.{:02x}.{:02x}.{:02x}.{:02x}", b[0], b[1], b[2], b[3], hi & 0xff))
+    Some(format!(
+        "{:02x}.{:02x}.{:02x}.{:02x}.{:02x}",
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        hi & 0xff
+    ))
 }
 
 /// ASCII opaque field with trailing NULs and spaces removed; non-ASCII bytes become `?`.
@@ -340,7 +387,13 @@ pub fn ascii_field(raw: &[u8]) -> String {
     let s: String = raw
         .iter()
         .take_while(|b| **b != 0)
-        .map(|b| if b.is_ascii_graphic() || *b == b' ' { char::from(*b) } else { '?' })
+        .map(|b| {
+            if b.is_ascii_graphic() || *b == b' ' {
+                char::from(*b)
+            } else {
+                '?'
+            }
+        })
         .collect();
     s.trim().to_string()
 }
@@ -360,16 +413,27 @@ fn parse_record(record: &[u8], num_blocks: u8) -> Result<Vec<MeasurementBlock>, 
         let value_type = b.u8("DMTF value type")?;
         let inner = usize::from(b.u16le("DMTF value size")?);
         if inner != b.left() {
-            return Err(SpdmError::BlockSize { index, inner, outer: size });
+            return Err(SpdmError::BlockSize {
+                index,
+                inner,
+                outer: size,
+            });
         }
         let value = b.take(inner, "DMTF value")?.to_vec();
         if blocks.iter().any(|x| x.index == index) {
             return Err(SpdmError::DuplicateBlock(index));
         }
-        blocks.push(MeasurementBlock { index, value_type, value });
+        blocks.push(MeasurementBlock {
+            index,
+            value_type,
+            value,
+        });
     }
     if r.left() != 0 {
-        return Err(SpdmError::RecordLength { declared: record.len(), used: r.pos });
+        return Err(SpdmError::RecordLength {
+            declared: record.len(),
+            used: r.pos,
+        });
     }
     Ok(blocks)
 }
@@ -381,7 +445,10 @@ fn parse_opaque(data: &[u8]) -> Result<Vec<OpaqueField>, SpdmError> {
         let at = r.pos;
         let kind = r.u16le("opaque type").map_err(|_| SpdmError::Opaque(at))?;
         let len = usize::from(r.u16le("opaque size").map_err(|_| SpdmError::Opaque(at))?);
-        let value = r.take(len, "opaque value").map_err(|_| SpdmError::Opaque(at))?.to_vec();
+        let value = r
+            .take(len, "opaque value")
+            .map_err(|_| SpdmError::Opaque(at))?
+            .to_vec();
         if out.iter().any(|f| f.kind == kind) {
             return Err(SpdmError::DuplicateOpaque(kind));
         }
@@ -444,22 +511,34 @@ mod tests {
         assert_eq!(SpdmReport::parse(&t), Err(SpdmError::Trailing(1)));
         let mut t = tiny();
         t[1] = 0xE1;
-        assert!(matches!(SpdmReport::parse(&t), Err(SpdmError::Code { msg: "request", .. })));
+        assert!(matches!(
+            SpdmReport::parse(&t),
+            Err(SpdmError::Code { msg: "request", .. })
+        ));
         let mut t = tiny();
         t[3] = 0x01;
-        assert!(matches!(SpdmReport::parse(&t), Err(SpdmError::RequestParams { .. })));
+        assert!(matches!(
+            SpdmReport::parse(&t),
+            Err(SpdmError::RequestParams { .. })
+        ));
     }
 
     #[test]
     fn vbios_format_matches_nvtrust() {
         let raw = hex::decode("009f009601000000").unwrap();
-        assert_eq!(format_vbios_version(&raw).as_deref(), Some("96.00.9f.00.01"));
+        assert_eq!(
+            format_vbios_version(&raw).as_deref(),
+            Some("96.00.9f.00.01")
+        );
         assert_eq!(format_vbios_version(&raw[..7]), None);
     }
 
     #[test]
     fn error_messages_carry_facts() {
         let e = SpdmReport::parse(&[0x11, 0xE0]).unwrap_err();
-        assert_eq!(e.to_string(), "report truncated: request param1 needs 1 bytes at offset 2, 0 left");
+        assert_eq!(
+            e.to_string(),
+            "report truncated: request param1 needs 1 bytes at offset 2, 0 left"
+        );
     }
 }

@@ -36,7 +36,9 @@ const KNOWN_CRITICAL: [&str; 5] = [
 /// TCG DICE TcbInfo extensions that carry the FWID (NVIDIA uses the first).
 const FWID_OIDS: [&str; 2] = ["2.23.133.5.4.1", "2.23.133.5.4.1.1"];
 /// DER of the sha384 algorithm OID (2.16.840.1.101.3.4.2.2).
-const SHA384_OID_DER: [u8; 11] = [0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+const SHA384_OID_DER: [u8; 11] = [
+    0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
+];
 
 /// Most certificates a chain may hold (the device chain has 5, RIM chains 4).
 pub const MAX_CHAIN_LEN: usize = 8;
@@ -81,7 +83,9 @@ pub enum ChainError {
         oid: String,
     },
     /// The next certificate's subject is not this certificate's issuer.
-    #[error("certificate {index} ({subject}) names issuer {issuer}, but the next certificate is {next}")]
+    #[error(
+        "certificate {index} ({subject}) names issuer {issuer}, but the next certificate is {next}"
+    )]
     IssuerMismatch {
         /// Position in the chain.
         index: usize,
@@ -129,7 +133,9 @@ pub enum ChainError {
         subject: String,
     },
     /// A pathLenConstraint is exceeded.
-    #[error("certificate {index} ({subject}) allows path length {allowed}, chain below it has {below} CAs")]
+    #[error(
+        "certificate {index} ({subject}) allows path length {allowed}, chain below it has {below} CAs"
+    )]
     PathLen {
         /// Position in the chain.
         index: usize,
@@ -151,7 +157,9 @@ pub enum ChainError {
         oid: String,
     },
     /// The top certificate is not issued by the pinned root.
-    #[error("chain does not end at the pinned root: top certificate {subject} is issued by {issuer}, not by {root}")]
+    #[error(
+        "chain does not end at the pinned root: top certificate {subject} is issued by {issuer}, not by {root}"
+    )]
     UntrustedRoot {
         /// Subject of the top non-root certificate.
         subject: String,
@@ -191,7 +199,9 @@ pub fn pem_to_der_chain(pem: &str) -> Result<Vec<Vec<u8>>, ChainError> {
     let mut rest = pem;
     while let Some(start) = rest.find(BEGIN) {
         let after = rest.get(start + BEGIN.len()..).unwrap_or_default();
-        let end = after.find(END).ok_or_else(|| ChainError::Pem("missing END CERTIFICATE line".into()))?;
+        let end = after
+            .find(END)
+            .ok_or_else(|| ChainError::Pem("missing END CERTIFICATE line".into()))?;
         let body = after.get(..end).unwrap_or_default();
         out.push(decode_base64(body).map_err(ChainError::Pem)?);
         rest = after.get(end + END.len()..).unwrap_or_default();
@@ -205,12 +215,17 @@ pub fn pem_to_der_chain(pem: &str) -> Result<Vec<Vec<u8>>, ChainError> {
 /// Base64 with whitespace (PEM bodies, XML-DSig element text) to bytes.
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()).map_err(|e| e.to_string())
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| e.to_string())
 }
 
 /// Parse one DER certificate (position `index` is only for error messages).
 pub fn parse_cert(index: usize, der: &[u8]) -> Result<Certificate, ChainError> {
-    Certificate::from_der(der).map_err(|e| ChainError::Parse { index, reason: e.to_string() })
+    Certificate::from_der(der).map_err(|e| ChainError::Parse {
+        index,
+        reason: e.to_string(),
+    })
 }
 
 /// The pinned root from PEM (compile-time constant in production; tests pass their own).
@@ -218,7 +233,10 @@ pub fn root_from_pem(pem: &str) -> Result<Certificate, ChainError> {
     let ders = pem_to_der_chain(pem)?;
     match ders.as_slice() {
         [one] => parse_cert(0, one),
-        _ => Err(ChainError::Pem(format!("expected one root certificate, found {}", ders.len()))),
+        _ => Err(ChainError::Pem(format!(
+            "expected one root certificate, found {}",
+            ders.len()
+        ))),
     }
 }
 
@@ -244,7 +262,10 @@ pub fn verify_chain(
     if chain.len() < min_len {
         return Err(ChainError::TooShort { got: chain.len() });
     }
-    let root_der = root.to_der().map_err(|e| ChainError::Parse { index: chain.len(), reason: e.to_string() })?;
+    let root_der = root.to_der().map_err(|e| ChainError::Parse {
+        index: chain.len(),
+        reason: e.to_string(),
+    })?;
     let mut certs = chain
         .iter()
         .enumerate()
@@ -258,7 +279,10 @@ pub fn verify_chain(
     }
     certs.push(root.clone());
     let n = certs.len();
-    let now_s = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now_s = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     for (i, cert) in certs.iter().enumerate() {
         check_algorithms(i, cert)?;
         check_validity(i, cert, now_s)?;
@@ -268,7 +292,9 @@ pub fn verify_chain(
         }
     }
     for i in 0..n.saturating_sub(1) {
-        let (Some(cert), Some(issuer)) = (certs.get(i), certs.get(i + 1)) else { break };
+        let (Some(cert), Some(issuer)) = (certs.get(i), certs.get(i + 1)) else {
+            break;
+        };
         if cert.tbs_certificate.issuer != issuer.tbs_certificate.subject {
             if i + 2 == n {
                 return Err(ChainError::UntrustedRoot {
@@ -286,14 +312,20 @@ pub fn verify_chain(
         }
         let key = p384_key(i + 1, issuer)?;
         if !signature_ok(cert, &key) {
-            return Err(ChainError::BadSignature { index: i, subject: subject(cert) });
+            return Err(ChainError::BadSignature {
+                index: i,
+                subject: subject(cert),
+            });
         }
     }
     // The root must be self-signed with its own key (guards against a broken pin).
     if let Some(root) = certs.last() {
         let key = p384_key(n - 1, root)?;
         if !signature_ok(root, &key) {
-            return Err(ChainError::BadSignature { index: n - 1, subject: subject(root) });
+            return Err(ChainError::BadSignature {
+                index: n - 1,
+                subject: subject(root),
+            });
         }
     }
     Ok(ValidChain { certs })
@@ -302,7 +334,10 @@ pub fn verify_chain(
 /// Whether `cert` names `issuer` as issuer, is signed by it and is valid at `now` (for
 /// one-step checks such as delegated OCSP responders).
 pub fn issued_by(cert: &Certificate, issuer: &Certificate, now: SystemTime) -> bool {
-    let now_s = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now_s = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     cert.tbs_certificate.issuer == issuer.tbs_certificate.subject
         && check_algorithms(0, cert).is_ok()
         && check_validity(0, cert, now_s).is_ok()
@@ -310,9 +345,15 @@ pub fn issued_by(cert: &Certificate, issuer: &Certificate, now: SystemTime) -> b
 }
 
 fn signature_ok(cert: &Certificate, key: &VerifyingKey) -> bool {
-    let Ok(tbs) = cert.tbs_certificate.to_der() else { return false };
-    let Some(sig_der) = cert.signature.as_bytes() else { return false };
-    let Ok(sig) = Signature::from_der(sig_der) else { return false };
+    let Ok(tbs) = cert.tbs_certificate.to_der() else {
+        return false;
+    };
+    let Some(sig_der) = cert.signature.as_bytes() else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_der(sig_der) else {
+        return false;
+    };
     key.verify(&tbs, &sig).is_ok()
 }
 
@@ -324,10 +365,16 @@ fn check_algorithms(index: usize, cert: &Certificate) -> Result<(), ChainError> 
         oid: oid.to_string(),
     };
     if cert.signature_algorithm.oid != ECDSA_WITH_SHA384 {
-        return Err(unsupported("signature algorithm", &cert.signature_algorithm.oid));
+        return Err(unsupported(
+            "signature algorithm",
+            &cert.signature_algorithm.oid,
+        ));
     }
     if cert.tbs_certificate.signature.oid != ECDSA_WITH_SHA384 {
-        return Err(unsupported("signature algorithm", &cert.tbs_certificate.signature.oid));
+        return Err(unsupported(
+            "signature algorithm",
+            &cert.tbs_certificate.signature.oid,
+        ));
     }
     p384_key(index, cert).map(|_| ())
 }
@@ -350,19 +397,34 @@ pub fn p384_key(index: usize, cert: &Certificate) -> Result<VerifyingKey, ChainE
         .as_ref()
         .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
     if curve != Some(SECP384R1) {
-        return Err(unsupported(curve.map(|c| c.to_string()).unwrap_or_else(|| "without curve".into())));
+        return Err(unsupported(
+            curve
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "without curve".into()),
+        ));
     }
-    let bytes = spki.subject_public_key.as_bytes().ok_or_else(|| unsupported("unaligned key".into()))?;
+    let bytes = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or_else(|| unsupported("unaligned key".into()))?;
     VerifyingKey::from_sec1_bytes(bytes).map_err(|_| unsupported("invalid P-384 point".into()))
 }
 
 fn check_validity(index: usize, cert: &Certificate, now_s: u64) -> Result<(), ChainError> {
     let v = &cert.tbs_certificate.validity;
     if now_s < v.not_before.to_unix_duration().as_secs() {
-        return Err(ChainError::NotYetValid { index, subject: subject(cert), not_before: v.not_before.to_string() });
+        return Err(ChainError::NotYetValid {
+            index,
+            subject: subject(cert),
+            not_before: v.not_before.to_string(),
+        });
     }
     if now_s > v.not_after.to_unix_duration().as_secs() {
-        return Err(ChainError::Expired { index, subject: subject(cert), not_after: v.not_after.to_string() });
+        return Err(ChainError::Expired {
+            index,
+            subject: subject(cert),
+            not_after: v.not_after.to_string(),
+        });
     }
     Ok(())
 }
@@ -382,7 +444,10 @@ fn check_critical(index: usize, cert: &Certificate) -> Result<(), ChainError> {
 
 /// `below`: how many CA certificates sit between this one and the leaf.
 fn check_ca(index: usize, cert: &Certificate, below: usize) -> Result<(), ChainError> {
-    let not_ca = || ChainError::NotCa { index, subject: subject(cert) };
+    let not_ca = || ChainError::NotCa {
+        index,
+        subject: subject(cert),
+    };
     let mut is_ca = false;
     for ext in cert.tbs_certificate.extensions.iter().flatten() {
         if ext.extn_id == BASIC_CONSTRAINTS {
@@ -390,7 +455,12 @@ fn check_ca(index: usize, cert: &Certificate, below: usize) -> Result<(), ChainE
             is_ca = bc.ca;
             if let Some(allowed) = bc.path_len_constraint {
                 if below > usize::from(allowed) {
-                    return Err(ChainError::PathLen { index, subject: subject(cert), allowed, below });
+                    return Err(ChainError::PathLen {
+                        index,
+                        subject: subject(cert),
+                        allowed,
+                        below,
+                    });
                 }
             }
         } else if ext.extn_id == KEY_USAGE {
@@ -483,7 +553,10 @@ mod tests {
 
     #[test]
     fn pem_errors_are_typed() {
-        assert!(matches!(pem_to_der_chain("-----BEGIN CERTIFICATE-----\nAAAA"), Err(ChainError::Pem(_))));
+        assert!(matches!(
+            pem_to_der_chain("-----BEGIN CERTIFICATE-----\nAAAA"),
+            Err(ChainError::Pem(_))
+        ));
         assert!(matches!(
             pem_to_der_chain("-----BEGIN CERTIFICATE-----\n*!*\n-----END CERTIFICATE-----"),
             Err(ChainError::Pem(_))

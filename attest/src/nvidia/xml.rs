@@ -96,13 +96,20 @@ impl Element {
     }
 
     /// Child elements named `{ns}local`.
-    pub fn children_named<'a>(&'a self, ns: &'a str, local: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+    pub fn children_named<'a>(
+        &'a self,
+        ns: &'a str,
+        local: &'a str,
+    ) -> impl Iterator<Item = &'a Element> + 'a {
         self.elements().filter(move |e| e.is(ns, local))
     }
 
     /// The value of the unprefixed attribute `name`.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|a| a.ns.is_none() && a.local == name).map(|a| a.value.as_str())
+        self.attrs
+            .iter()
+            .find(|a| a.ns.is_none() && a.local == name)
+            .map(|a| a.value.as_str())
     }
 
     /// The value of attribute `{ns}local`.
@@ -157,7 +164,9 @@ pub fn parse(input: &[u8]) -> Result<Element, XmlError> {
     let mut root: Option<Element> = None;
     let mut count = 0usize;
     loop {
-        let ev = reader.read_event().map_err(|e| XmlError::Syntax(e.to_string()))?;
+        let ev = reader
+            .read_event()
+            .map_err(|e| XmlError::Syntax(e.to_string()))?;
         match ev {
             Event::Start(s) | Event::Empty(s) if root.is_some() => {
                 let _ = s;
@@ -201,7 +210,9 @@ pub fn parse(input: &[u8]) -> Result<Element, XmlError> {
                 }
             }
             Event::PI(_) => return Err(XmlError::Unsupported("processing instruction".into())),
-            Event::DocType(_) => return Err(XmlError::Unsupported("document type declaration".into())),
+            Event::DocType(_) => {
+                return Err(XmlError::Unsupported("document type declaration".into()));
+            }
             Event::Eof => break,
         }
     }
@@ -238,9 +249,18 @@ fn push_text(stack: &mut [(Element, NsScope)], text: String) -> Result<(), XmlEr
 /// takes everything up to whitespace as a name, so this is what keeps `"` or `=` out.)
 fn is_ncname(s: &str) -> bool {
     let mut chars = s.chars();
-    let Some(first) = chars.next() else { return false };
-    let start_ok = |c: char| c.is_ascii_alphabetic() || c == '_' || (!c.is_ascii() && c.is_alphabetic());
-    let rest_ok = |c: char| start_ok(c) || c.is_ascii_digit() || c == '-' || c == '.' || (!c.is_ascii() && c.is_alphanumeric());
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    let start_ok =
+        |c: char| c.is_ascii_alphabetic() || c == '_' || (!c.is_ascii() && c.is_alphabetic());
+    let rest_ok = |c: char| {
+        start_ok(c)
+            || c.is_ascii_digit()
+            || c == '-'
+            || c == '.'
+            || (!c.is_ascii() && c.is_alphanumeric())
+    };
     start_ok(first) && chars.all(rest_ok)
 }
 
@@ -270,10 +290,14 @@ fn start_element(
             ns_decls.push((None, value));
         } else if let Some(p) = key.strip_prefix("xmlns:") {
             if value.is_empty() {
-                return Err(XmlError::Syntax(format!("empty namespace for prefix {p:?}")));
+                return Err(XmlError::Syntax(format!(
+                    "empty namespace for prefix {p:?}"
+                )));
             }
             if p == "xml" || p == "xmlns" {
-                return Err(XmlError::Unsupported(format!("declaration of reserved prefix {p}")));
+                return Err(XmlError::Unsupported(format!(
+                    "declaration of reserved prefix {p}"
+                )));
             }
             ns_decls.push((Some(p.to_string()), value));
         } else {
@@ -288,7 +312,11 @@ fn start_element(
             None if is_attr => Ok(None),
             None => Ok(scope.get(&None).filter(|u| !u.is_empty()).cloned()),
             Some(x) if x == "xml" => Err(XmlError::Unsupported("xml:* attributes".into())),
-            Some(x) => scope.get(p).cloned().map(Some).ok_or_else(|| XmlError::UnboundPrefix(x.clone())),
+            Some(x) => scope
+                .get(p)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| XmlError::UnboundPrefix(x.clone())),
         }
     };
     let ns = resolve(&prefix, false)?;
@@ -299,9 +327,21 @@ fn start_element(
         if attrs.iter().any(|x| x.ns == ans && x.local == al) {
             return Err(XmlError::Syntax(format!("attribute {key} repeated")));
         }
-        attrs.push(Attr { prefix: ap, local: al, ns: ans, value });
+        attrs.push(Attr {
+            prefix: ap,
+            local: al,
+            ns: ans,
+            value,
+        });
     }
-    let el = Element { prefix, local, ns, ns_decls, attrs, children: Vec::new() };
+    let el = Element {
+        prefix,
+        local,
+        ns,
+        ns_decls,
+        attrs,
+        children: Vec::new(),
+    };
     Ok((el, scope))
 }
 
@@ -322,7 +362,8 @@ fn resolve_ref(name: &str) -> Result<char, XmlError> {
             .map_err(|_| bad())?;
             let c = char::from_u32(code).ok_or_else(bad)?;
             // XML 1.0 Char production.
-            let ok = matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{fffe}' && c != '\u{ffff}');
+            let ok =
+                matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{fffe}' && c != '\u{ffff}');
             if !ok {
                 return Err(bad());
             }
@@ -342,11 +383,17 @@ fn unescape(raw: &str, attribute: bool) -> Result<String, XmlError> {
         let tail = rest.get(i..).unwrap_or_default();
         match tail.as_bytes().first() {
             Some(b'&') => {
-                let end = tail.find(';').ok_or_else(|| XmlError::BadReference(tail.chars().take(12).collect()))?;
+                let end = tail
+                    .find(';')
+                    .ok_or_else(|| XmlError::BadReference(tail.chars().take(12).collect()))?;
                 out.push(resolve_ref(tail.get(1..end).unwrap_or_default())?);
                 rest = tail.get(end + 1..).unwrap_or_default();
             }
-            Some(b'<') => return Err(XmlError::Syntax("'<' in character data or attribute value".into())),
+            Some(b'<') => {
+                return Err(XmlError::Syntax(
+                    "'<' in character data or attribute value".into(),
+                ));
+            }
             Some(c) => {
                 out.push(if attribute { ' ' } else { char::from(*c) });
                 rest = tail.get(1..).unwrap_or_default();
@@ -384,7 +431,13 @@ pub fn scope_of_parent(root: &Element, target: &Element) -> Option<NsScope> {
     walk(root, target, &NsScope::new())
 }
 
-fn render(el: &Element, parent_scope: &NsScope, rendered: &NsScope, exclude: Option<&Element>, out: &mut String) {
+fn render(
+    el: &Element,
+    parent_scope: &NsScope,
+    rendered: &NsScope,
+    exclude: Option<&Element>,
+    out: &mut String,
+) {
     if exclude.is_some_and(|x| std::ptr::eq(x, el)) {
         return;
     }
@@ -428,7 +481,10 @@ fn render(el: &Element, parent_scope: &NsScope, rendered: &NsScope, exclude: Opt
         out.push('"');
     }
     let mut attrs: Vec<&Attr> = el.attrs.iter().collect();
-    attrs.sort_by(|a, b| (a.ns.as_deref().unwrap_or(""), a.local.as_str()).cmp(&(b.ns.as_deref().unwrap_or(""), b.local.as_str())));
+    attrs.sort_by(|a, b| {
+        (a.ns.as_deref().unwrap_or(""), a.local.as_str())
+            .cmp(&(b.ns.as_deref().unwrap_or(""), b.local.as_str()))
+    });
     for a in attrs {
         out.push(' ');
         out.push_str(&qname(&a.prefix, &a.local));
@@ -509,7 +565,10 @@ mod tests {
         let root = parse(doc.as_bytes()).unwrap();
         let a = root.elements().next().unwrap();
         let scope = scope_of_parent(&root, a).unwrap();
-        assert_eq!(canonicalize(a, &scope, None), "<p:a xmlns=\"urn:d\" xmlns:p=\"urn:p\" x=\"1\"><b></b></p:a>");
+        assert_eq!(
+            canonicalize(a, &scope, None),
+            "<p:a xmlns=\"urn:d\" xmlns:p=\"urn:p\" x=\"1\"><b></b></p:a>"
+        );
         let s = root.elements().nth(1).unwrap();
         assert_eq!(
             canonicalize(&root, &NsScope::new(), Some(s)),
