@@ -3,6 +3,8 @@
 //! `tests/nvidia_derived/` (see derive.py: NOT NVIDIA-signed; used only for the comparison
 //! logic, because the genuine RIMs describe other versions than the genuine report).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -669,10 +669,10 @@ pub fn gpu_check(root: &Path, stage: GpuCheckStage, out_dir: Option<&Path>) -> R
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                     continue;
                 };
-                if let Some(exe) = v.get("executable").and_then(|e| e.as_str()) {
-                    if v.pointer("/profile/test").and_then(|t| t.as_bool()) == Some(true) {
-                        tests.push(PathBuf::from(exe));
-                    }
+                if let Some(exe) = v.get("executable").and_then(|e| e.as_str())
+                    && v.pointer("/profile/test").and_then(|t| t.as_bool()) == Some(true)
+                {
+                    tests.push(PathBuf::from(exe));
                 }
             }
             run(
@@ -699,11 +699,12 @@ pub fn gpu_check(root: &Path, stage: GpuCheckStage, out_dir: Option<&Path>) -> R
             }
             // libcudart is tiny and linked by candle-kernels; the big CUDA libraries
             // (cuBLAS) must come from the GPU machine's CUDA installation.
-            for lib in ["libcudart.so.12"] {
-                let src = fs::canonicalize(nvcc.lib_dir.join(lib))?;
-                fs::copy(&src, dir.join(lib))?;
-                total += fs::metadata(dir.join(lib))?.len();
-            }
+            let cudart = "libcudart.so.12";
+            fs::copy(
+                fs::canonicalize(nvcc.lib_dir.join(cudart))?,
+                dir.join(cudart),
+            )?;
+            total += fs::metadata(dir.join(cudart))?.len();
             ensure!(
                 total <= GPU_CHECK_MAX_BYTES,
                 "{GPU_CHECK_DIR} holds {total} bytes, over the {GPU_CHECK_MAX_BYTES}-byte carry budget"
@@ -814,6 +815,7 @@ pub fn gpu_check(root: &Path, stage: GpuCheckStage, out_dir: Option<&Path>) -> R
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

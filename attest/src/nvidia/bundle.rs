@@ -65,10 +65,10 @@ impl RimBundle {
     pub fn load_dir(dir: &Path) -> std::io::Result<Self> {
         let mut b = RimBundle::new();
         for entry in sorted_entries(dir)? {
-            if entry.extension().is_some_and(|e| e == "swidtag") {
-                if let Some(stem) = entry.file_stem().and_then(|s| s.to_str()) {
-                    b.insert_rim(stem, read_limited(&entry)?);
-                }
+            if entry.extension().is_some_and(|e| e == "swidtag")
+                && let Some(stem) = entry.file_stem().and_then(|s| s.to_str())
+            {
+                b.insert_rim(stem, read_limited(&entry)?);
             }
         }
         let ocsp_dir = dir.join("ocsp");
@@ -124,6 +124,7 @@ pub fn vbios_rim_id(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

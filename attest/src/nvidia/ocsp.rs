@@ -113,10 +113,10 @@ fn single_status(
     if single.this_update.0.to_unix_duration().as_secs() > now_s {
         return None;
     }
-    if let Some(next) = &single.next_update {
-        if next.0.to_unix_duration().as_secs() < now_s {
-            return None;
-        }
+    if let Some(next) = &single.next_update
+        && next.0.to_unix_duration().as_secs() < now_s
+    {
+        return None;
     }
     Some(match &single.cert_status {
         CertStatus::Good(_) => OcspStatus::Good,

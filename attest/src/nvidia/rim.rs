@@ -332,6 +332,7 @@ fn parse_resource(r: &Element) -> Result<GoldenMeasurement, RimError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

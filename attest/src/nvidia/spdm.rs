@@ -465,6 +465,7 @@ pub(crate) mod hex_bytes {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -453,15 +453,15 @@ fn check_ca(index: usize, cert: &Certificate, below: usize) -> Result<(), ChainE
         if ext.extn_id == BASIC_CONSTRAINTS {
             let bc = BasicConstraints::from_der(ext.extn_value.as_bytes()).map_err(|_| not_ca())?;
             is_ca = bc.ca;
-            if let Some(allowed) = bc.path_len_constraint {
-                if below > usize::from(allowed) {
-                    return Err(ChainError::PathLen {
-                        index,
-                        subject: subject(cert),
-                        allowed,
-                        below,
-                    });
-                }
+            if let Some(allowed) = bc.path_len_constraint
+                && below > usize::from(allowed)
+            {
+                return Err(ChainError::PathLen {
+                    index,
+                    subject: subject(cert),
+                    allowed,
+                    below,
+                });
             }
         } else if ext.extn_id == KEY_USAGE {
             let ku = KeyUsage::from_der(ext.extn_value.as_bytes()).map_err(|_| not_ca())?;
@@ -511,19 +511,17 @@ fn find_fwid(mut b: &[u8], depth: u8) -> Option<Vec<u8>> {
     }
     while !b.is_empty() {
         let (tag, content, rest) = der_tlv(b)?;
-        if tag == 0x30 {
-            if let Some(oid_len) = content.strip_prefix(&SHA384_OID_DER[..]) {
-                if let Some((0x04, digest, [])) = der_tlv(oid_len) {
-                    if digest.len() == 48 {
-                        return Some(digest.to_vec());
-                    }
-                }
-            }
+        if tag == 0x30
+            && let Some(oid_len) = content.strip_prefix(&SHA384_OID_DER[..])
+            && let Some((0x04, digest, [])) = der_tlv(oid_len)
+            && digest.len() == 48
+        {
+            return Some(digest.to_vec());
         }
-        if tag & 0x20 != 0 {
-            if let Some(found) = find_fwid(content, depth + 1) {
-                return Some(found);
-            }
+        if tag & 0x20 != 0
+            && let Some(found) = find_fwid(content, depth + 1)
+        {
+            return Some(found);
         }
         b = rest;
     }
@@ -531,6 +529,7 @@ fn find_fwid(mut b: &[u8], depth: u8) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
