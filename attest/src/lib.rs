@@ -26,3 +26,4 @@ pub mod wire;
 
 pub use policy::{Check, Policy};
 pub use verify::{verify_evidence, verify_evidence_with, Report, VerifyContext};
+pub mod nvidia;

@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod deps;
 mod firmware;
+mod gpu;
 mod image;
 mod kernel;
 mod pins;
@@ -59,11 +60,85 @@ enum Cmd {
         #[arg(long)]
         print_hashes: bool,
     },
+    /// The GPU profile: pinned NVIDIA packages, open kernel modules, private nvcc, `cuda` build,
+    /// and the one-shot check for a GPU machine (see kernel/README-gpu.md).
+    Gpu {
+        #[command(subcommand)]
+        what: GpuCmd,
+    },
     /// Benchmarks (results under out/bench/).
     Bench {
         #[command(subcommand)]
         which: bench::Which,
     },
+}
+
+#[derive(Subcommand)]
+enum GpuCmd {
+    /// Fetch and verify the pinned GPU packages (kernel/gpu-packages.toml).
+    Fetch,
+    /// Build NVIDIA's open kernel modules against the generic kernel's headers.
+    Modules {
+        /// Build twice in different directories and compare.
+        #[arg(long)]
+        repro: bool,
+    },
+    /// Unpack and check the private nvcc.
+    Nvcc,
+    /// `cargo build -p chrysalis-runtime --features cuda --release` with the private nvcc.
+    BuildCuda,
+    /// `prepare` here, then `run` on a GPU machine: CUDA correctness + bench, results to a file.
+    Check {
+        /// prepare | run
+        stage: String,
+        /// Where results go.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn run_gpu(root: &std::path::Path, what: GpuCmd) -> Result<()> {
+    match what {
+        GpuCmd::Fetch => {
+            for f in gpu::fetch_gpu_inputs(root)? {
+                println!("ok  {:<36} {:<30} {:<15} {}", f.package.name, f.package.version, f.package.role, f.package.sha256);
+                println!("    {}", f.package.why);
+            }
+        }
+        GpuCmd::Modules { repro } => {
+            let b = if repro {
+                gpu::check_modules_reproducible(root)?
+            } else {
+                let base = root.join(".cache/gpu-build");
+                gpu::build_nvidia_modules(root, &base.join("a"), &root.join("out/nvidia-modules"))?
+            };
+            for (name, sha) in &b.modules {
+                println!("{sha}  {name}");
+            }
+            println!("make modules took {:.0} s; modules in {}", b.elapsed.as_secs_f64(), b.out_dir.display());
+            if repro {
+                println!("reproducible: two builds in different directories are byte-identical");
+            }
+        }
+        GpuCmd::Nvcc => {
+            let n = gpu::ensure_nvcc(root)?;
+            println!("{} ({})", n.nvcc.display(), n.version);
+        }
+        GpuCmd::BuildCuda => {
+            let t = gpu::build_runtime_cuda(root)?;
+            println!("cuda build took {:.0} s", t.as_secs_f64());
+        }
+        GpuCmd::Check { stage, out } => {
+            let stage = match stage.as_str() {
+                "prepare" => gpu::GpuCheckStage::Prepare,
+                "run" => gpu::GpuCheckStage::Run,
+                other => anyhow::bail!("gpu check {other}: expected prepare or run"),
+            };
+            let p = gpu::gpu_check(root, stage, out.as_deref())?;
+            println!("{}", p.display());
+        }
+    }
+    Ok(())
 }
 
 fn main() {
@@ -103,6 +178,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Gpu { what } => run_gpu(&root, what),
         Cmd::Bench { which } => bench::run(&root, which),
     }
 }
