@@ -14,16 +14,26 @@ pub mod eventlog;
 pub mod evidence;
 pub mod keyrelease;
 pub mod measure;
+#[cfg(feature = "verify")]
+pub mod nvidia;
+#[cfg(feature = "verify")]
 pub mod policy;
+#[cfg(feature = "verify")]
 pub mod release;
 pub mod seal;
+#[cfg(feature = "verify")]
 pub mod sim;
 pub mod sim_transport;
+#[cfg(feature = "verify")]
 pub mod snp;
+#[cfg(feature = "verify")]
 pub mod tdx;
+#[cfg(feature = "verify")]
 pub mod verify;
 pub mod wire;
 
+#[cfg(feature = "verify")]
 pub use policy::{Check, Policy};
+#[cfg(feature = "verify")]
 pub use verify::{verify_evidence, verify_evidence_with, Report, VerifyContext};
-pub mod nvidia;
+
