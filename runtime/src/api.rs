@@ -1,19 +1,37 @@
-//! The runtime's own HTTP endpoints (health now; attestation and key release join them),
-//! mounted next to the OpenAI-compatible inference routes.
+//! The runtime's own HTTP endpoints, mounted next to the OpenAI-compatible inference routes:
+//!
+//! - `GET /v1/health`: boot timings, stage (waiting for key, serving, ...), TEE backend.
+//! - `GET /v1/attestation?nonce=<hex>`: the evidence bundle for the verifier's nonce
+//!   (postcard, `application/vnd.chrysalis.evidence`; format in `chrysalis_attest::evidence`).
+//! - `POST /v1/key`: a postcard `KeyRelease` (HPKE-wrapped data key); answers when the model
+//!   is unsealed and loaded, or with the reason it was refused.
+//!
+//! Request bodies and nonces are untrusted; errors are JSON `{"error": {"message", "type"}}`.
 
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use chrysalis_attest::keyrelease::{KeyRelease, KeyReleaseError, MAX_KEY_RELEASE_LEN};
+use serde::{Deserialize, Serialize};
 
 use crate::boot::BootTimings;
+use crate::session::{Session, SessionError};
+
+/// Media type of the evidence bundle.
+pub const EVIDENCE_MEDIA_TYPE: &str = "application/vnd.chrysalis.evidence";
 
 /// State shared by the runtime's endpoints.
 #[derive(Debug)]
 pub struct RuntimeState {
     /// When each boot stage finished (seconds since kernel start).
     pub timings: BootTimings,
+    /// The attested session.
+    pub session: Arc<Session>,
 }
 
 #[derive(Serialize)]
@@ -21,14 +39,84 @@ struct Health<'a> {
     status: &'static str,
     version: &'static str,
     boot: &'a BootTimings,
+    #[serde(flatten)]
+    session: crate::session::Status,
 }
 
-async fn health(state: axum::extract::State<Arc<RuntimeState>>) -> Json<serde_json::Value> {
-    let h = Health { status: "ok", version: env!("CARGO_PKG_VERSION"), boot: &state.timings };
-    Json(serde_json::to_value(h).unwrap_or_default())
+async fn health(State(state): State<Arc<RuntimeState>>) -> Response {
+    let h = Health { status: "ok", version: env!("CARGO_PKG_VERSION"), boot: &state.timings, session: state.session.status() };
+    Json(serde_json::to_value(h).unwrap_or_default()).into_response()
+}
+
+/// A JSON error in the OpenAI shape, with the status that fits.
+fn error(status: StatusCode, kind: &str, message: String) -> Response {
+    let body = serde_json::json!({ "error": { "message": message, "type": kind, "param": null, "code": null } });
+    (status, Json(body)).into_response()
+}
+
+fn session_error(e: &SessionError) -> Response {
+    let status = match e {
+        SessionError::BadNonce(_) => StatusCode::BAD_REQUEST,
+        SessionError::NoEvidence(_) | SessionError::NoBundle(_) => StatusCode::SERVICE_UNAVAILABLE,
+        SessionError::Busy => StatusCode::CONFLICT,
+        SessionError::Key(k) => match k {
+            KeyReleaseError::AlreadyUnsealed | KeyReleaseError::ReplayedNonce(_) => StatusCode::CONFLICT,
+            KeyReleaseError::StaleNonce { .. } => StatusCode::GONE,
+            KeyReleaseError::UnknownNonce(_) => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        },
+        SessionError::Unseal(_) | SessionError::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        #[allow(unreachable_patterns)]
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, "attestation_error", e.to_string())
+}
+
+#[derive(Deserialize)]
+struct NonceQuery {
+    nonce: Option<String>,
+}
+
+async fn attestation(State(state): State<Arc<RuntimeState>>, q: Result<Query<NonceQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    let Some(hex_nonce) = q.ok().and_then(|Query(q)| q.nonce) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "missing query parameter nonce=<hex>".into());
+    };
+    let nonce = match hex::decode(&hex_nonce) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("bad nonce: not hex ({e})")),
+    };
+    let session = state.session.clone();
+    match tokio::task::spawn_blocking(move || session.evidence(&nonce)).await {
+        Ok(Ok(ev)) => ([(header::CONTENT_TYPE, EVIDENCE_MEDIA_TYPE)], ev.to_bytes()).into_response(),
+        Ok(Err(e)) => {
+            log::warn!("attestation: {e}");
+            session_error(&e)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("evidence task failed: {e}")),
+    }
+}
+
+async fn key(State(state): State<Arc<RuntimeState>>, body: Bytes) -> Response {
+    let msg = match KeyRelease::from_bytes(&body) {
+        Ok(m) => m,
+        Err(e) => return session_error(&SessionError::Key(e)),
+    };
+    let session = state.session.clone();
+    match tokio::task::spawn_blocking(move || session.release(&msg)).await {
+        Ok(Ok(model)) => Json(serde_json::json!({ "status": "serving", "model": model })).into_response(),
+        Ok(Err(e)) => {
+            log::warn!("key release: {e}");
+            session_error(&e)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("key task failed: {e}")),
+    }
 }
 
 /// Routes served by the runtime itself.
 pub fn router(state: Arc<RuntimeState>) -> Router {
-    Router::new().route("/v1/health", get(health)).with_state(state)
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/attestation", get(attestation))
+        .route("/v1/key", post(key).layer(DefaultBodyLimit::max(MAX_KEY_RELEASE_LEN)))
+        .with_state(state)
 }

@@ -3,10 +3,14 @@
 
 pub mod api;
 pub mod boot;
+pub mod bundle;
 pub mod config;
 pub mod evidence;
 pub mod init;
 pub mod logger;
 pub mod measure;
+pub mod pull;
+pub mod session;
 pub mod simtee;
 pub mod sys;
+pub mod tee;

@@ -9,7 +9,12 @@ use anyhow::{Context, Result};
 use chrysalis_runtime::boot::BootTimings;
 use chrysalis_runtime::config::Config;
 use chrysalis_runtime::init::{self, power};
-use chrysalis_runtime::{api, logger, sys};
+use chrysalis_attest::keyrelease::RuntimeKeyPair;
+use chrysalis_runtime::bundle::Bundle;
+use chrysalis_runtime::measure::{self, BootMeasurements};
+use chrysalis_runtime::session::{ModelSink, Session};
+use chrysalis_runtime::tee::EvidenceSource;
+use chrysalis_runtime::{api, logger, pull, sys};
 
 fn main() {
     let pid1 = std::process::id() == 1;
@@ -50,17 +55,67 @@ fn run(pid1: bool, start: f64) -> Result<()> {
         init::net::configure(&cfg)?;
     }
     t.network = sys::uptime();
+    let session = Arc::new(attested_session(&cmdline, &cfg)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    rt.block_on(serve(cfg, t, pid1))
+    rt.block_on(serve(cfg, t, pid1, session))
 }
 
-async fn serve(cfg: Config, mut t: BootTimings, pid1: bool) -> Result<()> {
+/// Measure the runtime (binary, cmdline, config, bundle header, fresh public key) and set up
+/// the session that serves evidence and accepts the key.
+fn attested_session(cmdline: &str, cfg: &Config) -> Result<Session> {
+    let source = EvidenceSource::select(cfg.tee);
+    if source.is_simulated() {
+        log::warn!("*** SIMULATED TEE: this VM's evidence is NOT hardware-backed; verifiers reject it unless their policy allows simulation ***");
+    }
+    log::info!("tee: {}", source.describe());
+    let bundle = match &cfg.bundle {
+        None => Err("no chrysalis.bundle configured".to_owned()),
+        Some(p) => Bundle::open(std::path::Path::new(p)).map_err(|e| format!("{e:#}")),
+    };
+    match &bundle {
+        Ok(b) => log::info!(
+            "bundle: {} ({}, {} files, header sha384 {})",
+            b.path.display(),
+            b.header.header.model_name,
+            b.header.header.files.len(),
+            hex::encode(b.header.digest())
+        ),
+        Err(e) => log::warn!("bundle: {e}"),
+    }
+    let keys = RuntimeKeyPair::generate().context("generating the runtime's X25519 key pair")?;
+    let public_key = keys.public_key();
+    let log = measure::boot_log(
+        measure::runtime_binary_event()?,
+        &BootMeasurements {
+            cmdline,
+            config: cfg,
+            bundle_header: bundle.as_ref().ok().map(|b| b.header.raw.as_slice()),
+            public_key: &public_key,
+        },
+    );
+    log::info!("measured {} events; log digest {}", log.events.len(), hex::encode(log.digest()));
+    Ok(Session::new(log, keys, source, bundle, Box::new(NoEngine)))
+}
+
+/// Placeholder until the inference engine is wired in.
+struct NoEngine;
+
+impl ModelSink for NoEngine {
+    fn load(&self, files: chrysalis_attest::seal::UnsealedFiles) -> Result<String> {
+        anyhow::bail!("no inference engine in this build ({} files unsealed)", files.files.len())
+    }
+}
+
+async fn serve(cfg: Config, mut t: BootTimings, pid1: bool, session: Arc<Session>) -> Result<()> {
     let host = if pid1 { [0, 0, 0, 0] } else { [127, 0, 0, 1] };
     let addr = std::net::SocketAddr::from((host, cfg.port));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     t.listen = sys::uptime();
-    let state = Arc::new(api::RuntimeState { timings: t.clone() });
+    let state = Arc::new(api::RuntimeState { timings: t.clone(), session: session.clone() });
     let app = api::router(state);
+    if let Some(url) = cfg.key_url.clone() {
+        tokio::spawn(pull::run(url, session));
+    }
     log::info!("API listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     println!("{}", t.ready_line());
     let shutdown = async {

@@ -2,4 +2,5 @@
 
 pub mod image;
 pub mod qemu;
+pub mod sim;
 pub mod simtee;

@@ -1,0 +1,57 @@
+//! The sealed model bundle on its read-only disk: its header is read (and measured) at
+//! boot, before any key exists; the body is decrypted straight into memory once the owner
+//! has released the key. Nothing is ever written back: the plaintext lives only in this
+//! process's memory (zeroized on drop), and the VM has no writable disk at all.
+
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrysalis_attest::seal::{self, DataKey, SealedHeader, UnsealOptions, UnsealedFiles};
+
+/// A bundle found at boot.
+pub struct Bundle {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its parsed header (what the event log measures).
+    pub header: SealedHeader,
+}
+
+impl Bundle {
+    /// Open `path` and read its header.
+    pub fn open(path: &Path) -> Result<Bundle> {
+        let mut f = File::open(path).with_context(|| format!("opening the sealed bundle {}", path.display()))?;
+        let header = seal::read_header_from(&mut f).with_context(|| format!("reading the sealed header of {}", path.display()))?;
+        Ok(Bundle { path: path.to_path_buf(), header })
+    }
+
+    /// Decrypt the whole bundle into memory on all cores and check every file's SHA-256.
+    /// On any failure everything decrypted so far is zeroized and dropped.
+    pub fn unseal(&self, key: &DataKey) -> Result<UnsealedFiles> {
+        let f = File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        let opts = UnsealOptions {
+            threads: std::thread::available_parallelism().ok().or(NonZeroUsize::new(1)),
+            verify_sha256: true,
+            max_plaintext: memory_budget(),
+            // A disk's size is rounded up to whole sectors; the padding must be zeros.
+            allow_zero_padding: 4095,
+        };
+        Ok(seal::unseal_file(&f, key, &opts)?)
+    }
+}
+
+/// Plaintext the runtime may hold: three quarters of the memory available now (the model
+/// also needs room for activations and the KV cache).
+fn memory_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024 / 4 * 3)
+        .unwrap_or(u64::MAX)
+}

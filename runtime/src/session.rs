@@ -1,0 +1,246 @@
+//! The attested session of one boot: the event log measured at boot, the ephemeral key
+//! pair, the nonces evidence was issued for, and the path from a released key to a served
+//! model (unseal → load). The private key never leaves this struct; plaintext weights go
+//! from the unsealer straight to the model loader.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use chrysalis_attest::eventlog::EventLog;
+use chrysalis_attest::evidence::{EVIDENCE_VERSION, Evidence};
+use chrysalis_attest::keyrelease::{KeyRelease, KeyReleaseError, NonceBook, RuntimeKeyPair};
+use chrysalis_attest::seal::UnsealedFiles;
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::sys;
+use crate::tee::EvidenceSource;
+
+/// Loads unsealed files into the inference engine; returns the served model's id.
+pub trait ModelSink: Send + Sync {
+    /// Load and install the model. The files are dropped (and zeroized) afterwards.
+    fn load(&self, files: UnsealedFiles) -> anyhow::Result<String>;
+}
+
+/// Where the runtime is on the way from boot to serving.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Stage {
+    /// No sealed bundle is configured or readable: attestation works, inference never will.
+    NoBundle {
+        /// Why.
+        why: String,
+    },
+    /// Waiting for the owner to verify the evidence and release the key.
+    WaitingForKey,
+    /// Decrypting the bundle into memory.
+    Unsealing,
+    /// Building the model from the unsealed files.
+    Loading,
+    /// The model is served.
+    Serving {
+        /// Its id in the API.
+        model: String,
+    },
+}
+
+/// Seconds since kernel start at each milestone (for `bench e2e`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Milestones {
+    /// First evidence served.
+    pub evidence_served: Option<f64>,
+    /// A key opened.
+    pub key_received: Option<f64>,
+    /// The bundle was decrypted and checked.
+    pub unsealed: Option<f64>,
+    /// The model was loaded and installed.
+    pub model_loaded: Option<f64>,
+}
+
+#[derive(Debug)]
+struct State {
+    stage: Stage,
+    last_error: Option<String>,
+    milestones: Milestones,
+}
+
+/// Why a session request failed; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The nonce is missing, not hex, or of a length outside 16..=64 bytes.
+    #[error("bad nonce: {0}")]
+    BadNonce(String),
+    /// No evidence can be produced (no TEE, or the TEE failed).
+    #[error("evidence unavailable: {0}")]
+    NoEvidence(String),
+    /// The key release message was refused.
+    #[error("key refused: {0}")]
+    Key(#[from] KeyReleaseError),
+    /// Unsealing or loading is already running.
+    #[error("a key is already being processed (unsealing or loading)")]
+    Busy,
+    /// There is no bundle to unseal.
+    #[error("no sealed bundle: {0}")]
+    NoBundle(String),
+    /// The key opened but the bundle did not unseal (tampered, truncated, wrong bundle).
+    #[error("unsealing failed: {0}")]
+    Unseal(String),
+    /// The bundle unsealed but the model did not load.
+    #[error("loading the model failed: {0}")]
+    Load(String),
+}
+
+/// Snapshot for /v1/health.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Current stage.
+    pub stage: Stage,
+    /// The last key/unseal/load failure, if any (the runtime keeps serving attestation).
+    pub last_error: Option<String>,
+    /// Milestone timings.
+    pub milestones: Milestones,
+    /// The evidence backend.
+    pub tee: String,
+}
+
+/// Shortest and longest nonce accepted for evidence.
+pub const NONCE_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=64;
+
+/// The session of this boot.
+pub struct Session {
+    /// The event log measured at boot.
+    pub log: EventLog,
+    keys: RuntimeKeyPair,
+    nonces: Mutex<NonceBook>,
+    source: EvidenceSource,
+    bundle: Result<Bundle, String>,
+    state: Mutex<State>,
+    sink: Box<dyn ModelSink>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("events", &self.log.events.len()).field("source", &self.source).finish()
+    }
+}
+
+impl Session {
+    /// A session over what boot measured.
+    pub fn new(
+        log: EventLog,
+        keys: RuntimeKeyPair,
+        source: EvidenceSource,
+        bundle: Result<Bundle, String>,
+        sink: Box<dyn ModelSink>,
+    ) -> Self {
+        let stage = match &bundle {
+            Ok(_) => Stage::WaitingForKey,
+            Err(why) => Stage::NoBundle { why: why.clone() },
+        };
+        Session {
+            log,
+            keys,
+            nonces: Mutex::new(NonceBook::new(chrysalis_attest::keyrelease::DEFAULT_NONCE_TTL)),
+            source,
+            bundle,
+            state: Mutex::new(State { stage, last_error: None, milestones: Milestones::default() }),
+            sink,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Current status.
+    pub fn status(&self) -> Status {
+        let s = self.state();
+        Status {
+            stage: s.stage.clone(),
+            last_error: s.last_error.clone(),
+            milestones: s.milestones.clone(),
+            tee: self.source.describe(),
+        }
+    }
+
+    /// Evidence for a verifier's nonce (blocking: talks to the TEE). A 32-byte nonce is also
+    /// registered for one key release.
+    pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, SessionError> {
+        if !NONCE_LEN_RANGE.contains(&nonce.len()) {
+            return Err(SessionError::BadNonce(format!("{} bytes, expected 16 to 64", nonce.len())));
+        }
+        let report_data = self.log.report_data(nonce);
+        let platform =
+            self.source.platform_evidence(&report_data).map_err(|e| SessionError::NoEvidence(format!("{e:#}")))?;
+        if nonce.len() == chrysalis_attest::keyrelease::NONCE_LEN {
+            let mut book = self.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A full book forgets its oldest nonce; issuing cannot fail for a 32-byte nonce.
+            let _ = book.issue(nonce, &self.log, Instant::now());
+        }
+        self.state().milestones.evidence_served.get_or_insert_with(sys::uptime);
+        Ok(Evidence {
+            version: EVIDENCE_VERSION,
+            nonce: nonce.to_vec(),
+            platform,
+            event_log: self.log.clone(),
+            gpus: vec![],
+        })
+    }
+
+    /// Accept a released key, unseal the bundle and load the model (blocking). On failure
+    /// nothing decrypted is kept and the runtime keeps serving attestation.
+    pub fn release(&self, msg: &KeyRelease) -> Result<String, SessionError> {
+        let bundle = self.bundle.as_ref().map_err(|why| SessionError::NoBundle(why.clone()))?;
+        {
+            let mut s = self.state();
+            match s.stage {
+                Stage::Unsealing | Stage::Loading => return Err(SessionError::Busy),
+                _ => s.stage = Stage::Unsealing,
+            }
+        }
+        let result = self.unseal_and_load(bundle, msg);
+        let mut s = self.state();
+        match &result {
+            Ok(model) => {
+                s.stage = Stage::Serving { model: model.clone() };
+                s.last_error = None;
+            }
+            Err(e) => {
+                s.stage = Stage::WaitingForKey;
+                s.last_error = Some(e.to_string());
+            }
+        }
+        result
+    }
+
+    fn unseal_and_load(&self, bundle: &Bundle, msg: &KeyRelease) -> Result<String, SessionError> {
+        let key = {
+            let mut book = self.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = book.accept(msg, &self.keys, Instant::now())?;
+            self.state().milestones.key_received = Some(sys::uptime());
+            key
+        };
+        let start = Instant::now();
+        let files = bundle.unseal(&key).map_err(|e| SessionError::Unseal(format!("{e:#}")))?;
+        drop(key);
+        let bytes: usize = files.files.iter().map(|f| f.data.len()).sum();
+        log::info!(
+            "unseal: {} files, {bytes} B in {} ms (memory only)",
+            files.files.len(),
+            start.elapsed().as_millis()
+        );
+        {
+            let mut s = self.state();
+            s.milestones.unsealed = Some(sys::uptime());
+            s.stage = Stage::Loading;
+        }
+        let start = Instant::now();
+        let model = self.sink.load(files).map_err(|e| SessionError::Load(format!("{e:#}")))?;
+        // From now on every further key is refused: one boot serves one model.
+        self.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner).mark_unsealed();
+        log::info!("model {model} loaded in {} ms", start.elapsed().as_millis());
+        self.state().milestones.model_loaded = Some(sys::uptime());
+        Ok(model)
+    }
+}
