@@ -1,0 +1,3 @@
+//! `cargo xtask bench ...`: measured performance claims, each benchmark in its own file.
+
+pub mod infer;
