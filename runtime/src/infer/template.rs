@@ -140,10 +140,12 @@ mod tests {
         let src = "{% for m in messages %}\n{{ '<|im_start|>' + m['role'] + '\\n' + m['content'].strip() + '<|im_end|>\\n' }}\n{% endfor %}\n{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
         let t = ChatTemplate::new(src, None, Some("<|im_end|>".into()))?;
         let out = t.render(&msgs())?;
-        // Client text is data: "{{ 7*7 }}" is not evaluated.
+        // Client text is data: "{{ 7*7 }}" is not evaluated. Expected string produced by
+        // Python jinja2 with transformers' settings (trim_blocks, lstrip_blocks): the newline
+        // after `{% for %}` goes, the one after `}}` stays.
         assert_eq!(
             out,
-            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi {{ 7*7 }}<|im_end|>\n<|im_start|>assistant\n"
+            "<|im_start|>system\nBe brief.<|im_end|>\n\n<|im_start|>user\nHi {{ 7*7 }}<|im_end|>\n\n<|im_start|>assistant\n"
         );
         Ok(())
     }
