@@ -217,7 +217,7 @@ impl Engine {
                     .content
                     .tensor_infos
                     .get("token_embd.weight")
-                    .and_then(|i| i.shape.dims().last().copied())
+                    .and_then(|i| i.shape.dims().first().copied())
                     .ok_or_else(|| InferError::InvalidFile { file: name.clone(), reason: "no token_embd.weight".into() })?;
                 let ctx_key = format!("{arch}.context_length");
                 let declared = meta.u64(&ctx_key).and_then(|v| usize::try_from(v).ok());
