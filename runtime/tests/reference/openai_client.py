@@ -14,7 +14,8 @@ import json
 import sys
 import threading
 
-import httpx
+import urllib.error
+import urllib.request
 import openai
 
 FAILED = []
@@ -44,6 +45,16 @@ def expect_error(name, fn, status, code=None, param=None):
         return None
     check(name, False, "no error raised")
     return None
+
+
+def raw_http(url, data):
+    """(status, JSON body) of a request the openai client cannot make (malformed body, bad route)."""
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
 
 
 def api(base, model):
@@ -122,11 +133,11 @@ def api(base, model):
         model=model, messages=[]), 400, None, "messages")
     expect_error("error.body_too_large", lambda: client.completions.create(
         model=model, prompt="x" * (2 << 20), max_tokens=1), 413, "request_too_large")
-    r = httpx.post(base + "/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
-    check("error.bad_json", r.status_code == 400 and "error" in r.json(), f"status {r.status_code}")
-    r = httpx.get(base + "/no/such/route")
-    check("error.unknown_route", r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error",
-          f"status {r.status_code}")
+    status, body = raw_http(base + "/chat/completions", b"{not json")
+    check("error.bad_json", status == 400 and "error" in body, f"status {status}")
+    status, body = raw_http(base + "/no/such/route", None)
+    check("error.unknown_route", status == 404 and body.get("error", {}).get("type") == "invalid_request_error",
+          f"status {status}")
 
     # Cancellation: read two chunks of a long stream, then hang up.
     long = client.chat.completions.create(model=model, temperature=0.8, seed=3, max_tokens=3000,
