@@ -18,7 +18,20 @@ def peak_rss_kib():
 
 
 def llama_cpp(args, ids):
+    import llama_cpp.llama_cpp as lib
     from llama_cpp import Llama
+
+    # ggml's "extra buffer types" (AMX tiles, weight repacking) are turned off: on the
+    # build machines AMX instructions trap (SIGILL at tileloadd: the VM does not grant AMX
+    # state), and Q4_1 has no repacked kernel anyway. The SIMD dot products stay on.
+    default_params = lib.llama_model_default_params
+
+    def no_extra_bufts():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = no_extra_bufts
 
     t0 = time.perf_counter()
     llm = Llama(model_path=args.gguf, n_ctx=512, n_batch=512, n_threads=args.threads,
@@ -26,16 +39,23 @@ def llama_cpp(args, ids):
     load_s = time.perf_counter() - t0
     import numpy as np
 
+    n_vocab = llm.n_vocab()
+
+    def argmax_last():
+        # llm.scores is not filled by eval() in this version: read the context's logits.
+        logits = lib.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(n_vocab,))))
+
     for run in range(args.runs):
         llm.reset()
         start = time.perf_counter()
         llm.eval(ids)
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = argmax_last()
         first = time.perf_counter()
         toks = [tok]
         for _ in range(args.gen - 1):
             llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = argmax_last()
             toks.append(tok)
         end = time.perf_counter()
         emit(run, ids, toks, first - start, end - first, load_s, "Q4_1 (llama.cpp)")
