@@ -14,6 +14,8 @@ use chrysalis_runtime::bundle::Bundle;
 use chrysalis_runtime::measure::{self, BootMeasurements};
 use chrysalis_runtime::session::{ModelSink, Session};
 use chrysalis_runtime::tee::EvidenceSource;
+use chrysalis_runtime::infer::{Engine, LoadOptions, ModelFiles};
+use chrysalis_runtime::serve::{self, HttpLimits, InferenceState, ServeConfig};
 use chrysalis_runtime::{api, logger, pull, sys};
 
 fn main() {
@@ -55,14 +57,15 @@ fn run(pid1: bool, start: f64) -> Result<()> {
         init::net::configure(&cfg)?;
     }
     t.network = sys::uptime();
-    let session = Arc::new(attested_session(&cmdline, &cfg)?);
+    let inference = Arc::new(InferenceState::new(ServeConfig::default()));
+    let session = Arc::new(attested_session(&cmdline, &cfg, &inference)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    rt.block_on(serve(cfg, t, pid1, session))
+    rt.block_on(serve(cfg, t, pid1, session, inference))
 }
 
 /// Measure the runtime (binary, cmdline, config, bundle header, fresh public key) and set up
 /// the session that serves evidence and accepts the key.
-fn attested_session(cmdline: &str, cfg: &Config) -> Result<Session> {
+fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>) -> Result<Session> {
     let source = EvidenceSource::select(cfg.tee);
     if source.is_simulated() {
         log::warn!("*** SIMULATED TEE: this VM's evidence is NOT hardware-backed; verifiers reject it unless their policy allows simulation ***");
@@ -94,25 +97,35 @@ fn attested_session(cmdline: &str, cfg: &Config) -> Result<Session> {
         },
     );
     log::info!("measured {} events; log digest {}", log.events.len(), hex::encode(log.digest()));
-    Ok(Session::new(log, keys, source, bundle, Box::new(NoEngine)))
+    Ok(Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone()))))
 }
 
-/// Placeholder until the inference engine is wired in.
-struct NoEngine;
+/// Hands unsealed files to candle and installs the model behind the OpenAI API.
+struct EngineSink(Arc<InferenceState>);
 
-impl ModelSink for NoEngine {
+impl ModelSink for EngineSink {
     fn load(&self, files: chrysalis_attest::seal::UnsealedFiles) -> Result<String> {
-        anyhow::bail!("no inference engine in this build ({} files unsealed)", files.files.len())
+        let id = model_id(&files.model_name);
+        let map: ModelFiles = files.files.into_iter().map(|f| (f.name, f.data)).collect();
+        let engine = Engine::load(map, &LoadOptions::new(id.clone())).context("loading the model")?;
+        self.0.install(engine);
+        Ok(id)
     }
 }
 
-async fn serve(cfg: Config, mut t: BootTimings, pid1: bool, session: Arc<Session>) -> Result<()> {
+/// The API's model id: the bundle's model name, lower-cased, spaces as dashes.
+fn model_id(name: &str) -> String {
+    name.trim().to_lowercase().split_whitespace().collect::<Vec<_>>().join("-")
+}
+
+async fn serve(cfg: Config, mut t: BootTimings, pid1: bool, session: Arc<Session>, inference: Arc<InferenceState>) -> Result<()> {
     let host = if pid1 { [0, 0, 0, 0] } else { [127, 0, 0, 1] };
     let addr = std::net::SocketAddr::from((host, cfg.port));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     t.listen = sys::uptime();
     let state = Arc::new(api::RuntimeState { timings: t.clone(), session: session.clone() });
-    let app = api::router(state);
+    // The inference router carries the OpenAI-shaped fallbacks; the runtime's routes join it.
+    let app = serve::router(inference).merge(api::router(state));
     if let Some(url) = cfg.key_url.clone() {
         tokio::spawn(pull::run(url, session));
     }
@@ -122,7 +135,7 @@ async fn serve(cfg: Config, mut t: BootTimings, pid1: bool, session: Arc<Session
         let reason = shutdown_signal().await;
         power::power_off(reason, 0);
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API")
+    serve::serve(listener, app, HttpLimits::default(), shutdown).await.context("serving the API")
 }
 
 async fn shutdown_signal() -> &'static str {

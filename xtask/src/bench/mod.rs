@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 pub mod boot;
+pub mod infer;
 pub mod unseal;
 
 /// Which benchmark.
@@ -17,6 +18,14 @@ pub enum Which {
         /// Boots per accelerator.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// Inference on SmolLM2-135M Q4_1: prompt/generated tokens/s, time to first token, peak
+    /// RSS, next to llama.cpp and PyTorch on the same weights in the same run.
+    Infer {
+        /// Arguments: [--runs N] [--gen N] [--prompt-tokens N] [--threads N] [--variants ...]
+        /// [--no-llama-cpp] [--no-torch].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Unseal throughput on a synthetic bundle against `openssl speed -evp aes-256-gcm`
     /// (one core and all cores) measured in the same run.
@@ -32,6 +41,7 @@ pub fn run(root: &Path, which: Which) -> Result<()> {
     match which {
         Which::Boot { runs } => boot::run(root, runs),
         Which::Unseal { args } => unseal::run(&args),
+        Which::Infer { args } => infer::run(&infer::InferBench::from_args(&args)?),
     }
 }
 
