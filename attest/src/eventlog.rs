@@ -42,6 +42,9 @@ pub enum EventKind {
     PublicKey,
     /// SHA-384 of the GPU evidence the runtime collected (CUDA builds).
     GpuEvidence,
+    /// The runtime's ephemeral Ed25519 public key that signs per-response receipts
+    /// (`crate::channel::receipt`).
+    ReceiptKey,
 }
 
 impl EventKind {
@@ -54,6 +57,7 @@ impl EventKind {
             EventKind::BundleHeader => 4,
             EventKind::PublicKey => 5,
             EventKind::GpuEvidence => 6,
+            EventKind::ReceiptKey => 7,
         }
     }
 }
@@ -66,7 +70,7 @@ pub struct Event {
     /// SHA-384 of the measured bytes.
     #[serde(with = "BigArray")]
     pub digest: Digest384,
-    /// The measured bytes, when small and public (cmdline, config, public key); `None` when
+    /// The measured bytes, when small and public (cmdline, config, public keys); `None` when
     /// only the digest is recorded (the binary, the bundle header, GPU evidence).
     pub data: Option<Vec<u8>>,
 }

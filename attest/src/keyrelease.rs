@@ -37,9 +37,9 @@ use zeroize::Zeroizing;
 use crate::eventlog::{Digest384, Event, EventKind, EventLog};
 use crate::seal::key::{DATA_KEY_LEN, DataKey};
 
-type Kem = X25519HkdfSha256;
-type Kdf = HkdfSha256;
-type Cipher = AesGcm256;
+pub(crate) type Kem = X25519HkdfSha256;
+pub(crate) type Kdf = HkdfSha256;
+pub(crate) type Cipher = AesGcm256;
 
 /// Version of the [`KeyRelease`] wire format.
 pub const KEY_RELEASE_VERSION: u16 = 1;
@@ -154,6 +154,17 @@ impl RuntimeKeyPair {
     /// The event that measures the public key into the log.
     pub fn public_key_event(&self) -> Event {
         Event::with_data(EventKind::PublicKey, self.pk.to_vec())
+    }
+
+    /// HPKE base-mode receiver context for `enc` and `info` (the encrypted channel, see
+    /// `crate::channel`). Crate-private so that the private key never leaves this type.
+    pub(crate) fn setup_receiver(
+        &self,
+        enc: &[u8; PUBLIC_KEY_LEN],
+        info: &[u8],
+    ) -> Result<hpke::aead::AeadCtxR<Cipher, Kdf, Kem>, KeyReleaseError> {
+        let enc = <Kem as KemTrait>::EncappedKey::from_bytes(enc).map_err(|_| KeyReleaseError::Decrypt)?;
+        hpke::setup_receiver::<Cipher, Kdf, Kem>(&OpModeR::Base, &self.sk, &enc, info).map_err(|_| KeyReleaseError::Decrypt)
     }
 }
 

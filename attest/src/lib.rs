@@ -9,6 +9,7 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod ccel;
+pub mod channel;
 pub mod claims;
 pub mod eventlog;
 pub mod evidence;

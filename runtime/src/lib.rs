@@ -4,6 +4,7 @@
 pub mod api;
 pub mod boot;
 pub mod bundle;
+pub mod channel;
 pub mod config;
 pub mod evidence;
 pub mod infer;

@@ -16,7 +16,8 @@ use chrysalis_runtime::session::{ModelSink, Session};
 use chrysalis_runtime::tee::EvidenceSource;
 use chrysalis_runtime::infer::{Engine, LoadOptions, ModelFiles};
 use chrysalis_runtime::serve::{self, HttpLimits, InferenceState, ServeConfig};
-use chrysalis_runtime::{api, logger, pull, sys};
+use chrysalis_runtime::{api, channel, logger, pull, sys};
+use chrysalis_attest::channel::receipt::ReceiptSigner;
 
 fn main() {
     let pid1 = std::process::id() == 1;
@@ -87,7 +88,8 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
     }
     let keys = RuntimeKeyPair::generate().context("generating the runtime's X25519 key pair")?;
     let public_key = keys.public_key();
-    let log = measure::boot_log(
+    let receipts = ReceiptSigner::generate().context("generating the runtime's receipt signing key")?;
+    let mut log = measure::boot_log(
         measure::runtime_binary_event()?,
         &BootMeasurements {
             cmdline,
@@ -96,8 +98,10 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
             public_key: &public_key,
         },
     );
+    // The key that signs per-response receipts of the encrypted channel.
+    log.extend(receipts.public_key_event());
     log::info!("measured {} events; log digest {}", log.events.len(), hex::encode(log.digest()));
-    Ok(Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone()))))
+    Ok(Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone()))).with_receipt_signer(receipts))
 }
 
 /// Hands unsealed files to candle and installs the model behind the OpenAI API.
@@ -124,8 +128,10 @@ async fn serve(cfg: Config, mut t: BootTimings, pid1: bool, session: Arc<Session
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     t.listen = sys::uptime();
     let state = Arc::new(api::RuntimeState { timings: t.clone(), session: session.clone() });
-    // The inference router carries the OpenAI-shaped fallbacks; the runtime's routes join it.
-    let app = serve::router(inference).merge(api::router(state));
+    // The inference router carries the OpenAI-shaped fallbacks; the encrypted channel wraps
+    // it (plaintext only if the measured config allows); the runtime's own routes join it.
+    let sealed = channel::ChannelState::new(session.clone(), cfg.allow_plaintext, inference.config().max_body_bytes);
+    let app = channel::wrap(serve::router(inference), Arc::new(sealed)).merge(api::router(state));
     if let Some(url) = cfg.key_url.clone() {
         tokio::spawn(pull::run(url, session));
     }

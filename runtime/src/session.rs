@@ -3,12 +3,15 @@
 //! model (unseal → load). The private key never leaves this struct; plaintext weights go
 //! from the unsealer straight to the model loader.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use chrysalis_attest::eventlog::EventLog;
+use chrysalis_attest::channel::ChannelError;
+use chrysalis_attest::channel::crypto::{ResponseSealer, Target};
+use chrysalis_attest::channel::receipt::{RECEIPT_VERSION, Receipt, ReceiptBody, ReceiptSigner};
+use chrysalis_attest::eventlog::{DIGEST_LEN, Digest384, EventKind, EventLog};
 use chrysalis_attest::evidence::{EVIDENCE_VERSION, Evidence};
-use chrysalis_attest::keyrelease::{KeyRelease, KeyReleaseError, NonceBook, RuntimeKeyPair};
+use chrysalis_attest::keyrelease::{KeyRelease, KeyReleaseError, NonceBook, PUBLIC_KEY_LEN, RuntimeKeyPair};
 use chrysalis_attest::seal::UnsealedFiles;
 use serde::Serialize;
 
@@ -117,6 +120,11 @@ pub struct Session {
     bundle: Result<Bundle, String>,
     state: Mutex<State>,
     sink: Box<dyn ModelSink>,
+    /// Signs per-response receipts (the encrypted channel); its key is in the log.
+    receipts: Option<ReceiptSigner>,
+    /// The launch measurement this runtime's own evidence reported (first evidence served).
+    measurement: OnceLock<[u8; DIGEST_LEN]>,
+    log_digest: Digest384,
 }
 
 impl std::fmt::Debug for Session {
@@ -139,6 +147,7 @@ impl Session {
             Err(why) => Stage::NoBundle { why: why.clone() },
         };
         Session {
+            log_digest: log.digest(),
             log,
             keys,
             nonces: Mutex::new(NonceBook::new(chrysalis_attest::keyrelease::DEFAULT_NONCE_TTL)),
@@ -146,6 +155,59 @@ impl Session {
             bundle,
             state: Mutex::new(State { stage, last_error: None, milestones: Milestones::default() }),
             sink,
+            receipts: None,
+            measurement: OnceLock::new(),
+        }
+    }
+
+    /// The session with a receipt signer whose `ReceiptKey` event is already in the log.
+    pub fn with_receipt_signer(mut self, signer: ReceiptSigner) -> Self {
+        self.receipts = Some(signer);
+        self
+    }
+
+    /// This boot's event-log digest `D_n` (the channel's key id).
+    pub fn log_digest(&self) -> Digest384 {
+        self.log_digest
+    }
+
+    /// Open a request sealed to this runtime's key for `target` (the encrypted channel); the
+    /// private key stays here.
+    pub fn open_request(
+        &self,
+        target: &Target,
+        enc: &[u8; PUBLIC_KEY_LEN],
+        ciphertext: &[u8],
+    ) -> Result<(zeroize::Zeroizing<Vec<u8>>, ResponseSealer), ChannelError> {
+        chrysalis_attest::channel::crypto::open_request(&self.keys, &self.log_digest, target, enc, ciphertext)
+    }
+
+    /// Sign the receipt of one response: request and response hashes, with the served model,
+    /// the bundle header and event-log digests and the launch measurement (empty until this
+    /// runtime has produced evidence). Without a signer the signature is all zero, which no
+    /// verifier accepts.
+    pub fn sign_receipt(&self, target: String, request_sha384: Digest384, status: u16, response_sha384: Digest384) -> Receipt {
+        let model = match &self.state().stage {
+            Stage::Serving { model } => model.clone(),
+            _ => String::new(),
+        };
+        let body = ReceiptBody {
+            version: RECEIPT_VERSION,
+            target,
+            request_sha384,
+            status,
+            response_sha384,
+            model,
+            bundle_header_sha384: self.log.find(EventKind::BundleHeader).map(|e| e.digest.to_vec()),
+            event_log_digest: self.log_digest,
+            launch_measurement: self.measurement.get().map(|m| m.to_vec()).unwrap_or_default(),
+            runtime_time_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        match &self.receipts {
+            Some(s) => s.sign(body),
+            None => Receipt { body, signature: [0; chrysalis_attest::channel::receipt::SIGNATURE_LEN] },
         }
     }
 
@@ -173,6 +235,9 @@ impl Session {
         let report_data = self.log.report_data(nonce);
         let platform =
             self.source.platform_evidence(&report_data).map_err(|e| SessionError::NoEvidence(format!("{e:#}")))?;
+        if let Some(m) = chrysalis_attest::channel::receipt::launch_measurement(&platform) {
+            let _ = self.measurement.set(m);
+        }
         if nonce.len() == chrysalis_attest::keyrelease::NONCE_LEN {
             let mut book = self.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             // A full book forgets its oldest nonce; issuing cannot fail for a 32-byte nonce.

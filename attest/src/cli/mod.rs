@@ -11,10 +11,12 @@
 mod fetch_vcek;
 mod http;
 pub mod policy_from;
+pub mod proxy;
 pub mod release;
 pub mod seal;
 pub mod serve_keys;
 mod verify;
+pub mod verify_receipt;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -47,6 +49,11 @@ enum Command {
     Release(release::ReleaseArgs),
     /// Pull mode: serve the data key to runtimes that prove themselves at boot.
     ServeKeys(serve_keys::ServeKeysArgs),
+    /// End users: a local OpenAI-compatible endpoint that verifies the runtime, seals every
+    /// request to its attested key and checks every answer's receipt.
+    Proxy(proxy::ProxyArgs),
+    /// Check a receipt saved by `attest proxy` against the evidence it refers to.
+    VerifyReceipt(verify_receipt::VerifyReceiptArgs),
     /// Write a ready policy from an image's published measurements (out/measurements.json).
     Policy(policy_from::PolicyArgs),
     /// Fetch the VCEK that signed an SEV-SNP report from AMD's KDS into a cache directory
@@ -55,7 +62,7 @@ enum Command {
 }
 
 /// Outcome of a subcommand that ran to completion.
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// Everything passed.
     Ok,
     /// Verification or policy failure.
@@ -105,6 +112,8 @@ pub fn main() -> ExitCode {
         Command::Seal(a) => seal::run(&a).map(|_| Outcome::Ok),
         Command::Release(a) => load_verifier(&a.policy).and_then(|v| release::run(&a, v.as_ref())).map(|_| Outcome::Ok),
         Command::ServeKeys(a) => load_verifier(&a.policy).and_then(|v| serve_keys::run(&a, v)).map(|_| Outcome::Ok),
+        Command::Proxy(a) => load_verifier(&a.policy).and_then(|v| proxy::run(&a, v)).map(|_| Outcome::Ok),
+        Command::VerifyReceipt(a) => load_verifier(&a.policy).and_then(|v| verify_receipt::run(&a, v.as_ref())),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
