@@ -297,10 +297,24 @@ impl Vm {
         let mut s = UnixStream::connect(&self.monitor).context("connecting to the QEMU monitor")?;
         s.write_all(b"system_powerdown\n")?;
         s.flush()?;
+        // Closing the socket before QEMU has read the command can drop it (QEMU sees the
+        // hang-up first): wait until the monitor has answered with its next prompt.
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut sink = [0u8; 4096];
-        let _ = s.read(&mut sink);
-        Ok(())
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            let text = String::from_utf8_lossy(&seen);
+            if text.find("system_powerdown").is_some_and(|at| text[at..].contains("(qemu)")) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the QEMU monitor did not acknowledge system_powerdown: {}", String::from_utf8_lossy(&seen))
     }
 
     /// Base URL of the forwarded API.

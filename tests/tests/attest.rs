@@ -62,7 +62,8 @@ fn complete(vm: &Vm, model: &str) -> serde_json::Value {
         .config()
         .http_status_as_error(false)
         .build()
-        .send_json(body)
+        .header("content-type", "application/json")
+        .send(body.to_string().as_bytes())
         .unwrap();
     let status = r.status().as_u16();
     let v: serde_json::Value = serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
@@ -78,7 +79,7 @@ fn owner_releases_key_and_runtime_serves_the_model() {
     let mut vm = sim::boot(s.cfg.clone(), s.root, |_| {}).unwrap();
     vm.wait_for("READY", BOOT).unwrap();
     let h = health(&vm);
-    assert_eq!(h["state"], "waiting_for_key", "{h}");
+    assert_eq!(h["stage"]["state"], "waiting_for_key", "{h}");
     assert!(h["tee"].as_str().unwrap().contains("SIMULATED"), "{h}");
     // Before the key: inference answers 503 model not unsealed.
     let (status, body) = get(&format!("{}/v1/models", vm.url()));
@@ -89,8 +90,8 @@ fn owner_releases_key_and_runtime_serves_the_model() {
     let names: Vec<&str> = out.checks.iter().map(|c| c.name.as_str()).collect();
     assert!(names.iter().any(|n| n.contains("binding") || n.contains("report_data")), "{names:?}");
     let h = health(&vm);
-    assert_eq!(h["state"], "serving", "{h}");
-    assert_eq!(h["model"], "tiny-llama", "{h}");
+    assert_eq!(h["stage"]["state"], "serving", "{h}");
+    assert_eq!(h["stage"]["model"], "tiny-llama", "{h}");
     for m in ["evidence_served", "key_received", "unsealed", "model_loaded"] {
         assert!(h["milestones"][m].as_f64().is_some(), "milestone {m} missing: {h}");
     }
@@ -115,7 +116,7 @@ fn policy_with_another_measurement_refuses_and_runtime_gets_no_key() {
     assert!(msg.contains("measurement"), "refusal does not name the measurement: {msg}");
     assert_eq!(chrysalis_attest::cli::exit_code(&err), chrysalis_attest::cli::EXIT_REFUSED, "{msg}");
     let h = health(&vm);
-    assert_eq!(h["state"], "waiting_for_key", "{h}");
+    assert_eq!(h["stage"]["state"], "waiting_for_key", "{h}");
     assert!(h["milestones"]["key_received"].is_null(), "{h}");
 }
 
@@ -162,7 +163,7 @@ fn tampered_bundle_is_reported_and_attestation_keeps_working() {
     let msg = format!("{err:#}");
     assert!(msg.contains("decryption failed at chunk"), "runtime did not report the tamper: {msg}");
     let h = health(&vm);
-    assert_eq!(h["state"], "waiting_for_key", "{h}");
+    assert_eq!(h["stage"]["state"], "waiting_for_key", "{h}");
     assert!(h["last_error"].as_str().unwrap_or("").contains("decryption failed at chunk"), "{h}");
     // Attestation still works and still verifies under the policy.
     let nonce = [7u8; 32];

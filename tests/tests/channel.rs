@@ -34,7 +34,7 @@ use chrysalis_e2e::sim;
 
 const BOOT: Duration = Duration::from_secs(240);
 const SETUP: &str = "run `cargo xtask test`, or by hand: python3 -m venv .venv && .venv/bin/pip install -r \
-    tests/requirements.txt && export CHRYSALIS_PYTHON=$PWD/.venv/bin/python CHRYSALIS_MODELS=$PWD/.cache/models \
+    tests/demo-requirements.txt && export CHRYSALIS_PYTHON=$PWD/.venv/bin/python CHRYSALIS_MODELS=$PWD/.cache/models \
     (the tiny Llama needs runtime/tests/reference/requirements.txt)";
 
 fn python() -> PathBuf {

@@ -26,18 +26,42 @@ const INPUT_EVENT_LEN: usize = 24;
 const EV_KEY: u16 = 1;
 const KEY_POWER: u16 = 116;
 
+/// How long after boot new input devices are still picked up: the button driver registers
+/// its evdev node asynchronously after `finit_module` returns, so one scan can miss it.
+const INPUT_SCAN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Watch every evdev device for the ACPI power button (KEY_POWER press) and power off.
+/// A background thread rescans `/dev/input` for a while so devices that appear late are
+/// watched too.
 pub fn watch_power_button() {
-    let Ok(dir) = std::fs::read_dir("/dev/input") else {
-        log::warn!("no /dev/input: the ACPI power button will not be seen");
-        return;
-    };
+    let spawned = std::thread::Builder::new().name("input-scan".into()).spawn(|| {
+        let start = std::time::Instant::now();
+        let mut watched = std::collections::HashSet::new();
+        loop {
+            scan_input_devices(&mut watched);
+            if start.elapsed() > INPUT_SCAN_WINDOW {
+                if watched.is_empty() {
+                    log::warn!("no input device appeared: the ACPI power button will not be seen");
+                }
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch for the ACPI power button: {e}");
+    }
+}
+
+fn scan_input_devices(watched: &mut std::collections::HashSet<std::path::PathBuf>) {
+    let Ok(dir) = std::fs::read_dir("/dev/input") else { return };
     for entry in dir.flatten() {
         let path = entry.path();
-        if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("event")) {
+        if watched.contains(&path) || !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("event")) {
             continue;
         }
         let Ok(mut dev) = std::fs::File::open(&path) else { continue };
+        watched.insert(path.clone());
         let spawned = std::thread::Builder::new().name("power-button".into()).spawn(move || {
             let mut buf = [0u8; INPUT_EVENT_LEN];
             while dev.read_exact(&mut buf).is_ok() {
