@@ -196,6 +196,7 @@ fn release_push_mode_end_to_end_and_refusals() {
         bundle: Some(bundle_path.clone()),
         timeout_s: 10,
         json: false,
+        inputs: Default::default(),
     };
     let out = cli::release::run(&args, &BindingOnly).expect("releases");
     assert_eq!(out.runtime_status, 200);

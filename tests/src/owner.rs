@@ -72,6 +72,7 @@ pub fn release(url: &str, policy: &Path, key: &Path) -> Result<ReleaseOutcome> {
         bundle: None,
         timeout_s: 600,
         json: false,
+        inputs: Default::default(),
     };
     cli::release::run(&args, &PolicyVerifier::new(p)).context("attest release")
 }

@@ -77,6 +77,7 @@ fn proxy_args(url: &str, policy: &Path, receipts: Option<PathBuf>) -> ProxyArgs 
         receipts,
         max_body_bytes: 1 << 20,
         timeout_s: 600,
+        inputs: Default::default(),
     }
 }
 
@@ -264,7 +265,7 @@ fn openai_client_through_the_verifying_proxy_and_attacks_on_the_channel() {
     let url = vm.url();
     let verifier = PolicyVerifier::new(Policy::load(&policy).unwrap());
     release::run(
-        &ReleaseArgs { url: url.clone(), policy: policy.clone(), key, bundle: Some(bundle), timeout_s: 600, json: false },
+        &ReleaseArgs { url: url.clone(), policy: policy.clone(), key, bundle: Some(bundle), timeout_s: 600, json: false, inputs: Default::default() },
         &verifier,
     )
     .unwrap_or_else(|e| panic!("key release: {e:#}\n{}", vm.serial()));
@@ -299,6 +300,7 @@ fn openai_client_through_the_verifying_proxy_and_attacks_on_the_channel() {
             request: Some(f.with_extension("request")),
             response: Some(f.with_extension("response")),
             json: true,
+            inputs: Default::default(),
         };
         assert!(matches!(verify_receipt::run(&args, &verifier).unwrap(), Outcome::Ok), "{}", f.display());
         assert_eq!(meta["model"], "tiny-llama");

@@ -1,14 +1,15 @@
 //! `cargo xtask demo`: the whole promise in one command. Build the image reproducibly,
 //! seal SmolLM2-135M-Instruct (owner side), boot the image in QEMU with the sealed bundle as
 //! a read-only disk and the labelled simulated TEE, verify the evidence as the model owner
-//! would, release the key, stream a chat completion through the OpenAI API, show where the
+//! would, release the key, stream a chat completion with the `openai` Python client through the verifying `attest proxy`, show where the
 //! plaintext lived, and power the VM off. Rerunning reuses every cached build.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use chrysalis_attest::cli::PolicyVerifier;
+use chrysalis_attest::cli::proxy::{self, ProxyArgs};
 use chrysalis_attest::evidence::Evidence;
 use chrysalis_attest::policy::Policy;
 use chrysalis_attest::verify::{VerifyContext, verify_evidence_with};
@@ -23,7 +24,7 @@ use crate::{deps, image, measure};
 pub const DEMO_REQUIREMENTS: &str = "tests/demo-requirements.txt";
 
 /// Run the demo.
-pub fn run(root: &Path, prompt: &str, max_tokens: u32) -> Result<()> {
+pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     let total = Instant::now();
     let out = root.join("out");
     let demo = out.join("demo");
@@ -62,6 +63,7 @@ pub fn run(root: &Path, prompt: &str, max_tokens: u32) -> Result<()> {
     say(format!("    {}", vm.command_line));
     let ready = vm.wait_for("READY", Duration::from_secs(600))?;
     say(format!("    accelerator {}; {}", vm.accel.name(), ready.trim()));
+    let max_tokens = max_tokens.unwrap_or(if vm.accel == chrysalis_e2e::qemu::Accel::Kvm { 32 } else { 12 });
     stage.done();
 
     let stage = Stage::start("5/8 owner: verify the evidence against the policy from the image's measurements");
@@ -83,11 +85,33 @@ pub fn run(root: &Path, prompt: &str, max_tokens: u32) -> Result<()> {
     say(format!("    runtime: {} {}", rel.runtime_status, rel.runtime_answer));
     stage.done();
 
-    let stage = Stage::start("7/8 user: chat completion through the OpenAI API, streamed");
+    let stage = Stage::start("7/8 user: the openai Python client through `attest proxy` (verifies, then seals each request)");
+    let proxy_args = ProxyArgs {
+        listen: "127.0.0.1:0".parse()?,
+        url: vm.url(),
+        policy: policy_path.clone(),
+        reattest_secs: 300,
+        receipts: Some(demo.join("receipts")),
+        save_bodies: false,
+        max_body_bytes: 1 << 20,
+        timeout_s: 600,
+        inputs: Default::default(),
+    };
+    let proxy = proxy::start(&proxy_args, Box::new(PolicyVerifier::new(policy.clone())))?;
+    let base = format!("http://{}/v1", proxy.addr);
+    say(format!("    attest proxy on {base}: any OpenAI client pointed here talks to the attested runtime only"));
     println!("\n  user> {prompt}\n  assistant> ");
-    let first = stream_chat(&vm.url(), "smollm2-135m-instruct", prompt, max_tokens)?;
-    println!();
-    say(format!("    first token after {:.2} s", first.as_secs_f64()));
+    let chat = std::process::Command::new(&python)
+        .arg(root.join("tests/demo_chat.py"))
+        .args([base.as_str(), prompt, &max_tokens.to_string()])
+        .stdout(std::process::Stdio::inherit())
+        .status()
+        .context("running tests/demo_chat.py")?;
+    if !chat.success() {
+        bail!("the openai client through the proxy failed ({chat})");
+    }
+    drop(proxy);
+    say(format!("    receipts (signed by the runtime's attested key) in {}", demo.join("receipts").display()));
     stage.done();
 
     let stage = Stage::start("8/8 where the plaintext lived, and shutdown");
@@ -112,31 +136,4 @@ fn rand_nonce() -> Result<[u8; 32]> {
     let mut n = [0u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut n)).context("reading /dev/urandom")?;
     Ok(n)
-}
-
-/// POST a streaming chat completion and print each delta as it arrives; returns the time
-/// to the first token.
-fn stream_chat(url: &str, model: &str, prompt: &str, max_tokens: u32) -> Result<Duration> {
-    let body = serde_json::json!({
-        "model": model, "stream": true, "max_tokens": max_tokens, "temperature": 0,
-        "messages": [{"role": "user", "content": prompt}],
-    });
-    let start = Instant::now();
-    let resp = ureq::post(format!("{url}/v1/chat/completions")).send_json(body).context("POST /v1/chat/completions")?;
-    let reader = BufReader::new(resp.into_body().into_reader());
-    let mut first = None;
-    for line in reader.lines() {
-        let line = line?;
-        let Some(data) = line.strip_prefix("data: ") else { continue };
-        if data.trim() == "[DONE]" {
-            break;
-        }
-        let v: serde_json::Value = serde_json::from_str(data).context("SSE chunk")?;
-        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
-            first.get_or_insert_with(|| start.elapsed());
-            print!("{t}");
-            let _ = std::io::stdout().flush();
-        }
-    }
-    first.context("the stream carried no tokens")
 }

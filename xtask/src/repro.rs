@@ -1,6 +1,7 @@
 //! `cargo xtask repro`: build the image twice — from the tree itself and from a copy of it
 //! in another directory, into different target directories, at different times — and fail
-//! unless every artifact is bit-identical.
+//! unless every artifact is bit-identical. (The test suite shares the target directory so
+//! that the dependencies are compiled once; see `Isolation`.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,8 +12,20 @@ use chrysalis_image::manifest::Manifest;
 use crate::image;
 use crate::util::{Stage, say};
 
+/// How far apart the two builds are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Different source directories and different target directories: nothing is shared.
+    SeparateTargets,
+    /// Different source directories, one target directory: the registry dependencies
+    /// (compiled with flags that name no source path) are built once and reused; the
+    /// workspace crates, the initramfs and everything after are built again. The test
+    /// suite uses this to stay within CI's time on two cores.
+    SharedDependencies,
+}
+
 /// Run the reproducibility check.
-pub fn run(root: &Path, kernel_deb: Option<PathBuf>) -> Result<()> {
+pub fn run(root: &Path, kernel_deb: Option<PathBuf>, isolation: Isolation) -> Result<()> {
     let base = root.join("target/repro");
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
@@ -26,7 +39,7 @@ pub fn run(root: &Path, kernel_deb: Option<PathBuf>) -> Result<()> {
         }
     };
     // Build 1 is the ordinary build (this tree, target/, out/), so CI reuses it; build 2 is
-    // a copy of the tree in another directory with its own target directory, started later.
+    // a copy of the tree in another directory, started later (see `Isolation`).
     let stage = Stage::start(format!("build 1 in {}", root.display()));
     let opts_a = image::Options { kernel_deb: kernel_deb.clone(), ..image::Options::defaults(root) };
     let a = image::build(root, &opts_a)?;
@@ -35,7 +48,11 @@ pub fn run(root: &Path, kernel_deb: Option<PathBuf>) -> Result<()> {
     let src = base.join("src");
     let stage = Stage::start(format!("build 2 in {}", src.display()));
     copy_tree(root, &src)?;
-    let opts_b = image::Options { out_dir: base.join("out"), target_dir: base.join("target"), kernel_deb };
+    let target_b = match isolation {
+        Isolation::SeparateTargets => base.join("target"),
+        Isolation::SharedDependencies => opts_a.target_dir.clone(),
+    };
+    let opts_b = image::Options { out_dir: base.join("out"), target_dir: target_b, kernel_deb };
     let b = image::build(&src, &opts_b)?;
     stage.done();
     compare(&a, &b, &opts_a.out_dir, &opts_b.out_dir)?;

@@ -21,8 +21,9 @@ pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
     if skip_repro {
         image::build(root, &image::Options::defaults(root))?;
     } else {
-        // Builds out/ from this tree, a second time from a copy elsewhere, and compares.
-        repro::run(root, None)?;
+        // Builds out/ from this tree, a second time from a copy elsewhere (sharing the compiled
+        // registry dependencies; `cargo xtask repro` shares nothing), and compares.
+        repro::run(root, None, repro::Isolation::SharedDependencies)?;
     }
 
     let stage = Stage::start("cargo test --workspace");

@@ -18,7 +18,7 @@ pub mod serve_keys;
 mod verify;
 pub mod verify_receipt;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -110,10 +110,10 @@ pub fn main() -> ExitCode {
         Command::FetchVcek(a) => fetch_vcek::run(a),
         Command::Policy(a) => policy_from::run(a),
         Command::Seal(a) => seal::run(&a).map(|_| Outcome::Ok),
-        Command::Release(a) => load_verifier(&a.policy).and_then(|v| release::run(&a, v.as_ref())).map(|_| Outcome::Ok),
-        Command::ServeKeys(a) => load_verifier(&a.policy).and_then(|v| serve_keys::run(&a, v)).map(|_| Outcome::Ok),
-        Command::Proxy(a) => load_verifier(&a.policy).and_then(|v| proxy::run(&a, v)).map(|_| Outcome::Ok),
-        Command::VerifyReceipt(a) => load_verifier(&a.policy).and_then(|v| verify_receipt::run(&a, v.as_ref())),
+        Command::Release(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| release::run(&a, v.as_ref())).map(|_| Outcome::Ok),
+        Command::ServeKeys(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| serve_keys::run(&a, v)).map(|_| Outcome::Ok),
+        Command::Proxy(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| proxy::run(&a, v)).map(|_| Outcome::Ok),
+        Command::VerifyReceipt(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| verify_receipt::run(&a, v.as_ref())),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -129,18 +129,51 @@ pub fn main() -> ExitCode {
 /// evidence checked by [`crate::verify`] under the owner's policy.
 pub struct PolicyVerifier {
     policy: Policy,
+    certs: Vec<Vec<u8>>,
+    collateral: Option<crate::tdx::Collateral>,
 }
 
 impl PolicyVerifier {
-    /// A verifier for `policy`.
+    /// A verifier for `policy` with only what the evidence itself carries.
     pub fn new(policy: Policy) -> Self {
-        PolicyVerifier { policy }
+        PolicyVerifier { policy, certs: Vec::new(), collateral: None }
     }
+
+    /// Add SNP certificates and TDX collateral the evidence does not carry.
+    pub fn with_inputs(mut self, inputs: &EvidenceInputs) -> anyhow::Result<Self> {
+        if let Some(dir) = &inputs.certs {
+            self.certs = crate::snp::kds::load_cert_dir(dir)
+                .map_err(|e| anyhow::anyhow!("reading certificates from {}: {e}", dir.display()))?;
+        }
+        if let Some(p) = &inputs.tdx_collateral {
+            let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+            self.collateral =
+                Some(crate::tdx::Collateral::from_json(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?);
+        }
+        Ok(self)
+    }
+}
+
+/// What verifying a runtime may need beyond the evidence it serves: AMD certificates when
+/// the SNP host does not put them in the extended report, and Intel collateral for TDX
+/// (verification never fetches; `attest fetch-vcek` and Intel PCS are explicit steps).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct EvidenceInputs {
+    /// Directory of VCEK/VLEK/ASK certificates (*.der, *.pem), e.g. from `attest fetch-vcek`.
+    #[arg(long, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Intel collateral (JSON: TCB info, QE identity, PCK and root CRLs) for TDX runtimes.
+    #[arg(long, value_name = "FILE")]
+    pub tdx_collateral: Option<PathBuf>,
 }
 
 impl EvidenceVerifier for PolicyVerifier {
     fn verify(&self, evidence: &Evidence, nonce: &[u8]) -> Result<VerifiedRuntime, ReleaseError> {
-        let ctx = VerifyContext::new(nonce, SystemTime::now());
+        let ctx = VerifyContext {
+            tdx_collateral: self.collateral.as_ref(),
+            extra_snp_certs: &self.certs,
+            ..VerifyContext::new(nonce, SystemTime::now())
+        };
         let report = verify_evidence_with(evidence, &self.policy, &ctx);
         for w in &report.warnings {
             eprintln!("attest: WARNING: {w}");
@@ -166,7 +199,7 @@ impl EvidenceVerifier for PolicyVerifier {
 }
 
 /// The production verifier for a policy file.
-pub fn load_verifier(policy: &Path) -> anyhow::Result<Box<dyn EvidenceVerifier>> {
+pub fn load_verifier(policy: &Path, inputs: &EvidenceInputs) -> anyhow::Result<Box<dyn EvidenceVerifier>> {
     let p = Policy::load(policy).map_err(|e| anyhow::anyhow!("policy {}: {e}", policy.display()))?;
-    Ok(Box::new(PolicyVerifier::new(p)))
+    Ok(Box::new(PolicyVerifier::new(p).with_inputs(inputs)?))
 }

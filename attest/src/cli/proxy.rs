@@ -65,6 +65,9 @@ pub struct ProxyArgs {
     /// Seconds to wait for the runtime's response headers.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// Certificates and collateral the evidence may lack.
+    #[command(flatten)]
+    pub inputs: super::EvidenceInputs,
 }
 
 /// The runtime's address, split for a raw HTTP/1.1 client.

@@ -39,6 +39,9 @@ pub struct ReleaseArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Certificates and collateral the evidence may lack.
+    #[command(flatten)]
+    pub inputs: super::EvidenceInputs,
 }
 
 /// What `attest release` did.

@@ -43,6 +43,9 @@ pub struct ServeKeysArgs {
     /// Seconds a challenge nonce stays valid.
     #[arg(long, default_value_t = 120)]
     pub nonce_ttl_s: u64,
+    /// Certificates and collateral the evidence may lack.
+    #[command(flatten)]
+    pub inputs: super::EvidenceInputs,
 }
 
 /// The service state: the key, the verifier and the open challenges.

@@ -42,6 +42,9 @@ pub struct VerifyReceiptArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Certificates and collateral the evidence may lack.
+    #[command(flatten)]
+    pub inputs: super::EvidenceInputs,
 }
 
 /// The result of `attest verify-receipt`.

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 pub mod boot;
+pub mod channel;
 pub mod e2e;
 pub mod infer;
 pub mod unseal;
@@ -35,6 +36,16 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// The end-user channel's cost: time to first token and tokens/s through `attest proxy`
+    /// (sealed requests and responses) against the plain API, same VM, same run.
+    Channel {
+        /// Requests per path.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Tokens generated per request.
+        #[arg(long, default_value_t = 16)]
+        max_tokens: u32,
+    },
     /// Unseal throughput on a synthetic bundle against `openssl speed -evp aes-256-gcm`
     /// (one core and all cores) measured in the same run.
     Unseal {
@@ -49,6 +60,7 @@ pub fn run(root: &Path, which: Which) -> Result<()> {
     match which {
         Which::Boot { runs } => boot::run(root, runs),
         Which::E2e { runs } => e2e::run(root, runs),
+        Which::Channel { runs, max_tokens } => channel::run(root, runs, max_tokens),
         Which::Unseal { args } => unseal::run(&args),
         Which::Infer { args } => infer::run(&infer::InferBench::from_args(&args)?),
     }
