@@ -6,6 +6,8 @@ pub mod boot;
 pub mod bundle;
 pub mod config;
 pub mod evidence;
+#[cfg(feature = "gpu-evidence")]
+pub mod gpu;
 pub mod infer;
 pub mod init;
 pub mod logger;

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use chrysalis_attest::eventlog::EventLog;
-use chrysalis_attest::evidence::{EVIDENCE_VERSION, Evidence};
+use chrysalis_attest::evidence::{EVIDENCE_VERSION, Evidence, GpuEvidence};
 use chrysalis_attest::keyrelease::{KeyRelease, KeyReleaseError, NonceBook, RuntimeKeyPair};
 use chrysalis_attest::seal::UnsealedFiles;
 use serde::Serialize;
@@ -111,6 +111,8 @@ pub const NONCE_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=64;
 pub struct Session {
     /// The event log measured at boot.
     pub log: EventLog,
+    /// GPU evidence collected at boot (CUDA builds; the log's GpuEvidence event commits to it).
+    gpus: Vec<GpuEvidence>,
     keys: RuntimeKeyPair,
     nonces: Mutex<NonceBook>,
     source: EvidenceSource,
@@ -140,6 +142,7 @@ impl Session {
         };
         Session {
             log,
+            gpus: Vec::new(),
             keys,
             nonces: Mutex::new(NonceBook::new(chrysalis_attest::keyrelease::DEFAULT_NONCE_TTL)),
             source,
@@ -147,6 +150,13 @@ impl Session {
             state: Mutex::new(State { stage, last_error: None, milestones: Milestones::default() }),
             sink,
         }
+    }
+
+    /// Serve `gpus` with every evidence bundle (the GPU evidence whose `GpuEvidence` event
+    /// is in the log).
+    pub fn with_gpus(mut self, gpus: Vec<GpuEvidence>) -> Self {
+        self.gpus = gpus;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -184,7 +194,7 @@ impl Session {
             nonce: nonce.to_vec(),
             platform,
             event_log: self.log.clone(),
-            gpus: vec![],
+            gpus: self.gpus.clone(),
         })
     }
 
