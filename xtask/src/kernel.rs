@@ -24,7 +24,10 @@ pub fn ensure(pin: &KernelPackage, cache: &Path, offline: Option<&Path>) -> Resu
     std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     let deb = cache.join(pin.deb_name());
     if let Some(src) = offline {
-        std::fs::copy(src, &deb).with_context(|| format!("copying {}", src.display()))?;
+        // Copying a file onto itself truncates it: `repro` hands build 1 the cached .deb.
+        if !same_file(src, &deb) {
+            std::fs::copy(src, &deb).with_context(|| format!("copying {}", src.display()))?;
+        }
     } else if !deb.exists() {
         download(pin, cache)?;
     }
@@ -52,6 +55,13 @@ pub fn ensure(pin: &KernelPackage, cache: &Path, offline: Option<&Path>) -> Resu
         bail!("{} does not contain boot/vmlinuz-{0} and lib/modules/{0}/", pin.release);
     }
     Ok(Kernel { deb, vmlinuz, modules_dir })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn download(pin: &KernelPackage, cache: &Path) -> Result<()> {

@@ -4,12 +4,16 @@
 
 mod bench;
 mod build;
+mod demo;
 mod deps;
 mod firmware;
 mod gpu;
 mod image;
 mod kernel;
+mod launch;
+mod measure;
 mod pins;
+mod release;
 mod repro;
 mod run;
 mod test;
@@ -30,6 +34,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The main job end to end: build, seal SmolLM2, boot in QEMU (simulated TEE), verify,
+    /// release the key, stream a chat answer, shut down.
+    Demo {
+        /// The user's message.
+        #[arg(long, default_value = "In one sentence, what is confidential computing?")]
+        prompt: String,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 48)]
+        max_tokens: u32,
+    },
     /// Build the image into out/: kernel, initramfs, cmdline, manifest.json.
     Image {
         /// Use this copy of the pinned kernel package instead of downloading it.
@@ -42,6 +56,9 @@ enum Cmd {
         #[arg(long)]
         kernel_deb: Option<PathBuf>,
     },
+    /// Package image, manifest, measurements, firmware and an SBOM with SHA256SUMS into
+    /// out/release/.
+    Release,
     /// Boot the image in QEMU with the serial console on this terminal.
     Run(run::RunArgs),
     /// The whole test suite (installs what it needs; this is what CI runs).
@@ -50,6 +67,11 @@ enum Cmd {
         #[arg(long)]
         no_repro: bool,
     },
+    /// Compute the SEV-SNP / TDX / simulated launch measurements of out/ into
+    /// out/measurements.json (build the image first).
+    Measure,
+    /// Make the test/demo models under .cache/models (tiny Llama/Qwen2, SmolLM2-135M).
+    Models,
     /// The pinned confidential-VM firmware (OVMF AmdSev, TDVF): locate/verify it, or rebuild
     /// it from the pinned edk2 sources and compare with the pins (--verify, ~15-20 min).
     Firmware {
@@ -162,7 +184,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             util::say(format!("image written to {}", opts.out_dir.display()));
             Ok(())
         }
+        Cmd::Demo { prompt, max_tokens } => demo::run(&root, &prompt, max_tokens),
         Cmd::Repro { kernel_deb } => repro::run(&root, kernel_deb),
+        Cmd::Release => release::run(&root),
         Cmd::Run(args) => run::run(&root, args),
         Cmd::Test { no_repro } => test::run_all(&root, no_repro),
         Cmd::Firmware { verify, print_hashes } => {
@@ -176,6 +200,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 println!("ovmf-amdsev   {}", p.amd_sev.display());
                 println!("ovmf-inteltdx {}", p.intel_tdx.display());
             }
+            Ok(())
+        }
+        Cmd::Measure => measure::run(&root),
+        Cmd::Models => {
+            let python = deps::ensure_venv(&root)?;
+            let dir = deps::ensure_models(&root, &python)?;
+            println!("{}", dir.display());
             Ok(())
         }
         Cmd::Gpu { what } => run_gpu(&root, what),

@@ -38,7 +38,19 @@ pub fn run(root: &Path, kernel_deb: Option<PathBuf>) -> Result<()> {
     let opts_b = image::Options { out_dir: base.join("out"), target_dir: base.join("target"), kernel_deb };
     let b = image::build(&src, &opts_b)?;
     stage.done();
-    compare(&a, &b, &opts_a.out_dir, &opts_b.out_dir)
+    compare(&a, &b, &opts_a.out_dir, &opts_b.out_dir)?;
+    // Same bytes must give the same published measurements; computing both checks the
+    // measurement code is a pure function of the artifacts too.
+    let (ma, mb) = (crate::measure::compute(root, &opts_a.out_dir)?, crate::measure::compute(root, &opts_b.out_dir)?);
+    if ma != mb {
+        bail!("the two builds give different measurements:\n{ma}\n{mb}");
+    }
+    let v4 = ma["snp"].as_array().and_then(|v| v.first()).cloned().unwrap_or_default();
+    say(format!(
+        "measurements identical: SNP ({} vCPU {}) {}, TDX MRTD {}, RTMR1 {}, RTMR2 {}",
+        v4["vcpus"], v4["vcpu_type"], v4["measurement"], ma["tdx"]["mrtd"], ma["tdx"]["rtmr1"], ma["tdx"]["rtmr2"]
+    ));
+    Ok(())
 }
 
 /// Copy the committed and untracked-but-not-ignored files of the tree (what a clean clone

@@ -1,69 +1,138 @@
 //! `cargo xtask run`: boot the image in QEMU, console on this terminal (or a log file),
-//! the API forwarded to localhost; prints the exact QEMU command line.
+//! the API forwarded to localhost; prints the exact QEMU command line. `--tee snp|tdx`
+//! prints the launch line for a confidential host (and runs it with `--exec`); `--tee sim`
+//! boots locally with the labelled simulated TEE.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use chrysalis_e2e::qemu::{self, Accel, VmConfig};
 use clap::Args;
 
+use crate::launch::{Launch, Tee, confidential_args};
 use crate::util::say;
 
 /// Options of `cargo xtask run`.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Accelerator: kvm, tcg, or auto (KVM when it boots this image).
+    /// TEE: none (plain local boot), sim (local, simulated TEE), snp or tdx (print the
+    /// provider launch line; run it with --exec on a confidential host).
+    #[arg(long, value_enum, default_value = "none")]
+    tee: Tee,
+    /// Run the snp/tdx line instead of only printing it.
+    #[arg(long)]
+    exec: bool,
+    /// Accelerator for local boots: kvm, tcg, or auto (KVM when /dev/kvm opens).
     #[arg(long, default_value = "auto")]
     accel: String,
     /// Host port for the API (0 = pick a free one).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Write the serial console to this file instead of the terminal.
+    /// vCPUs (part of the SNP measurement).
+    #[arg(long, default_value_t = 2)]
+    vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+    /// Write the serial console to this file instead of the terminal (local boots).
     #[arg(long)]
     log: Option<PathBuf>,
     /// Attach this sealed bundle as the read-only disk /dev/vda.
     #[arg(long)]
     bundle: Option<PathBuf>,
+    /// Pass this GPU through with VFIO (PCI address, e.g. 0000:41:00.0; snp/tdx lines).
+    #[arg(long)]
+    gpu: Option<String>,
     /// Build the image first.
     #[arg(long)]
     build: bool,
 }
 
-/// Boot the image in the foreground until the guest powers off.
+/// Boot (or print) according to `args`.
 pub fn run(root: &Path, args: RunArgs) -> Result<()> {
-    if args.build || !root.join("out/initramfs.cpio.gz").exists() {
+    let out = root.join("out");
+    if args.build || !out.join("initramfs.cpio.gz").exists() {
         crate::image::build(root, &crate::image::Options::defaults(root))?;
     }
+    match args.tee {
+        Tee::Snp | Tee::Tdx => provider(root, &args),
+        Tee::Sim | Tee::None => local(root, &args),
+    }
+}
+
+fn provider(root: &Path, args: &RunArgs) -> Result<()> {
+    let fw = crate::firmware::ensure_firmware(root)?;
+    let firmware = if args.tee == Tee::Snp { fw.amd_sev } else { fw.intel_tdx };
+    let out = root.join("out");
+    let l = Launch {
+        out: &out,
+        firmware: Some(&firmware),
+        bundle: args.bundle.as_deref(),
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        port: args.port,
+        gpu: args.gpu.as_deref(),
+    };
+    let qargs = confidential_args(args.tee, &l);
+    let (what, needs) = match args.tee {
+        Tee::Snp => ("AMD SEV-SNP", "an SEV-SNP host (Linux >= 6.11 KVM, SNP firmware), QEMU >= 9.1"),
+        _ => ("Intel TDX", "a TDX host (Linux >= 6.16 KVM, TDX module), QEMU >= 10.1"),
+    };
+    say(format!("{what} launch line (needs {needs}); expected measurements: cargo xtask measure"));
+    println!("{}", qemu::shell_line("qemu-system-x86_64", &qargs));
+    if args.exec {
+        let status = Command::new("qemu-system-x86_64").args(&qargs).status().context("running QEMU")?;
+        say(format!("QEMU exited with {status}"));
+    }
+    Ok(())
+}
+
+fn local(root: &Path, args: &RunArgs) -> Result<()> {
     crate::deps::ensure_qemu()?;
     let qemu_bin = qemu::qemu_binary()?;
     let work = root.join("out/run");
+    std::fs::create_dir_all(&work)?;
     let mut cfg = VmConfig::for_image(&root.join("out"), &work)?;
     cfg.disk = args.bundle.clone();
+    cfg.cpus = args.vcpus;
+    cfg.memory_mib = args.memory;
     let accel = match args.accel.as_str() {
         "kvm" => Accel::Kvm,
         "tcg" => Accel::Tcg,
-        "auto" => {
-            if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
-                say("/dev/kvm is usable; trying KVM (use --accel tcg if the guest fails to start)");
-                Accel::Kvm
-            } else {
-                Accel::Tcg
-            }
+        "auto" if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() => {
+            say("/dev/kvm is usable; trying KVM (use --accel tcg if the guest fails to start)");
+            Accel::Kvm
         }
-        other => anyhow::bail!("--accel {other}: expected kvm, tcg or auto"),
+        "auto" => Accel::Tcg,
+        other => bail!("--accel {other}: expected kvm, tcg or auto"),
     };
     let port = if args.port == 0 { qemu::free_port()? } else { args.port };
+    let mut psp_thread = None;
+    if args.tee == Tee::Sim {
+        let sock = work.join("simtee.sock");
+        let _ = std::fs::remove_file(&sock);
+        cfg.sim_tee_socket = Some(sock);
+        say("SIMULATED TEE: the guest's evidence is signed by a local simulation root (out/sim/), not by hardware");
+    }
     let serial = match &args.log {
         Some(p) => format!("file:{}", p.display()),
         None => "stdio".into(),
     };
-    std::fs::create_dir_all(&work)?;
     let qargs = cfg.qemu_args(accel, port, &serial);
     say(format!("accelerator: {}", accel.name()));
     say(format!("API: http://127.0.0.1:{port}/v1/health"));
     println!("{}", qemu::shell_line(qemu_bin, &qargs));
-    let status = Command::new(qemu_bin).args(&qargs).status().context("running QEMU")?;
+    let mut child = Command::new(qemu_bin).args(&qargs).spawn().context("running QEMU")?;
+    if let Some(sock) = &cfg.sim_tee_socket {
+        let root_key = chrysalis_e2e::sim::root(&root.join("out/sim"))?;
+        let measurement = chrysalis_e2e::sim::measurement(&cfg)?;
+        say(format!("simulated launch measurement {}", hex::encode(measurement)));
+        let psp = chrysalis_attest::sim::SimPsp::new(root_key, measurement);
+        psp_thread = Some(chrysalis_e2e::simtee::serve(sock, Box::new(move |rd| Ok(psp.report(rd))))?);
+    }
+    let status = child.wait().context("waiting for QEMU")?;
+    drop(psp_thread);
     say(format!("QEMU exited with {status}"));
     Ok(())
 }

@@ -16,6 +16,7 @@ pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
     let settings = pins::image(root)?;
     deps::ensure_rust_target(root, &settings.target)?;
     let python = deps::ensure_venv(root)?;
+    let models = deps::ensure_models(root, &python)?;
 
     if skip_repro {
         image::build(root, &image::Options::defaults(root))?;
@@ -30,7 +31,7 @@ pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
         .args(["test", "--workspace", "--locked", "--no-fail-fast", "--features", "chrysalis-attest/cli"])
         .env("CHRYSALIS_OUT", root.join("out"))
         .env("CHRYSALIS_PYTHON", &python)
-        .env("CHRYSALIS_MODELS", root.join(".cache/models")))
+        .env("CHRYSALIS_MODELS", &models))
     .context("the test suite failed (see the failing tests above)")?;
     stage.done();
     let secs = total.done();

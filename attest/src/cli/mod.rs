@@ -10,6 +10,7 @@
 
 mod fetch_vcek;
 mod http;
+pub mod policy_from;
 pub mod release;
 pub mod seal;
 pub mod serve_keys;
@@ -46,6 +47,8 @@ enum Command {
     Release(release::ReleaseArgs),
     /// Pull mode: serve the data key to runtimes that prove themselves at boot.
     ServeKeys(serve_keys::ServeKeysArgs),
+    /// Write a ready policy from an image's published measurements (out/measurements.json).
+    Policy(policy_from::PolicyArgs),
     /// Fetch the VCEK that signed an SEV-SNP report from AMD's KDS into a cache directory
     /// (explicit network access; verification itself never fetches).
     FetchVcek(fetch_vcek::FetchVcekArgs),
@@ -98,6 +101,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Verify(a) => verify::run(a),
         Command::FetchVcek(a) => fetch_vcek::run(a),
+        Command::Policy(a) => policy_from::run(a),
         Command::Seal(a) => seal::run(&a).map(|_| Outcome::Ok),
         Command::Release(a) => load_verifier(&a.policy).and_then(|v| release::run(&a, v.as_ref())).map(|_| Outcome::Ok),
         Command::ServeKeys(a) => load_verifier(&a.policy).and_then(|v| serve_keys::run(&a, v)).map(|_| Outcome::Ok),

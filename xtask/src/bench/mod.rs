@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 pub mod boot;
+pub mod e2e;
 pub mod infer;
 pub mod unseal;
 
@@ -27,6 +28,13 @@ pub enum Which {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Boot to first token with the owner's verification and key release in the loop,
+    /// per stage, median of N runs (simulated TEE, SmolLM2 sealed on a disk).
+    E2e {
+        /// Runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Unseal throughput on a synthetic bundle against `openssl speed -evp aes-256-gcm`
     /// (one core and all cores) measured in the same run.
     Unseal {
@@ -40,6 +48,7 @@ pub enum Which {
 pub fn run(root: &Path, which: Which) -> Result<()> {
     match which {
         Which::Boot { runs } => boot::run(root, runs),
+        Which::E2e { runs } => e2e::run(root, runs),
         Which::Unseal { args } => unseal::run(&args),
         Which::Infer { args } => infer::run(&infer::InferBench::from_args(&args)?),
     }

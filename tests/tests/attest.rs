@@ -1,0 +1,212 @@
+//! The attested key release end to end, in QEMU with the simulated TEE: the owner seals a
+//! model, the image boots with the bundle as a read-only disk, the owner's `attest release`
+//! verifies the evidence and releases the key, and the runtime serves the model. And the
+//! negative twins: a policy with another measurement, a one-byte change to the initramfs,
+//! a tampered bundle, and evidence replayed from an earlier boot.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use chrysalis_attest::evidence::Evidence;
+use chrysalis_attest::sim::SimRoot;
+use chrysalis_e2e::image::{out_dir, scratch};
+use chrysalis_e2e::qemu::{Vm, VmConfig};
+use chrysalis_e2e::{owner, sim};
+
+const BOOT: Duration = Duration::from_secs(300);
+
+struct Setup {
+    dir: std::path::PathBuf,
+    cfg: VmConfig,
+    root: SimRoot,
+    key: std::path::PathBuf,
+    bundle: std::path::PathBuf,
+    header_sha384: String,
+}
+
+/// Seal the tiny Llama, attach it as a disk, and make a sim root for this test.
+fn setup(name: &str) -> Setup {
+    let dir = scratch(name).unwrap();
+    let sealed = owner::seal(&owner::model("tiny-llama").unwrap(), &dir, "tiny-llama").unwrap();
+    let mut cfg = VmConfig::for_image(&out_dir().unwrap(), &dir).unwrap();
+    cfg.disk = Some(sealed.bundle.clone());
+    // These tests talk to the inference API directly; the encrypted channel has its own tests.
+    cfg.cmdline.push_str(" chrysalis.plaintext=1");
+    Setup {
+        root: SimRoot::generate(),
+        key: sealed.key_file.clone(),
+        bundle: sealed.bundle.clone(),
+        header_sha384: sealed.header_sha384.clone(),
+        dir,
+        cfg,
+    }
+}
+
+fn get(url: &str) -> (u16, Vec<u8>) {
+    match ureq::get(url).config().http_status_as_error(false).build().call() {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_vec().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+fn health(vm: &Vm) -> serde_json::Value {
+    let (status, body) = get(&format!("{}/v1/health", vm.url()));
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn complete(vm: &Vm, model: &str) -> serde_json::Value {
+    let body = serde_json::json!({"model": model, "prompt": "The sky is", "max_tokens": 4, "temperature": 0});
+    let mut r = ureq::post(&format!("{}/v1/completions", vm.url()))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_json(body)
+        .unwrap();
+    let status = r.status().as_u16();
+    let v: serde_json::Value = serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[test]
+fn owner_releases_key_and_runtime_serves_the_model() {
+    let s = setup("release");
+    let measurement = sim::measurement(&s.cfg).unwrap();
+    let policy = owner::write_policy(&s.dir, &owner::sim_policy(&s.root.public_key(), &measurement, Some(&s.header_sha384))).unwrap();
+    let mut vm = sim::boot(s.cfg.clone(), s.root, |_| {}).unwrap();
+    vm.wait_for("READY", BOOT).unwrap();
+    let h = health(&vm);
+    assert_eq!(h["state"], "waiting_for_key", "{h}");
+    assert!(h["tee"].as_str().unwrap().contains("SIMULATED"), "{h}");
+    // Before the key: inference answers 503 model not unsealed.
+    let (status, body) = get(&format!("{}/v1/models", vm.url()));
+    assert!(status == 503 || String::from_utf8_lossy(&body).contains("\"data\":[]"), "{status} {}", String::from_utf8_lossy(&body));
+
+    let out = owner::release(&vm.url(), &policy, &s.key).unwrap();
+    assert_eq!(out.runtime_status, 200, "{}", out.runtime_answer);
+    let names: Vec<&str> = out.checks.iter().map(|c| c.name.as_str()).collect();
+    assert!(names.iter().any(|n| n.contains("binding") || n.contains("report_data")), "{names:?}");
+    let h = health(&vm);
+    assert_eq!(h["state"], "serving", "{h}");
+    assert_eq!(h["model"], "tiny-llama", "{h}");
+    for m in ["evidence_served", "key_received", "unsealed", "model_loaded"] {
+        assert!(h["milestones"][m].as_f64().is_some(), "milestone {m} missing: {h}");
+    }
+    let c = complete(&vm, "tiny-llama");
+    assert_eq!(c["usage"]["completion_tokens"], 4, "{c}");
+    let console = vm.serial();
+    assert!(console.contains("(memory only)"), "{console}");
+    // A second key is refused: one boot, one model.
+    let again = owner::release(&vm.url(), &policy, &s.key).unwrap_err();
+    assert!(format!("{again:#}").contains("already unsealed"), "{again:#}");
+}
+
+#[test]
+fn policy_with_another_measurement_refuses_and_runtime_gets_no_key() {
+    let s = setup("wrongmeasurement");
+    let other = [0x5a; 48];
+    let policy = owner::write_policy(&s.dir, &owner::sim_policy(&s.root.public_key(), &other, None)).unwrap();
+    let mut vm = sim::boot(s.cfg.clone(), s.root, |_| {}).unwrap();
+    vm.wait_for("READY", BOOT).unwrap();
+    let err = owner::release(&vm.url(), &policy, &s.key).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("measurement"), "refusal does not name the measurement: {msg}");
+    assert_eq!(chrysalis_attest::cli::exit_code(&err), chrysalis_attest::cli::EXIT_REFUSED, "{msg}");
+    let h = health(&vm);
+    assert_eq!(h["state"], "waiting_for_key", "{h}");
+    assert!(h["milestones"]["key_received"].is_null(), "{h}");
+}
+
+/// One byte of the initramfs changed (the gzip header's MTIME, so it still boots): the
+/// launch measurement changes and the owner's policy, written for the published image,
+/// refuses the key.
+#[test]
+fn one_byte_changed_initramfs_changes_measurement_and_is_refused() {
+    let s = setup("initramfs");
+    let published = sim::measurement(&s.cfg).unwrap();
+    let mut initrd = std::fs::read(&s.cfg.initrd).unwrap();
+    assert_eq!(&initrd[..2], [0x1f, 0x8b], "initramfs is not gzip");
+    initrd[4] ^= 0x01;
+    let modified = s.dir.join("initramfs-modified.cpio.gz");
+    std::fs::write(&modified, &initrd).unwrap();
+    let mut cfg = s.cfg.clone();
+    cfg.initrd = modified;
+    let measured = sim::measurement(&cfg).unwrap();
+    assert_ne!(published, measured, "a one-byte change must change the measurement");
+    let policy = owner::write_policy(&s.dir, &owner::sim_policy(&s.root.public_key(), &published, None)).unwrap();
+    let mut vm = sim::boot(cfg, s.root, |_| {}).unwrap();
+    vm.wait_for("READY", BOOT).unwrap();
+    let err = owner::release(&vm.url(), &policy, &s.key).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&hex::encode(measured)[..12]) || msg.contains("measurement"), "{msg}");
+    assert!(health(&vm)["milestones"]["key_received"].is_null());
+}
+
+/// A flipped byte in the sealed body on the disk: the key opens (the owner's checks pass),
+/// the runtime reports the tamper with the failing chunk, keeps nothing, keeps serving
+/// attestation, and refuses inference.
+#[test]
+fn tampered_bundle_is_reported_and_attestation_keeps_working() {
+    let s = setup("tamper");
+    let mut b = std::fs::read(&s.bundle).unwrap();
+    let at = b.len() - 100;
+    b[at] ^= 0x40;
+    std::fs::write(&s.bundle, &b).unwrap();
+    let measurement = sim::measurement(&s.cfg).unwrap();
+    let policy = owner::write_policy(&s.dir, &owner::sim_policy(&s.root.public_key(), &measurement, None)).unwrap();
+    let mut vm = sim::boot(s.cfg.clone(), s.root, |_| {}).unwrap();
+    vm.wait_for("READY", BOOT).unwrap();
+    let err = owner::release(&vm.url(), &policy, &s.key).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("decryption failed at chunk"), "runtime did not report the tamper: {msg}");
+    let h = health(&vm);
+    assert_eq!(h["state"], "waiting_for_key", "{h}");
+    assert!(h["last_error"].as_str().unwrap_or("").contains("decryption failed at chunk"), "{h}");
+    // Attestation still works and still verifies under the policy.
+    let nonce = [7u8; 32];
+    let (status, body) = get(&format!("{}/v1/attestation?nonce={}", vm.url(), hex::encode(nonce)));
+    assert_eq!(status, 200);
+    let ev = Evidence::from_bytes(&body).unwrap();
+    let report = chrysalis_attest::verify_evidence(&ev, &chrysalis_attest::Policy::load(&policy).unwrap(), &nonce, std::time::SystemTime::now());
+    assert!(report.is_ok(), "{report}");
+    let (status, _) = get(&format!("{}/v1/models/tiny-llama", vm.url()));
+    assert_ne!(status, 200);
+}
+
+/// Evidence from an earlier boot (answering an old nonce) replayed by a man in the middle:
+/// the owner's tool refuses it, and the key message it would produce could not be used.
+#[test]
+fn evidence_replayed_from_an_earlier_boot_is_refused() {
+    let s = setup("replay");
+    let measurement = sim::measurement(&s.cfg).unwrap();
+    let policy = owner::write_policy(&s.dir, &owner::sim_policy(&s.root.public_key(), &measurement, None)).unwrap();
+    let old_nonce = [1u8; 32];
+    let old_evidence = {
+        let mut vm = sim::boot(s.cfg.clone(), s.root, |_| {}).unwrap();
+        vm.wait_for("READY", BOOT).unwrap();
+        let (status, body) = get(&format!("{}/v1/attestation?nonce={}", vm.url(), hex::encode(old_nonce)));
+        assert_eq!(status, 200);
+        vm.press_power_button().unwrap();
+        vm.wait_exit(Duration::from_secs(60)).unwrap();
+        body
+    };
+    // A relay that answers every attestation request with the recorded evidence.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", old_evidence.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&old_evidence);
+        }
+    });
+    let err = owner::release(&url, &policy, &s.key).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("nonce"), "replay not refused for its nonce: {msg}");
+    assert_eq!(chrysalis_attest::cli::exit_code(&err), chrysalis_attest::cli::EXIT_REFUSED, "{msg}");
+}
