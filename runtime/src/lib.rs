@@ -8,6 +8,7 @@ pub mod config;
 pub mod evidence;
 #[cfg(feature = "gpu-evidence")]
 pub mod gpu;
+pub mod gpu_boot;
 pub mod infer;
 pub mod init;
 pub mod logger;

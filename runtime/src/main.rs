@@ -58,14 +58,14 @@ fn run(pid1: bool, start: f64) -> Result<()> {
     }
     t.network = sys::uptime();
     let inference = Arc::new(InferenceState::new(ServeConfig::default()));
-    let session = Arc::new(attested_session(&cmdline, &cfg, &inference, pid1)?);
+    let session = Arc::new(attested_session(&cmdline, &cfg, &inference)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     rt.block_on(serve(cfg, t, pid1, session, inference))
 }
 
-/// Measure the runtime (binary, cmdline, config, bundle header, fresh public key, then with
-/// GPU support the GPU evidence) and set up the session that serves evidence and accepts the key.
-fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>, pid1: bool) -> Result<Session> {
+/// Measure the runtime (binary, cmdline, config, bundle header, fresh public key) and set up
+/// the session that serves evidence and accepts the key.
+fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>) -> Result<Session> {
     let source = EvidenceSource::select(cfg.tee);
     if source.is_simulated() {
         log::warn!("*** SIMULATED TEE: this VM's evidence is NOT hardware-backed; verifiers reject it unless their policy allows simulation ***");
@@ -87,7 +87,7 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
     }
     let keys = RuntimeKeyPair::generate().context("generating the runtime's X25519 key pair")?;
     let public_key = keys.public_key();
-    let log = measure::boot_log(
+    let mut log = measure::boot_log(
         measure::runtime_binary_event()?,
         &BootMeasurements {
             cmdline,
@@ -96,36 +96,10 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
             public_key: &public_key,
         },
     );
-    let (log, gpus) = gpu_evidence(log, pid1)?;
+    // GPU evidence (feature gpu-evidence; no-op otherwise): last, see attest/GPU_BINDING.md.
+    let gpus = chrysalis_runtime::gpu_boot::collect(&mut log)?;
     log::info!("measured {} events; log digest {}", log.events.len(), hex::encode(log.digest()));
     Ok(Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone()))).with_gpus(gpus))
-}
-
-/// GPU attestation, last in the log (its nonce commits to everything before, the fresh
-/// public key included; see attest/GPU_BINDING.md). Any failure stops the boot: a CUDA
-/// runtime never serves without GPU evidence.
-#[cfg(feature = "gpu-evidence")]
-fn gpu_evidence(
-    mut log: chrysalis_attest::eventlog::EventLog,
-    pid1: bool,
-) -> Result<(chrysalis_attest::eventlog::EventLog, Vec<chrysalis_attest::evidence::GpuEvidence>)> {
-    use chrysalis_runtime::gpu::{self, devnodes, nvml::Nvml};
-    if pid1 {
-        let nodes = devnodes::create().context("creating the NVIDIA device nodes")?;
-        log::info!("gpu: device nodes {}", nodes.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "));
-    }
-    let nvml = Nvml::open().context("GPU attestation: opening NVML")?;
-    let gpus = gpu::attest(&nvml, &mut log).context("GPU attestation (refusing to serve without GPU evidence)")?;
-    Ok((log, gpus))
-}
-
-/// Without GPU support there is no GPU evidence.
-#[cfg(not(feature = "gpu-evidence"))]
-fn gpu_evidence(
-    log: chrysalis_attest::eventlog::EventLog,
-    _pid1: bool,
-) -> Result<(chrysalis_attest::eventlog::EventLog, Vec<chrysalis_attest::evidence::GpuEvidence>)> {
-    Ok((log, Vec::new()))
 }
 
 /// Hands unsealed files to candle and installs the model behind the OpenAI API.

@@ -318,6 +318,24 @@ mod tests {
     }
 
     #[test]
+    fn cc_state_accepts_only_production_cc_mode_with_devtools_off() {
+        assert!(GOOD.require_confidential().is_ok());
+        // Intel TDX host: the CPU capability does not matter, only the GPU side.
+        assert!(CcState { cpu_caps: cc::CPU_INTEL_TDX, ..GOOD }.require_confidential().is_ok());
+        // CC mode off (what NVML reports for a GPU not switched to CC): refused, every reason named.
+        let off = CcState { cpu_caps: 0, gpus_caps: 1, environment: 0, cc_feature: 0, dev_tools_mode: 0 };
+        let e = off.require_confidential().unwrap_err();
+        assert!(matches!(e, GpuError::NotConfidential(_)));
+        assert_eq!(
+            e.to_string(),
+            "GPU confidential computing is not usable: CC mode is off (ccFeature 0); \
+             the CC environment is unavailable (environment 0), not production"
+        );
+        assert_eq!(off.describe(), "CC feature 0, devtools 0, environment 0, CPU TEE none");
+        assert_eq!(GOOD.describe(), "CC feature 1, devtools 0, environment 2, CPU TEE AMD SEV");
+    }
+
+    #[test]
     fn refuses_without_production_cc_mode_and_never_sets_ready() {
         for (state, text) in [
             (CcState { cc_feature: 0, ..GOOD }, "CC mode is off (ccFeature 0)"),
