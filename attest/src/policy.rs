@@ -795,6 +795,18 @@ mod tests {
     }
 
     #[test]
+    fn gpu_section_defaults_open_for_cpu_images_and_is_strictly_parsed() {
+        let p = Policy::from_toml("").unwrap();
+        assert!(!p.gpu.require_gpu && p.gpu.allow_nvdec0_disabled && !p.gpu.require_ocsp);
+        assert_eq!(p.gpu.rim_bundle, None);
+        let p = Policy::from_toml("[gpu]\nrequire_gpu = true").unwrap();
+        assert!(p.gpu.require_gpu);
+        assert!(matches!(Policy::from_toml("[gpu]\nrequire_gpus = true"), Err(PolicyError::Toml(_))));
+        let e = Policy::from_toml("[gpu]\nrim_bundle = \" \"").unwrap_err();
+        assert!(matches!(&e, PolicyError::Invalid { field, .. } if field == "gpu.rim_bundle"), "{e}");
+    }
+
+    #[test]
     fn bad_policies_are_rejected() {
         assert!(matches!(Policy::from_toml("allow_debg = true"), Err(PolicyError::Toml(_))));
         assert!(matches!(Policy::from_toml("[measurements]\nsnp = [\"abcd\"]"), Err(PolicyError::Invalid { .. })));
