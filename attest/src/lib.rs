@@ -13,6 +13,7 @@ pub mod channel;
 pub mod claims;
 pub mod eventlog;
 pub mod evidence;
+pub mod gpubind;
 pub mod keyrelease;
 pub mod measure;
 #[cfg(feature = "verify")]
@@ -31,10 +32,12 @@ pub mod snp;
 pub mod tdx;
 #[cfg(feature = "verify")]
 pub mod verify;
+#[cfg(feature = "verify")]
+pub mod verify_gpu;
 pub mod wire;
 
 #[cfg(feature = "verify")]
 pub use policy::{Check, Policy};
 #[cfg(feature = "verify")]
-pub use verify::{verify_evidence, verify_evidence_with, Report, VerifyContext};
+pub use verify::{verify_evidence, verify_evidence_with, verify_evidence_with_gpu, Report, VerifyContext};
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::claims::{SnpClaims, SnpProduct, TdxClaims, Verified};
 use crate::eventlog::{EventKind, EventLog};
+use crate::nvidia::{GpuClaims, OcspStatus, RimComparison};
 use crate::sim::SimRootPublicKey;
 use crate::snp::{TcbParts, platform_info_bits, policy_bits};
 
@@ -98,6 +99,9 @@ pub struct Policy {
     /// The simulated TEE.
     #[serde(default)]
     pub simulation: SimulationPolicy,
+    /// NVIDIA GPU evidence (CUDA images).
+    #[serde(default)]
+    pub gpu: GpuPolicy,
 }
 
 /// Allowed launch measurements (hex). An empty list accepts nothing; an absent RTMR list is
@@ -242,6 +246,53 @@ pub struct SimulationPolicy {
     pub measurements: Vec<HexValue>,
 }
 
+/// NVIDIA GPU evidence (see `attest/GPU_BINDING.md`). GPU evidence that is present is always
+/// verified and must be bound to the CPU evidence; these settings say what else is required.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuPolicy {
+    /// Refuse evidence that carries no GPU evidence. Default false (CPU-only images).
+    #[serde(default)]
+    pub require_gpu: bool,
+    /// Directory of NVIDIA's RIMs and stored OCSP responses (`nvidia::RimBundle` layout).
+    /// A relative path is relative to the policy file ([`Policy::load`]). Absent = no RIMs.
+    pub rim_bundle: Option<String>,
+    /// Accept a GPU whose RIMs are not in the bundle (its measurements then are NOT compared
+    /// with NVIDIA's reference values). Default false.
+    #[serde(default)]
+    pub allow_rim_not_available: bool,
+    /// Allowed driver versions (e.g. "550.163.01"); absent = not checked.
+    pub allowed_driver_versions: Option<Vec<String>>,
+    /// Allowed VBIOS versions (e.g. "96.00.9f.00.01", compared ignoring case); absent = not checked.
+    pub allowed_vbios_versions: Option<Vec<String>>,
+    /// Accept a GPU whose NVDEC0 engine is disabled (its measurement, RIM index 35, is then
+    /// skipped, as NVIDIA's verifier does). Default true.
+    #[serde(default = "yes")]
+    pub allow_nvdec0_disabled: bool,
+    /// Require a fresh "good" OCSP response for every device and RIM certificate in the
+    /// bundle. Default false: without one, revocation is reported as not checked.
+    #[serde(default)]
+    pub require_ocsp: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for GpuPolicy {
+    fn default() -> Self {
+        GpuPolicy {
+            require_gpu: false,
+            rim_bundle: None,
+            allow_rim_not_available: false,
+            allowed_driver_versions: None,
+            allowed_vbios_versions: None,
+            allow_nvdec0_disabled: true,
+            require_ocsp: false,
+        }
+    }
+}
+
 /// One line of the verification table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Check {
@@ -324,7 +375,13 @@ impl Policy {
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
-        Policy::from_toml(&text)
+        let mut p = Policy::from_toml(&text)?;
+        if let (Some(dir), Some(b)) = (path.parent(), p.gpu.rim_bundle.as_mut())
+            && Path::new(b.as_str()).is_relative()
+        {
+            *b = dir.join(b.as_str()).display().to_string();
+        }
+        Ok(p)
     }
 
     /// TOML text of this policy.
@@ -373,6 +430,9 @@ impl Policy {
         check_all("runtime.binary_sha384", self.runtime.binary_sha384.as_deref().unwrap_or(&[]), 48)?;
         check_all("runtime.bundle_header_sha384", self.runtime.bundle_header_sha384.as_deref().unwrap_or(&[]), 48)?;
         check_all("simulation.measurements", &self.simulation.measurements, 48)?;
+        if self.gpu.rim_bundle.as_deref().is_some_and(|b| b.trim().is_empty()) {
+            return Err(PolicyError::Invalid { field: "gpu.rim_bundle".into(), reason: "empty path".into() });
+        }
         let key = self.sim_root()?;
         if self.simulation.allow_simulated && key.is_none() {
             return Err(PolicyError::Invalid {
@@ -585,6 +645,94 @@ impl Policy {
         out
     }
 
+    /// Judge one GPU's verified claims (row names `gpu[<index>].…`): RIM comparison, driver
+    /// and VBIOS versions, NVDEC0, OCSP.
+    pub fn check_gpu(&self, index: usize, verified: &Verified<GpuClaims>) -> Vec<Check> {
+        let c = verified.claims();
+        let g = &self.gpu;
+        let name = |what: &str| format!("gpu[{index}].{what}");
+        let mut out = vec![match &c.rim {
+            RimComparison::Match { driver_version, vbios_version, compared } => Check::new(
+                &name("rim"),
+                true,
+                format!("{} measurements match", compared.len()),
+                "NVIDIA reference measurements",
+            )
+            .detail(format!("driver RIM {driver_version}, VBIOS RIM {vbios_version}")),
+            RimComparison::Mismatch { mismatches } => Check::new(
+                &name("rim"),
+                false,
+                format!("{} mismatching", mismatches.len()),
+                "NVIDIA reference measurements",
+            )
+            .detail(format!(
+                "mismatching RIM indices: {}",
+                mismatches.iter().map(|m| format!("{} ({:?})", m.index, m.source)).collect::<Vec<_>>().join(", ")
+            )),
+            RimComparison::NotAvailable { missing } => Check::new(
+                &name("rim"),
+                g.allow_rim_not_available,
+                "RIMs not available",
+                if g.allow_rim_not_available { "compared if available" } else { "NVIDIA reference measurements" },
+            )
+            .detail(format!(
+                "measurements NOT compared: the RIM bundle lacks {}{}",
+                missing.join(", "),
+                if g.allow_rim_not_available { " (allowed by allow_rim_not_available)" } else { "" }
+            )),
+        }];
+        if let Some(list) = &g.allowed_driver_versions {
+            out.push(Check::new(
+                &name("driver_version"),
+                list.iter().any(|v| v == &c.driver_version),
+                c.driver_version.clone(),
+                version_list(list),
+            ));
+        }
+        if let Some(list) = &g.allowed_vbios_versions {
+            out.push(Check::new(
+                &name("vbios_version"),
+                list.iter().any(|v| v.eq_ignore_ascii_case(&c.vbios_version)),
+                c.vbios_version.clone(),
+                version_list(list),
+            ));
+        }
+        if let Some(status) = c.nvdec0_status {
+            let disabled = status == NVDEC0_DISABLED;
+            let found = match status {
+                NVDEC0_DISABLED => "disabled".to_string(),
+                NVDEC0_ENABLED => "enabled".to_string(),
+                other => format!("unknown status 0x{other:02x}"),
+            };
+            let ok = status == NVDEC0_ENABLED || (disabled && g.allow_nvdec0_disabled);
+            out.push(
+                Check::new(&name("nvdec0"), ok, found, if g.allow_nvdec0_disabled { "any" } else { "enabled" })
+                    .detail(if disabled { "RIM index 35 (NVDEC0) not compared" } else { "" }),
+            );
+        }
+        let all: Vec<_> = c.device_ocsp.iter().chain(&c.rim_ocsp).collect();
+        let good = all.iter().filter(|o| o.status == OcspStatus::Good).count();
+        let not_good: Vec<String> = all
+            .iter()
+            .filter(|o| o.status != OcspStatus::Good)
+            .map(|o| format!("{} ({})", o.subject, ocsp_word(&o.status)))
+            .collect();
+        out.push(
+            Check::new(
+                &name("ocsp"),
+                !g.require_ocsp || not_good.is_empty(),
+                format!("{good} of {} good", all.len()),
+                if g.require_ocsp { "all good" } else { "not required" },
+            )
+            .detail(if not_good.is_empty() {
+                String::new()
+            } else {
+                format!("revocation not established for: {}", not_good.join("; "))
+            }),
+        );
+        out
+    }
+
     /// Judge the evidence's age, when the policy limits it.
     pub fn check_freshness(&self, nonce_issued_at: Option<SystemTime>, now: SystemTime) -> Option<Check> {
         let max = self.freshness.max_evidence_age_secs?;
@@ -603,6 +751,23 @@ impl Policy {
 
 fn on_off(b: bool) -> &'static str {
     if b { "enabled" } else { "disabled" }
+}
+
+/// NVDEC0 status byte values in the GPU report's opaque data.
+const NVDEC0_ENABLED: u8 = 0xAA;
+const NVDEC0_DISABLED: u8 = 0x55;
+
+fn version_list(list: &[String]) -> String {
+    if list.is_empty() { "(none allowed)".into() } else { list.join(", ") }
+}
+
+fn ocsp_word(s: &OcspStatus) -> &'static str {
+    match s {
+        OcspStatus::Good => "good",
+        OcspStatus::Revoked { .. } => "revoked",
+        OcspStatus::Unknown => "unknown",
+        OcspStatus::NoResponse => "no response",
+    }
 }
 
 #[cfg(test)]
@@ -627,6 +792,18 @@ mod tests {
         assert_eq!(p.tdx.accepted_tcb_statuses, vec!["UpToDate".to_string()]);
         assert_eq!(p.report_data.binding, Binding::ChrysalisEventlog);
         assert!(!p.simulation.allow_simulated);
+    }
+
+    #[test]
+    fn gpu_section_defaults_open_for_cpu_images_and_is_strictly_parsed() {
+        let p = Policy::from_toml("").unwrap();
+        assert!(!p.gpu.require_gpu && p.gpu.allow_nvdec0_disabled && !p.gpu.require_ocsp);
+        assert_eq!(p.gpu.rim_bundle, None);
+        let p = Policy::from_toml("[gpu]\nrequire_gpu = true").unwrap();
+        assert!(p.gpu.require_gpu);
+        assert!(matches!(Policy::from_toml("[gpu]\nrequire_gpus = true"), Err(PolicyError::Toml(_))));
+        let e = Policy::from_toml("[gpu]\nrim_bundle = \" \"").unwrap_err();
+        assert!(matches!(&e, PolicyError::Invalid { field, .. } if field == "gpu.rim_bundle"), "{e}");
     }
 
     #[test]

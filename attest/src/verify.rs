@@ -1,7 +1,8 @@
 //! Top-level evidence verification: dispatch by platform to the SNP, TDX or simulated
 //! verifier, check the runtime's event log and its REPORT_DATA binding for the verifier's
-//! nonce, apply the policy, and collect everything into a [`Report`] (a table of checks plus
-//! the verified claims) that prints as an aligned table or serialises to JSON.
+//! nonce, verify the GPU evidence bound into that log (`crate::verify_gpu`), apply the
+//! policy, and collect everything into a [`Report`] (a table of checks plus the verified
+//! claims) that prints as an aligned table or serialises to JSON.
 //!
 //! Trust: the policy and the caller's nonce, time and collateral. The evidence is untrusted;
 //! nothing in it is believed before its platform signature chain verified, and nothing in the
@@ -15,10 +16,12 @@ use serde::Serialize;
 use crate::claims::{SnpClaims, SnpSigner, TdxClaims, Verified};
 use crate::eventlog::EventLog;
 use crate::evidence::{Evidence, PlatformEvidence};
+use crate::nvidia::GpuClaims;
 use crate::policy::{Binding, Check, HasReportData, Policy};
 use crate::snp::cert::{rfc3339, unix_secs};
 use crate::snp::{self, TcbParts};
-use crate::{sim, tdx};
+use crate::verify_gpu::GpuAppraisal;
+use crate::{sim, tdx, verify_gpu};
 
 /// Everything the verifier brings besides the evidence and the policy.
 #[derive(Clone, Debug)]
@@ -64,6 +67,10 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// The verified claims (absent when platform verification failed).
     pub claims: Option<Claims>,
+    /// The verified claims of each GPU whose report verified (bound to `claims` through the
+    /// event log).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<Verified<GpuClaims>>,
     /// Warnings for humans (a simulated TEE, an unbound nonce, ...).
     pub warnings: Vec<String>,
 }
@@ -78,6 +85,7 @@ impl Report {
             verified_at: rfc3339(unix_secs(now)),
             checks: vec![],
             claims: None,
+            gpus: vec![],
             warnings: vec![],
         }
     }
@@ -104,7 +112,7 @@ impl Report {
     }
 
     /// Record a warning for the reader and log it.
-    fn warn(&mut self, text: &str) {
+    pub(crate) fn warn(&mut self, text: &str) {
         log::warn!("{text}");
         self.warnings.push(text.to_string());
     }
@@ -138,8 +146,19 @@ pub fn verify_evidence(evidence: &Evidence, policy: &Policy, nonce: &[u8], now: 
     verify_evidence_with(evidence, policy, &VerifyContext::new(nonce, now))
 }
 
-/// Verify `evidence` against `policy` with everything in `ctx`.
+/// Verify `evidence` against `policy` with everything in `ctx`; GPU evidence is appraised
+/// with the policy's RIM bundle and NVIDIA's pinned roots.
 pub fn verify_evidence_with(evidence: &Evidence, policy: &Policy, ctx: &VerifyContext<'_>) -> Report {
+    verify_evidence_with_gpu(evidence, policy, ctx, &GpuAppraisal::new())
+}
+
+/// [`verify_evidence_with`] with an explicit GPU appraisal (a preloaded RIM bundle, other roots).
+pub fn verify_evidence_with_gpu(
+    evidence: &Evidence,
+    policy: &Policy,
+    ctx: &VerifyContext<'_>,
+    gpu: &GpuAppraisal,
+) -> Report {
     let platform = match &evidence.platform {
         PlatformEvidence::Snp { .. } => "sev-snp",
         PlatformEvidence::Tdx { .. } => "tdx",
@@ -159,17 +178,12 @@ pub fn verify_evidence_with(evidence: &Evidence, policy: &Policy, ctx: &VerifyCo
                 .detail(e.to_string())
         }
     });
-    match &evidence.platform {
+    let bound = match &evidence.platform {
         PlatformEvidence::Snp { report, certs } => verify_snp(&mut r, report, certs, evidence, policy, ctx),
         PlatformEvidence::Simulated { report } => verify_simulated(&mut r, report, evidence, policy, ctx),
         PlatformEvidence::Tdx { quote, ccel_log } => verify_tdx(&mut r, quote, ccel_log.as_deref(), evidence, policy, ctx),
-    }
-    if !evidence.gpus.is_empty() {
-        r.push(
-            Check::new("gpu", false, format!("{} GPU reports", evidence.gpus.len()), "verified")
-                .detail("this build has no GPU evidence verifier"),
-        );
-    }
+    };
+    verify_gpu::check(&mut r, evidence, policy, ctx.now, gpu, bound);
     if let Some(c) = policy.check_freshness(ctx.nonce_issued_at, ctx.now) {
         r.push(c);
     }
@@ -177,13 +191,14 @@ pub fn verify_evidence_with(evidence: &Evidence, policy: &Policy, ctx: &VerifyCo
 }
 
 /// REPORT_DATA binding, then (only if bound to the event log) the runtime expectations.
+/// Returns whether the event log is bound.
 fn bind_and_check_runtime<T: HasReportData>(
     r: &mut Report,
     claims: &Verified<T>,
     log: &EventLog,
     policy: &Policy,
     nonce: &[u8],
-) {
+) -> bool {
     let binding = policy.check_report_data(claims, log, nonce);
     let bound = binding.passed && policy.report_data.binding == Binding::ChrysalisEventlog;
     r.push(binding);
@@ -194,6 +209,7 @@ fn bind_and_check_runtime<T: HasReportData>(
             r.push(Check { passed: false, detail: "event log is not bound to REPORT_DATA".into(), ..c });
         }
     }
+    bound
 }
 
 fn verify_snp(
@@ -203,14 +219,14 @@ fn verify_snp(
     evidence: &Evidence,
     policy: &Policy,
     ctx: &VerifyContext<'_>,
-) {
+) -> bool {
     let mut all = certs.to_vec();
     all.extend_from_slice(ctx.extra_snp_certs);
     let v = match snp::verify_report_detailed(report, &all, ctx.now) {
         Ok(v) => v,
         Err(e) => {
             r.push(Check::new(&format!("snp.{}", e.stage()), false, "", "valid").detail(e.to_string()));
-            return;
+            return false;
         }
     };
     let c = v.claims.claims();
@@ -242,18 +258,19 @@ fn verify_snp(
             .detail(format!("{signer}{}", if c.chip_id.iter().all(|&b| b == 0) { ", CHIP_ID masked" } else { "" }))
     });
     r.extend(policy.check_snp(&v.claims));
-    bind_and_check_runtime(r, &v.claims, &evidence.event_log, policy, ctx.nonce);
+    let bound = bind_and_check_runtime(r, &v.claims, &evidence.event_log, policy, ctx.nonce);
     r.claims = Some(Claims::Snp(v.claims));
+    bound
 }
 
-fn verify_simulated(r: &mut Report, report: &[u8], evidence: &Evidence, policy: &Policy, ctx: &VerifyContext<'_>) {
+fn verify_simulated(r: &mut Report, report: &[u8], evidence: &Evidence, policy: &Policy, ctx: &VerifyContext<'_>) -> bool {
     r.warn(SIMULATED_WARNING);
     if !policy.simulation.allow_simulated {
         r.push(
             Check::new("simulation", false, "SIMULATED TEE (not hardware)", "hardware TEE")
                 .detail("refused: the policy does not set [simulation] allow_simulated = true"),
         );
-        return;
+        return false;
     }
     let key = match policy.sim_root() {
         Ok(Some(k)) => k,
@@ -261,14 +278,14 @@ fn verify_simulated(r: &mut Report, report: &[u8], evidence: &Evidence, policy: 
             r.push(
                 Check::new("sim.signature", false, "", "valid").detail("the policy has no usable simulation root key"),
             );
-            return;
+            return false;
         }
     };
     let v = match sim::verify_sim(report, &key) {
         Ok(v) => v,
         Err(e) => {
             r.push(Check::new("sim.signature", false, "", "valid").detail(e.to_string()));
-            return;
+            return false;
         }
     };
     r.push(
@@ -276,8 +293,9 @@ fn verify_simulated(r: &mut Report, report: &[u8], evidence: &Evidence, policy: 
             .detail("WARNING: simulated, NOT hardware"),
     );
     r.extend(policy.check_snp(&v));
-    bind_and_check_runtime(r, &v, &evidence.event_log, policy, ctx.nonce);
+    let bound = bind_and_check_runtime(r, &v, &evidence.event_log, policy, ctx.nonce);
     r.claims = Some(Claims::Snp(v));
+    bound
 }
 
 fn verify_tdx(
@@ -287,16 +305,16 @@ fn verify_tdx(
     evidence: &Evidence,
     policy: &Policy,
     ctx: &VerifyContext<'_>,
-) {
+) -> bool {
     let Some(collateral) = ctx.tdx_collateral else {
         r.push(Check::new("tdx.quote", false, "", "valid").detail("no Intel collateral was given"));
-        return;
+        return false;
     };
     let v = match tdx::verify_quote(quote, collateral, unix_secs(ctx.now)) {
         Ok(v) => v,
         Err(e) => {
             r.push(Check::new("tdx.quote", false, "", "valid").detail(e.to_string()));
-            return;
+            return false;
         }
     };
     r.push(Check::new("tdx.quote", true, format!("v{}", v.claims().quote_version), "valid"));
@@ -309,8 +327,9 @@ fn verify_tdx(
             Err(e) => Check::new("tdx.ccel_replay", false, "", "replays to RTMR0..3").detail(e.to_string()),
         });
     }
-    bind_and_check_runtime(r, &v, &evidence.event_log, policy, ctx.nonce);
+    let bound = bind_and_check_runtime(r, &v, &evidence.event_log, policy, ctx.nonce);
     r.claims = Some(Claims::Tdx(v));
+    bound
 }
 
 /// Hex, shortened to `first12…last8` when longer than 32 digits.
@@ -401,6 +420,16 @@ impl fmt::Display for Report {
                 writeln!(f, "  tcb_status    {}", c.tcb_status)?;
             }
             None => {}
+        }
+        for (i, g) in self.gpus.iter().enumerate() {
+            let c = g.claims();
+            writeln!(f)?;
+            writeln!(f, "verified GPU claims (gpu[{i}]):")?;
+            writeln!(f, "  device        {}", c.device_leaf)?;
+            writeln!(f, "  driver        {}   VBIOS {}", c.driver_version, c.vbios_version)?;
+            writeln!(f, "  board         project {} SKU {} chip SKU {}", c.project, c.project_sku, c.chip_sku)?;
+            writeln!(f, "  nonce         {}", hex::encode(&c.nonce))?;
+            writeln!(f, "  measurements  {} blocks, SHA-384 {}", c.measurements.len(), hex::encode(&c.measurements_digest))?;
         }
         Ok(())
     }

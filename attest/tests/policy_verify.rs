@@ -231,11 +231,14 @@ fn freshness_uses_the_nonce_issue_time() {
 }
 
 #[test]
-fn gpu_evidence_without_a_verifier_fails_closed() {
+fn gpu_evidence_not_committed_to_by_the_event_log_fails_closed() {
+    // Full GPU verification is covered by tests/gpu_binding.rs; here: GPU evidence the
+    // (bound) event log does not commit to is refused before it is even parsed.
     let m = [7u8; 48];
     let psp = SimPsp::new(SimRoot::generate(), m);
     let mut ev = psp.evidence(runtime_log(), &[1]);
     ev.gpus.push(chrysalis_attest::evidence::GpuEvidence { report: vec![1], cert_chain: vec![] });
     let p = sim_policy(&psp.root.public_key().to_hex(), &m, true, "");
-    assert_eq!(failed(&verify_evidence(&ev, &p, &[1], SystemTime::now())), ["gpu"]);
+    let r = verify_evidence(&ev, &p, &[1], SystemTime::now());
+    assert_eq!(failed(&r), ["gpu.event"]);
 }

@@ -7,6 +7,9 @@ pub mod bundle;
 pub mod channel;
 pub mod config;
 pub mod evidence;
+#[cfg(feature = "gpu-evidence")]
+pub mod gpu;
+pub mod gpu_boot;
 pub mod infer;
 pub mod init;
 pub mod logger;

@@ -100,8 +100,13 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
     );
     // The key that signs per-response receipts of the encrypted channel.
     log.extend(receipts.public_key_event());
+    // GPU evidence (feature gpu-evidence; no-op otherwise): last, so its nonce commits to
+    // everything before it, the receipt key included; see attest/GPU_BINDING.md.
+    let gpus = chrysalis_runtime::gpu_boot::collect(&mut log)?;
     log::info!("measured {} events; log digest {}", log.events.len(), hex::encode(log.digest()));
-    Ok(Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone()))).with_receipt_signer(receipts))
+    Ok(Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone())))
+        .with_receipt_signer(receipts)
+        .with_gpus(gpus))
 }
 
 /// Hands unsealed files to candle and installs the model behind the OpenAI API.

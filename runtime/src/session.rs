@@ -10,7 +10,7 @@ use chrysalis_attest::channel::ChannelError;
 use chrysalis_attest::channel::crypto::{ResponseSealer, Target};
 use chrysalis_attest::channel::receipt::{RECEIPT_VERSION, Receipt, ReceiptBody, ReceiptSigner};
 use chrysalis_attest::eventlog::{DIGEST_LEN, Digest384, EventKind, EventLog};
-use chrysalis_attest::evidence::{EVIDENCE_VERSION, Evidence};
+use chrysalis_attest::evidence::{EVIDENCE_VERSION, Evidence, GpuEvidence};
 use chrysalis_attest::keyrelease::{KeyRelease, KeyReleaseError, NonceBook, PUBLIC_KEY_LEN, RuntimeKeyPair};
 use chrysalis_attest::seal::UnsealedFiles;
 use serde::Serialize;
@@ -114,6 +114,8 @@ pub const NONCE_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=64;
 pub struct Session {
     /// The event log measured at boot.
     pub log: EventLog,
+    /// GPU evidence collected at boot (CUDA builds; the log's GpuEvidence event commits to it).
+    gpus: Vec<GpuEvidence>,
     keys: RuntimeKeyPair,
     nonces: Mutex<NonceBook>,
     source: EvidenceSource,
@@ -149,6 +151,7 @@ impl Session {
         Session {
             log_digest: log.digest(),
             log,
+            gpus: Vec::new(),
             keys,
             nonces: Mutex::new(NonceBook::new(chrysalis_attest::keyrelease::DEFAULT_NONCE_TTL)),
             source,
@@ -211,6 +214,13 @@ impl Session {
         }
     }
 
+    /// Serve `gpus` with every evidence bundle (the GPU evidence whose `GpuEvidence` event
+    /// is in the log).
+    pub fn with_gpus(mut self, gpus: Vec<GpuEvidence>) -> Self {
+        self.gpus = gpus;
+        self
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -249,7 +259,7 @@ impl Session {
             nonce: nonce.to_vec(),
             platform,
             event_log: self.log.clone(),
-            gpus: vec![],
+            gpus: self.gpus.clone(),
         })
     }
 
