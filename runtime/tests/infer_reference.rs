@@ -6,7 +6,7 @@
 
 mod common;
 
-use chrysalis_runtime::infer::{ChatMessage, Engine, GgufWeights, LoadOptions};
+use chrysalis_runtime::infer::{ChatMessage, DeviceChoice, Engine, GgufWeights, LoadOptions};
 use common::{argmax, ids};
 use serde_json::json;
 
@@ -83,9 +83,20 @@ fn record(name: &str, value: serde_json::Value) {
     println!("{name}: {value}");
 }
 
+/// The device under test: `CHRYSALIS_TEST_DEVICE=cuda` (set by `xtask gpu check` on a GPU
+/// machine, with a runtime built with `cuda`) runs candle on the GPU against the same
+/// transformers CPU reference; default CPU.
+fn device() -> DeviceChoice {
+    match std::env::var("CHRYSALIS_TEST_DEVICE") {
+        Ok(d) => DeviceChoice::parse(&d).unwrap_or_else(|| panic!("CHRYSALIS_TEST_DEVICE={d}: expected cpu, cuda or cuda:N")),
+        Err(_) => DeviceChoice::Cpu,
+    }
+}
+
 fn load(path: &std::path::Path, weights: GgufWeights) -> Engine {
     let mut opts = LoadOptions::new("test");
     opts.gguf_weights = weights;
+    opts.device = device();
     Engine::load(common::read_model(path), &opts).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! chrysalis-infer-dev serve --model DIR|FILE.gguf [--id NAME] [--addr 127.0.0.1:0]
-//!                           [--queue N] [--max-body BYTES] [--weights native|q8_0|q4_0|f32]
+//!                           [--queue N] [--max-body BYTES] [--weights native|q8_0|q4_0|f32] [--device cpu|cuda[:N]]
 //!                           [--no-model]
 //! chrysalis-infer-dev bench --model FILE.gguf [--weights ...] [--prompt-tokens 100]
 //!                           [--gen 64] [--runs 3]
@@ -15,7 +15,7 @@
 //! `bench` prints one JSON object per run and a summary line on stdout.
 
 use anyhow::{Context, Result, bail};
-use chrysalis_runtime::infer::{Engine, GenerateParams, GgufWeights, LoadOptions, ModelFiles, SamplingParams};
+use chrysalis_runtime::infer::{DeviceChoice, Engine, GenerateParams, GgufWeights, LoadOptions, ModelFiles, SamplingParams};
 use chrysalis_runtime::serve::{self, HttpLimits, InferenceState, ServeConfig};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -99,6 +99,8 @@ fn load(args: &Args) -> Result<Engine> {
     let weights = args.get("weights", "q8_0".to_owned())?;
     let mut opts = LoadOptions::new(id);
     opts.gguf_weights = GgufWeights::from_name(&weights).with_context(|| format!("unknown --weights {weights}"))?;
+    let device = args.get("device", "cpu".to_owned())?;
+    opts.device = DeviceChoice::parse(&device).with_context(|| format!("--device {device}: expected cpu, cuda or cuda:N"))?;
     let files = read_model(&model)?;
     Engine::load(files, &opts).context("loading the model")
 }

@@ -42,6 +42,18 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+impl DeviceChoice {
+    /// Parse `cpu`, `cuda` (GPU 0) or `cuda:N`: the spelling of `--device` and of
+    /// `CHRYSALIS_TEST_DEVICE`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "cpu" => Some(DeviceChoice::Cpu),
+            "cuda" => Some(DeviceChoice::Cuda(0)),
+            other => other.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(DeviceChoice::Cuda),
+        }
+    }
+}
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {

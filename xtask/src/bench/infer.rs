@@ -30,6 +30,10 @@ pub struct InferBench {
     pub llama_cpp: bool,
     /// Also run PyTorch.
     pub torch: bool,
+    /// candle's device (`cpu`, `cuda`, `cuda:N`); a GPU device builds with `cuda`.
+    pub device: String,
+    /// Print the result JSON on stdout as well.
+    pub json: bool,
 }
 
 impl Default for InferBench {
@@ -42,13 +46,15 @@ impl Default for InferBench {
             variants: ["q8_0", "native", "q4_0", "f32"].map(String::from).to_vec(),
             llama_cpp: true,
             torch: true,
+            device: "cpu".into(),
+            json: false,
         }
     }
 }
 
 impl InferBench {
     /// Parses `--runs N --gen N --prompt-tokens N --threads N --variants a,b
-    /// --no-llama-cpp --no-torch`.
+    /// --no-llama-cpp --no-torch --device cpu|cuda[:N] --json`.
     pub fn from_args(args: &[String]) -> Result<Self> {
         let mut o = Self::default();
         let mut it = args.iter();
@@ -62,6 +68,8 @@ impl InferBench {
                 "--variants" => o.variants = value()?.split(',').map(String::from).collect(),
                 "--no-llama-cpp" => o.llama_cpp = false,
                 "--no-torch" => o.torch = false,
+                "--device" => o.device = value()?.clone(),
+                "--json" => o.json = true,
                 other => bail!("unknown option {other}"),
             }
         }
@@ -132,12 +140,14 @@ pub fn run(opts: &InferBench) -> Result<()> {
     }
     let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
 
-    let target = root.join("target/bench-x86-64-v3");
+    let cuda = opts.device.starts_with("cuda");
+    let features = if cuda { "dev-server,cuda" } else { "dev-server" };
+    let target = root.join(if cuda { "target/bench-cuda" } else { "target/bench-x86-64-v3" });
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("bench infer: building chrysalis-infer-dev (release, -C target-cpu=x86-64-v3)");
     let status = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "-p", "chrysalis-runtime", "--features", "dev-server", "--bin", "chrysalis-infer-dev"])
+        .args(["build", "--release", "-p", "chrysalis-runtime", "--features", features, "--bin", "chrysalis-infer-dev"])
         .arg("--target-dir")
         .arg(&target)
         .env("RUSTFLAGS", "-C target-cpu=x86-64-v3")
@@ -153,7 +163,7 @@ pub fn run(opts: &InferBench) -> Result<()> {
     for variant in &opts.variants {
         let lines = json_lines(
             Command::new(&exe)
-                .args(["bench", "--weights", variant, "--model"])
+                .args(["bench", "--weights", variant, "--device", &opts.device, "--model"])
                 .arg(&gguf)
                 .args(["--prompt-tokens", &opts.prompt_tokens.to_string()])
                 .args(["--gen", &opts.gen_tokens.to_string(), "--runs", &opts.runs.to_string()])
@@ -212,7 +222,9 @@ pub fn run(opts: &InferBench) -> Result<()> {
         "runs": opts.runs,
         "threads": opts.threads,
         "statistic": "median of runs; peak RSS is the process high-water mark (includes loading)",
-        "candle_build": "release, RUSTFLAGS=-C target-cpu=x86-64-v3",
+        "candle_build": if cuda { "release, features cuda" } else { "release, RUSTFLAGS=-C target-cpu=x86-64-v3" },
+        "candle_device": opts.device,
+        "references_run_on": "cpu",
         "cpu": cpu,
         "results": results,
         "ratios": ratios,
@@ -239,5 +251,8 @@ pub fn run(opts: &InferBench) -> Result<()> {
         );
     }
     println!("wrote {}", out.display());
+    if opts.json {
+        println!("{report}");
+    }
     Ok(())
 }
