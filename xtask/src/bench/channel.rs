@@ -29,14 +29,7 @@ struct Sample {
 
 /// Run the benchmark.
 pub fn run(root: &Path, runs: usize, max_tokens: u32) -> Result<()> {
-    crate::deps::ensure_qemu()?;
-    let python = crate::deps::ensure_venv_with(root, &[crate::demo::DEMO_REQUIREMENTS])?;
-    crate::image::build(root, &crate::image::Options::defaults(root))?;
-    let models = crate::deps::ensure_smollm2(root, &python)?;
-    let out = root.join("out");
-    let dir = out.join("bench/channel");
-    std::fs::create_dir_all(&dir)?;
-    let sealed = owner::seal(&models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), &dir, "SmolLM2-135M-Instruct")?;
+    let (out, dir, sealed) = super::image_and_sealed_smollm2(root, "channel")?;
     let mut cfg = VmConfig::for_image(&out, &dir.join("vm"))?;
     cfg.disk = Some(sealed.bundle.clone());
     cfg.cmdline.push_str(" chrysalis.plaintext=1");

@@ -19,14 +19,7 @@ use crate::util::say;
 
 /// Run the benchmark.
 pub fn run(root: &Path, runs: usize) -> Result<()> {
-    crate::deps::ensure_qemu()?;
-    let python = crate::deps::ensure_venv_with(root, &[crate::demo::DEMO_REQUIREMENTS])?;
-    crate::image::build(root, &crate::image::Options::defaults(root))?;
-    let models = crate::deps::ensure_smollm2(root, &python)?;
-    let out = root.join("out");
-    let dir = out.join("bench/e2e");
-    std::fs::create_dir_all(&dir)?;
-    let sealed = owner::seal(&models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), &dir, "SmolLM2-135M-Instruct")?;
+    let (out, dir, sealed) = super::image_and_sealed_smollm2(root, "e2e")?;
     let mut rows = Vec::new();
     let mut accel = String::new();
     for i in 0..runs {

@@ -76,6 +76,22 @@ pub fn write_result(root: &Path, name: &str, value: &serde_json::Value) -> Resul
     Ok(())
 }
 
+/// What the QEMU benchmarks share: QEMU and the demo venv installed, the image built, and
+/// SmolLM2-135M-Instruct sealed into `out/bench/<name>/`. Returns (out/, that folder, the
+/// sealed bundle).
+pub fn image_and_sealed_smollm2(root: &Path, name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf, chrysalis_attest::cli::seal::SealSummary)> {
+    crate::deps::ensure_qemu()?;
+    let python = crate::deps::ensure_venv_with(root, &[crate::demo::DEMO_REQUIREMENTS])?;
+    crate::image::build(root, &crate::image::Options::defaults(root))?;
+    let models = crate::deps::ensure_smollm2(root, &python)?;
+    let out = root.join("out");
+    let dir = out.join("bench").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let sealed = chrysalis_e2e::owner::seal(&gguf, &dir, "SmolLM2-135M-Instruct")?;
+    Ok((out, dir, sealed))
+}
+
 /// Median of a non-empty slice (0 for an empty one).
 pub fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
