@@ -1,5 +1,5 @@
 //! `cargo xtask bench channel`: what the end-user channel costs. One VM (simulated TEE,
-//! SmolLM2-135M-Instruct sealed on a disk, configured with `chrysalis.plaintext=1` so that
+//! SmolLM2-135M-Instruct (or, with `--tiny`, the tiny seeded Llama) sealed on a disk, configured with `chrysalis.plaintext=1` so that
 //! both paths are open), the key released, then alternating streamed chat completions sent
 //! (a) straight to the runtime's plain API and (b) through `attest proxy` (HPKE-sealed
 //! request, sealed SSE records, receipt checked). Same HTTP client, same prompt, same
@@ -28,8 +28,22 @@ struct Sample {
 }
 
 /// Run the benchmark.
-pub fn run(root: &Path, runs: usize, max_tokens: u32) -> Result<()> {
-    let (out, dir, sealed) = super::image_and_sealed_smollm2(root, "channel")?;
+pub fn run(root: &Path, runs: usize, max_tokens: u32, tiny: bool) -> Result<()> {
+    let (out, dir, sealed, model_name) = if tiny {
+        // The channel's cost is per request and per record, not per FLOP: the tiny seeded
+        // Llama (`cargo xtask models`) makes TCG runs finish in minutes, and shows the
+        // channel's share at its largest.
+        crate::deps::ensure_qemu()?;
+        crate::image::build(root, &crate::image::Options::defaults(root))?;
+        let out = root.join("out");
+        let dir = out.join("bench/channel-tiny");
+        std::fs::create_dir_all(&dir)?;
+        let sealed = owner::seal(&owner::model("tiny-llama")?, &dir, "tiny-llama")?;
+        (out, dir, sealed, "tiny-llama")
+    } else {
+        let (out, dir, sealed) = super::image_and_sealed_smollm2(root, "channel")?;
+        (out, dir, sealed, "smollm2-135m-instruct")
+    };
     let mut cfg = VmConfig::for_image(&out, &dir.join("vm"))?;
     cfg.disk = Some(sealed.bundle.clone());
     cfg.cmdline.push_str(" chrysalis.plaintext=1");
@@ -55,12 +69,12 @@ pub fn run(root: &Path, runs: usize, max_tokens: u32) -> Result<()> {
     let direct = vm.url();
     let sealed_url = format!("http://{}", running.addr);
     // Warm both paths (first request loads caches; the proxy attests once).
-    stream(&direct, max_tokens)?;
-    stream(&sealed_url, max_tokens)?;
+    stream(&direct, model_name, max_tokens)?;
+    stream(&sealed_url, model_name, max_tokens)?;
     let (mut plain, mut chan) = (Vec::new(), Vec::new());
     for i in 0..runs {
-        plain.push(stream(&direct, max_tokens)?);
-        chan.push(stream(&sealed_url, max_tokens)?);
+        plain.push(stream(&direct, model_name, max_tokens)?);
+        chan.push(stream(&sealed_url, model_name, max_tokens)?);
         say(format!("run {}: ttft plain {:.3} s, channel {:.3} s", i + 1, plain[i].ttft, chan[i].ttft));
     }
     drop(running);
@@ -70,7 +84,7 @@ pub fn run(root: &Path, runs: usize, max_tokens: u32) -> Result<()> {
     let med = |v: &[Sample], f: fn(&Sample) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
     let (pt, ct) = (med(&plain, |s| s.ttft), med(&chan, |s| s.ttft));
     let (pr, cr) = (med(&plain, |s| s.tokens_per_s), med(&chan, |s| s.tokens_per_s));
-    println!("\nencrypted channel vs plain API, {accel}, SmolLM2-135M Q4_1, {max_tokens} tokens, median of {runs}");
+    println!("\nencrypted channel vs plain API, {accel}, {model_name}, {max_tokens} tokens, median of {runs}");
     println!("  {:<22} {:>10} {:>10} {:>8}", "", "plain", "channel", "ratio");
     println!("  {:<22} {:>10.3} {:>10.3} {:>7.3}x", "time to first token s", pt, ct, ct / pt);
     println!("  {:<22} {:>10.1} {:>10.1} {:>7.3}x", "tokens/s", pr, cr, cr / pr);
@@ -79,7 +93,7 @@ pub fn run(root: &Path, runs: usize, max_tokens: u32) -> Result<()> {
         "channel",
         &json!({
             "accelerator": accel, "runs": runs, "max_tokens": max_tokens,
-            "model": "SmolLM2-135M-Instruct Q4_1 (sealed)",
+            "model": model_name,
             "median": {
                 "plain_ttft_s": pt, "channel_ttft_s": ct, "ttft_ratio": ct / pt,
                 "plain_tokens_per_s": pr, "channel_tokens_per_s": cr, "tokens_per_s_ratio": cr / pr,
@@ -91,8 +105,8 @@ pub fn run(root: &Path, runs: usize, max_tokens: u32) -> Result<()> {
 }
 
 /// Stream one chat completion from `base` and time it.
-fn stream(base: &str, max_tokens: u32) -> Result<Sample> {
-    let body = json!({"model": "smollm2-135m-instruct", "stream": true, "max_tokens": max_tokens, "temperature": 0,
+fn stream(base: &str, model: &str, max_tokens: u32) -> Result<Sample> {
+    let body = json!({"model": model, "stream": true, "max_tokens": max_tokens, "temperature": 0,
                       "messages": [{"role": "user", "content": "Write a short poem about the sea."}]});
     let start = Instant::now();
     let resp = ureq::post(format!("{base}/v1/chat/completions")).send_json(body).context("POST /v1/chat/completions")?;

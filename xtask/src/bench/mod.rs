@@ -45,6 +45,9 @@ pub enum Which {
         /// Tokens generated per request.
         #[arg(long, default_value_t = 16)]
         max_tokens: u32,
+        /// Serve the tiny seeded Llama instead of SmolLM2 (fast under TCG).
+        #[arg(long)]
+        tiny: bool,
     },
     /// Unseal throughput on a synthetic bundle against `openssl speed -evp aes-256-gcm`
     /// (one core and all cores) measured in the same run.
@@ -60,7 +63,7 @@ pub fn run(root: &Path, which: Which) -> Result<()> {
     match which {
         Which::Boot { runs } => boot::run(root, runs),
         Which::E2e { runs } => e2e::run(root, runs),
-        Which::Channel { runs, max_tokens } => channel::run(root, runs, max_tokens),
+        Which::Channel { runs, max_tokens, tiny } => channel::run(root, runs, max_tokens, tiny),
         Which::Unseal { args } => unseal::run(&args),
         Which::Infer { args } => infer::run(&infer::InferBench::from_args(&args)?),
     }
