@@ -33,7 +33,11 @@ pub fn runtime(root: &Path, target_dir: &Path, settings: &BuildSettings, sde: u6
         .env("RUSTC_WORKSPACE_WRAPPER", &me)
         .env(WRAP_ROOT_ENV, root)
         .env("SOURCE_DATE_EPOCH", sde.to_string())
-        .env_remove("RUSTFLAGS"))
+        .env_remove("RUSTFLAGS")
+        // A compiler cache in front of rustc (sccache) gave a runtime with different code
+        // layout than a plain build of the same tree: the image is always built plainly.
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_BUILD_RUSTC_WRAPPER"))
     .context("building the runtime (cargo build --release --target x86_64-unknown-linux-musl)")?;
     Ok(target_dir.join(&settings.target).join("release/chrysalis-runtime"))
 }
