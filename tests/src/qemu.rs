@@ -257,7 +257,9 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.serial();
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            // Only whole lines: the guest may be midway through writing the one we want.
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            if let Some(line) = complete.lines().find(|l| l.contains(needle)) {
                 return Ok(line.to_owned());
             }
             if let Some(status) = self.try_exit()? {
