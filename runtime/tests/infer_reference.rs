@@ -11,12 +11,11 @@ use common::{argmax, ids};
 use serde_json::json;
 
 /// Tokens generated greedily and compared (the brief asks for at least 32).
-const GREEDY: usize = 32;
+const GREEDY: usize = 40;
 
-// Two prompts keep the SmolLM2 comparison within CI's budget on two cores (it runs four
-// weight strategies); the tokenizer test below covers wider text.
-const PROMPTS: [&str; 2] = [
+const PROMPTS: [&str; 3] = [
     "The enclave measures the weights and",
+    "Step 12: the verifier rejects a report in 42 ms. Then",
     "A client asks: naïve café users, 1,000 of them —",
 ];
 
