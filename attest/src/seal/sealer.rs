@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use super::cipher::ChunkCipher;
 use super::format::{BundleHeader, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, FileEntry, HeaderError, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, NONCE_PREFIX_LEN, SealedHeader};
 use super::key::DataKey;
+use super::unseal::read_full;
 
 /// Options for [`seal`].
 #[derive(Clone, Debug)]
@@ -92,22 +93,6 @@ pub enum SealError {
     Encrypt(u32),
 }
 
-/// Fill `buf` from `r` until full or end of input; returns the bytes read.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while let Some(rest) = buf.get_mut(n..) {
-        if rest.is_empty() {
-            break;
-        }
-        match r.read(rest) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
 
 /// Seal `sources` under `key` into `out`; returns the header that was written.
 ///

@@ -325,7 +325,8 @@ fn finish(header: &SealedHeader, bufs: Vec<Zeroizing<Vec<u8>>>) -> UnsealedFiles
     }
 }
 
-fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+/// Fill `buf` from `r` until full or end of input; returns the bytes read.
+pub(super) fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while let Some(rest) = buf.get_mut(n..) {
         if rest.is_empty() {
