@@ -170,28 +170,163 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn kvm_usable() -> bool {
+/// Whether `/dev/kvm` can be opened for reading and writing.
+pub fn kvm_device_opens() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
 }
 
-/// The accelerator to use: `CHRYSALIS_ACCEL=kvm|tcg` if set; else KVM when /dev/kvm opens
-/// and an earlier probe did not fail on this host.
-fn preferred_accel() -> Result<Accel> {
+/// The accelerator to use: `CHRYSALIS_ACCEL=kvm|tcg` if set; else KVM when `/dev/kvm` opens
+/// and the probe says it can run a Linux guest on this host (see [`kvm_probe`]).
+pub fn preferred_accel(kernel: &Path) -> Result<Accel> {
     match std::env::var("CHRYSALIS_ACCEL").as_deref() {
         Ok("kvm") => return Ok(Accel::Kvm),
         Ok("tcg") => return Ok(Accel::Tcg),
         Ok(other) => bail!("CHRYSALIS_ACCEL={other:?}: expected kvm or tcg"),
         Err(_) => {}
     }
-    if kvm_usable() && !kvm_failed_marker().exists() { Ok(Accel::Kvm) } else { Ok(Accel::Tcg) }
+    Ok(if kvm_probe(kernel, false).usable { Accel::Kvm } else { Accel::Tcg })
 }
 
-fn kvm_failed_marker() -> PathBuf {
-    std::env::temp_dir().join(format!("chrysalis-kvm-unusable-{}", host_kernel()))
+/// What [`kvm_probe`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvmProbe {
+    /// KVM ran the kernel to its first console output and its expected panic.
+    pub usable: bool,
+    /// Why, in words (from the cache or from this probe).
+    pub detail: String,
+    /// The answer came from the per-host cache file rather than a boot.
+    pub cached: bool,
 }
 
-fn host_kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
+/// How long the probe waits for the kernel. Under KVM a kernel with no initramfs reaches
+/// its "unable to mount root" panic in well under a second; a host whose `/dev/kvm` cannot
+/// run the guest (nested "kvm-pvm" setups) shows nothing at all.
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Probe once per host whether KVM can run a Linux guest: boot `kernel` under KVM with no
+/// initramfs and no disk, and wait (a few seconds at most) for its panic on the missing
+/// root file system. `/dev/kvm` can exist and open without being able to run this guest.
+///
+/// The answer is cached per host (kernel release, CPU model, QEMU version) in
+/// `$XDG_CACHE_HOME/chrysalis/kvm-probe` (default `~/.cache/chrysalis/`); `redo`, or
+/// `CHRYSALIS_KVM_REPROBE=1`, or deleting that file makes it probe again
+/// (`cargo xtask kvm-probe --redo` does the former).
+pub fn kvm_probe(kernel: &Path, redo: bool) -> KvmProbe {
+    if !kvm_device_opens() {
+        return KvmProbe { usable: false, detail: "/dev/kvm does not exist or cannot be opened".into(), cached: false };
+    }
+    let key = host_key();
+    let cache = kvm_probe_cache();
+    let redo = redo || std::env::var_os("CHRYSALIS_KVM_REPROBE").is_some_and(|v| !v.is_empty() && v != "0");
+    if !redo {
+        if let Some(found) = std::fs::read_to_string(&cache).ok().and_then(|t| parse_probe_cache(&t, &key)) {
+            return KvmProbe { usable: found.0, detail: found.1, cached: true };
+        }
+    }
+    let (usable, detail) = match boot_probe(kernel) {
+        Ok(d) => (true, d),
+        Err(e) => (false, format!("{e:#}")),
+    };
+    if let Some(dir) = cache.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let line = format!("{}\t{}\t{}\n", key, if usable { "usable" } else { "unusable" }, detail.replace(['\t', '\n'], " "));
+    let _ = std::fs::write(&cache, line);
+    KvmProbe { usable, detail, cached: false }
+}
+
+/// Record that KVM passed the probe but still did not boot the full image on this host.
+fn record_kvm_unusable(detail: &str) {
+    let cache = kvm_probe_cache();
+    if let Some(dir) = cache.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(&cache, format!("{}\tunusable\t{}\n", host_key(), detail.replace(['\t', '\n'], " ")));
+}
+
+fn parse_probe_cache(text: &str, key: &str) -> Option<(bool, String)> {
+    let mut fields = text.trim_end().splitn(3, '\t');
+    if fields.next()? != key {
+        return None;
+    }
+    let usable = match fields.next()? {
+        "usable" => true,
+        "unusable" => false,
+        _ => return None,
+    };
+    Some((usable, fields.next().unwrap_or("").to_owned()))
+}
+
+fn kvm_probe_cache() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("chrysalis/kvm-probe")
+}
+
+/// What identifies "this host" for the cache: the host kernel, the CPU model and QEMU.
+fn host_key() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_default();
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    format!("{} | {} | {}", kernel.trim(), cpu, qemu.trim()).replace('\t', " ")
+}
+
+/// Boot `kernel` under KVM without an initramfs; Ok when its panic on the missing root
+/// file system shows up on the console in time.
+fn boot_probe(kernel: &Path) -> Result<String> {
+    let qemu = qemu_binary()?;
+    let dir = std::env::temp_dir().join(format!("chrysalis-kvm-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let serial = dir.join("serial.log");
+    let started = Instant::now();
+    let mut child = Command::new(qemu)
+        .args(["-machine", "q35", "-nodefaults", "-no-reboot", "-display", "none", "-vga", "none"])
+        .args(Accel::Kvm.args())
+        .args(["-m", "256", "-smp", "1", "-kernel"])
+        .arg(kernel)
+        .args(["-append", "console=ttyS0 panic=-1 loglevel=4", "-serial"])
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let verdict = loop {
+        let text = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+        if text.contains("Kernel panic") || text.contains("VFS:") {
+            break Ok(format!("kernel reached its expected panic under KVM in {:.1} s", started.elapsed().as_secs_f64()));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(e) = child.stderr.as_mut() {
+                let _ = e.read_to_string(&mut err);
+            }
+            break Err(anyhow::anyhow!("QEMU exited ({status}) before the kernel printed anything: {}", err.trim()));
+        }
+        if started.elapsed() > KVM_PROBE_TIMEOUT {
+            break Err(anyhow::anyhow!(
+                "/dev/kvm opens but a Linux guest printed {} bytes and no panic within {:?} (nested or limited KVM)",
+                text.len(),
+                KVM_PROBE_TIMEOUT
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    verdict
 }
 
 impl Vm {
@@ -201,15 +336,15 @@ impl Vm {
     pub fn start(cfg: &VmConfig) -> Result<Vm> {
         let accel = match cfg.accel {
             Some(a) => a,
-            None => preferred_accel()?,
+            None => preferred_accel(&cfg.kernel)?,
         };
         if cfg.accel.is_none() && accel == Accel::Kvm {
             let mut vm = Vm::start_with(cfg, Accel::Kvm)?;
             match vm.wait_for("READY", Duration::from_secs(60)) {
                 Ok(_) => return Ok(vm),
                 Err(e) => {
-                    eprintln!("[qemu] KVM did not boot the image ({e:#}); falling back to TCG");
-                    let _ = std::fs::write(kvm_failed_marker(), b"");
+                    eprintln!("[qemu] KVM passed the probe but did not boot the image ({e:#}); falling back to TCG");
+                    record_kvm_unusable("KVM passed the kernel probe but the image did not reach READY within 60 s");
                     drop(vm);
                 }
             }
@@ -358,4 +493,22 @@ pub fn shell_line(program: &str, args: &[String]) -> String {
         }
     };
     std::iter::once(program.to_owned()).chain(args.iter().map(|a| quote(a))).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_cache_is_per_host_and_strict() {
+        let key = "6.18.44 | AMD EPYC | QEMU emulator version 7.2.22";
+        let line = format!("{key}\tunusable\tQEMU exited (signal 6) before the kernel printed anything\n");
+        assert_eq!(parse_probe_cache(&line, key), Some((false, "QEMU exited (signal 6) before the kernel printed anything".into())));
+        assert_eq!(parse_probe_cache(&format!("{key}\tusable\tok\n"), key), Some((true, "ok".into())));
+        // Another host (kernel, CPU or QEMU changed): probe again.
+        assert_eq!(parse_probe_cache(&line, "6.19.0 | AMD EPYC | QEMU emulator version 7.2.22"), None);
+        // A damaged file is not trusted either way.
+        assert_eq!(parse_probe_cache(&format!("{key}\tmaybe\tx\n"), key), None);
+        assert_eq!(parse_probe_cache("", key), None);
+    }
 }

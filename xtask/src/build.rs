@@ -10,36 +10,133 @@ use crate::pins::BuildSettings;
 use crate::util::{cargo, run};
 
 /// Build `chrysalis-runtime` in release mode into `target_dir`; return the binary's path.
+///
+/// What could make the bytes depend on the build machine is pinned or removed here:
+/// - the environment: the build runs with a cleared environment (only what finds the
+///   toolchain and the registry is kept), so host `CFLAGS`, `CC`, `RUSTFLAGS`, locale, time
+///   zone or compiler caches never reach it; the C compiler for the musl target is named
+///   explicitly (`x86_64-linux-musl-gcc`, Debian's musl-tools; its version is a recorded
+///   build input);
+/// - cargo configuration outside this tree (`~/.cargo/config.toml` may set profile options,
+///   a linker or rustflags): every release-profile setting that shapes code is set through
+///   `CARGO_PROFILE_RELEASE_*`, which outranks config files, and the rustflags through
+///   `CARGO_ENCODED_RUSTFLAGS`, which replaces all others;
+/// - paths: the cargo home, each registry's source directory (its name depends on the
+///   registry or mirror configured) and the target directory are remapped to fixed names,
+///   and the source tree to `/chrysalis` (through the wrapper below);
+/// - the number of cores and `-j`: codegen units are fixed, so partitioning does not follow
+///   the machine.
 pub fn runtime(root: &Path, target_dir: &Path, settings: &BuildSettings, sde: u64) -> Result<PathBuf> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .context("neither CARGO_HOME nor HOME is set")?;
+    // Fetch first, with the full environment (proxies, registry tokens), so that the
+    // registry source directories exist and the build itself runs offline.
+    run(cargo()
+        .current_dir(root)
+        .args(["fetch", "--locked", "--target", &settings.target]))
+    .context("cargo fetch --locked (the runtime's dependencies)")?;
     // The source tree's remap goes to the workspace crates only (through the wrapper below):
     // dependencies then get the same flags wherever the tree lives, so a second build from
-    // another directory into the same target directory reuses them.
-    let flags = [
+    // another directory into the same target directory reuses them. Later remaps win in
+    // rustc, so the per-registry ones come after the cargo home's.
+    let mut flags = vec![
         format!("-Ctarget-cpu={}", settings.target_cpu),
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
         format!("--remap-path-prefix={}=/target", target_dir.display()),
     ];
+    for dir in registry_source_dirs(&cargo_home)? {
+        flags.push(format!("--remap-path-prefix={}=/cargo/registry/src/crates.io", dir.display()));
+    }
+    // Cargo hashes the workspace wrapper's *path* into the `-C metadata` of every workspace
+    // crate (and so into symbol names and code layout): a wrapper at `<tree>/target/debug/xtask`
+    // made the runtime depend on the checkout's directory. The wrapper is therefore named
+    // by a fixed bare name, found through PATH in a directory that links to this binary.
     let me = std::env::current_exe().context("locating the xtask binary (the workspace rustc wrapper)")?;
-    run(cargo()
-        .current_dir(root)
-        .args(["build", "--release", "--locked", "-p", "chrysalis-runtime", "--bin", "chrysalis-runtime"])
+    let wrapper_dir = target_dir.join("rustc-wrapper");
+    std::fs::create_dir_all(&wrapper_dir).with_context(|| format!("creating {}", wrapper_dir.display()))?;
+    let link = wrapper_dir.join(WRAPPER_NAME);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&me, &link).with_context(|| format!("linking {} to {}", link.display(), me.display()))?;
+    let path = std::env::join_paths(
+        std::iter::once(wrapper_dir.clone()).chain(std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default()),
+    )
+    .context("building PATH for the rustc wrapper")?;
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args(["build", "--release", "--locked", "--offline", "-p", "chrysalis-runtime", "--bin", "chrysalis-runtime"])
         .args(["--target", &settings.target])
+        .env_clear();
+    for (k, v) in std::env::vars_os() {
+        if KEEP_ENV.iter().any(|keep| k == *keep) {
+            cmd.env(&k, &v);
+        }
+    }
+    let target_env = settings.target.replace('-', "_");
+    cmd.env("CARGO_HOME", &cargo_home)
         .env("CARGO_TARGET_DIR", target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
-        .env("RUSTC_WORKSPACE_WRAPPER", &me)
+        .env("PATH", &path)
+        .env("RUSTC_WORKSPACE_WRAPPER", WRAPPER_NAME)
         .env(WRAP_ROOT_ENV, root)
         .env("SOURCE_DATE_EPOCH", sde.to_string())
-        .env_remove("RUSTFLAGS")
-        // A compiler cache in front of rustc (sccache) gave a runtime with different code
-        // layout than a plain build of the same tree: the image is always built plainly.
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("CARGO_BUILD_RUSTC_WRAPPER"))
-    .context("building the runtime (cargo build --release --target x86_64-unknown-linux-musl)")?;
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .env(format!("CC_{target_env}"), MUSL_CC)
+        .env(format!("CFLAGS_{target_env}"), "")
+        .env("CARGO_TERM_PROGRESS_WHEN", "never");
+    for (k, v) in RELEASE_PROFILE {
+        cmd.env(format!("CARGO_PROFILE_RELEASE_{k}"), v);
+    }
+    run(&mut cmd).context("building the runtime (cargo build --release --target x86_64-unknown-linux-musl)")?;
     Ok(target_dir.join(&settings.target).join("release/chrysalis-runtime"))
+}
+
+/// The name the workspace rustc wrapper (this binary) is run by, through PATH.
+const WRAPPER_NAME: &str = "chrysalis-rustc-wrapper";
+
+/// The C compiler for the musl target (ring's C and assembly): Debian's musl-tools.
+pub const MUSL_CC: &str = "x86_64-linux-musl-gcc";
+
+/// Environment variables the image build keeps: what finds the toolchain (rustup), the
+/// cargo home and the network. Everything else is cleared.
+const KEEP_ENV: &[&str] = &[
+    "PATH", "HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "CARGO_HOME", "CARGO_BUILD_JOBS",
+    "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
+];
+
+/// The release profile of the image, set through the environment so that no cargo config
+/// file outside the tree can change it (they outrank `Cargo.toml`'s `[profile.release]`).
+const RELEASE_PROFILE: &[(&str, &str)] = &[
+    ("OPT_LEVEL", "3"),
+    ("DEBUG", "false"),
+    ("DEBUG_ASSERTIONS", "false"),
+    ("OVERFLOW_CHECKS", "false"),
+    ("LTO", "false"),
+    ("PANIC", "unwind"),
+    ("INCREMENTAL", "false"),
+    ("CODEGEN_UNITS", "16"),
+    ("STRIP", "symbols"),
+    ("RPATH", "false"),
+    ("SPLIT_DEBUGINFO", "off"),
+];
+
+/// `$CARGO_HOME/registry/src/*`: one directory per registry, named after the registry (or
+/// the mirror that replaces it) and a hash of its URL.
+fn registry_source_dirs(cargo_home: &Path) -> Result<Vec<PathBuf>> {
+    let src = cargo_home.join("registry/src");
+    let mut dirs = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&src) {
+        for e in entries {
+            let e = e.with_context(|| format!("listing {}", src.display()))?;
+            if e.file_type()?.is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
 }
 
 /// Set for the xtask binary when cargo runs it as `RUSTC_WORKSPACE_WRAPPER`: the source

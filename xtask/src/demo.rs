@@ -30,12 +30,13 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     let demo = out.join("demo");
     std::fs::create_dir_all(&demo)?;
 
-    let stage = Stage::start("1/8 prerequisites (Debian packages, musl target, Python venv)");
+    print_expected_times();
+    let stage = Stage::start_watched("1/8 prerequisites (Debian packages, musl target, Python venv)", HEARTBEAT, || String::from("still working"));
     deps::ensure_packages(deps::BASE_PACKAGES)?;
     let python = deps::ensure_venv_with(root, &[DEMO_REQUIREMENTS])?;
     stage.done();
 
-    let stage = Stage::start("2/8 image (pinned kernel, static Rust /init, deterministic initramfs)");
+    let stage = Stage::start_watched("2/8 image (pinned kernel, static Rust /init, deterministic initramfs)", HEARTBEAT, || String::from("still working"));
     let manifest = image::build(root, &image::Options::defaults(root))?;
     for a in manifest.artifacts.iter().take(3) {
         say(format!("    {:<20} sha256 {}", a.name, a.hashes.sha256));
@@ -44,7 +45,7 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     std::fs::write(out.join("measurements.json"), serde_json::to_string_pretty(&m)? + "\n")?;
     stage.done();
 
-    let stage = Stage::start("3/8 owner: SmolLM2-135M-Instruct from PyPI (hash-checked), sealed with a fresh key");
+    let stage = Stage::start_watched("3/8 owner: SmolLM2-135M-Instruct from PyPI (hash-checked), sealed with a fresh key", HEARTBEAT, || String::from("still working"));
     let models = deps::ensure_smollm2(root, &python)?;
     let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let sealed = owner::seal(&gguf, &demo, "SmolLM2-135M-Instruct")?;
@@ -61,7 +62,13 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     let sim_pub = sim_root.public_key();
     let mut vm = sim::boot(cfg.clone(), sim_root, |_| {})?;
     say(format!("    {}", vm.command_line));
-    let ready = vm.wait_for("READY", Duration::from_secs(600))?;
+    let ready = {
+        let serial = vm.serial_log.clone();
+        let wait = Stage::start_watched("    waiting for READY on the serial console", HEARTBEAT, move || last_console_line(&serial));
+        let ready = vm.wait_for("READY", Duration::from_secs(600))?;
+        wait.done();
+        ready
+    };
     say(format!("    accelerator {}; {}", vm.accel.name(), ready.trim()));
     let max_tokens = max_tokens.unwrap_or(if vm.accel == chrysalis_e2e::qemu::Accel::Kvm { 32 } else { 12 });
     stage.done();
@@ -83,6 +90,7 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     let stage = Stage::start("6/8 owner: release the key (HPKE to the runtime's attested X25519 key)");
     let rel = owner::release(&vm.url(), &policy_path, &sealed.key_file)?;
     say(format!("    runtime: {} {}", rel.runtime_status, rel.runtime_answer));
+    wait_until_serving(&vm.url())?;
     stage.done();
 
     let stage = Stage::start("7/8 user: the openai Python client through `attest proxy` (verifies, then seals each request)");
@@ -101,12 +109,9 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     let base = format!("http://{}/v1", proxy.addr);
     say(format!("    attest proxy on {base}: any OpenAI client pointed here talks to the attested runtime only"));
     println!("\n  user> {prompt}\n  assistant> ");
-    let chat = std::process::Command::new(&python)
-        .arg(root.join("tests/demo_chat.py"))
-        .args([base.as_str(), prompt, &max_tokens.to_string()])
-        .stdout(std::process::Stdio::inherit())
-        .status()
-        .context("running tests/demo_chat.py")?;
+    let chat = chat_with_progress(
+        std::process::Command::new(&python).arg(root.join("tests/demo_chat.py")).args([base.as_str(), prompt, &max_tokens.to_string()]),
+    )?;
     if !chat.success() {
         bail!("the openai client through the proxy failed ({chat})");
     }
@@ -130,6 +135,91 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     stage.done();
     say(format!("demo finished in {:.1} s", total.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// How often a long stage says what it is waiting for.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// What each stage takes on the machines this project is built on (2 cores, QEMU under TCG
+/// because their KVM cannot run this guest), so a first-time user knows what to expect.
+fn print_expected_times() {
+    say("expected times on a 2-core machine without usable KVM (first run / rerun):");
+    for (stage, first, again) in [
+        ("1 prerequisites", "2-3 min (apt: QEMU, musl-tools; pip: openai)", "< 1 s"),
+        ("2 image", "8-12 min (release build of the runtime)", "5 s"),
+        ("3 model + seal", "15 s (98 MB wheel from PyPI)", "1 s"),
+        ("4 boot", "15-25 s under TCG (2 s under KVM)", "same"),
+        ("5 verify", "< 1 s", "same"),
+        ("6 key release, unseal, load", "1-3 min under TCG (seconds under KVM)", "same"),
+        ("7 chat", "first token 1-2 min under TCG, then a few tokens a minute", "same"),
+        ("8 shutdown", "2 s", "same"),
+    ] {
+        say(format!("    {stage:<30} {first:<62} {again}"));
+    }
+}
+
+/// The last complete line the guest printed (for progress lines).
+fn last_console_line(serial: &Path) -> String {
+    let text = String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).into_owned();
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(nothing yet)");
+    format!("guest console: {}", line.chars().take(100).collect::<String>())
+}
+
+/// After the key release the runtime unseals and loads the model in the background: wait for
+/// `/v1/health` to say `serving`, printing its stage every few seconds; fail with its error.
+fn wait_until_serving(url: &str) -> Result<()> {
+    let wait = Stage::start_watched("    unsealing and loading the model in the guest", HEARTBEAT, || String::from("polling /v1/health"));
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut last = String::new();
+    loop {
+        let health: serde_json::Value = ureq::get(format!("{url}/v1/health")).call()?.body_mut().read_json()?;
+        let state = health["session"]["stage"]["state"].as_str().unwrap_or("unknown").to_owned();
+        if state != last {
+            say(format!("    runtime stage: {state}"));
+            last = state.clone();
+        }
+        match state.as_str() {
+            "serving" => break,
+            "no_bundle" => bail!("the runtime has no model: {}", health["session"]["stage"]["why"]),
+            _ if !health["session"]["last_error"].is_null() => bail!("the runtime failed: {}", health["session"]["last_error"]),
+            _ if Instant::now() > deadline => bail!("the model was not loaded within 30 min (stage {state})"),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    wait.done();
+    Ok(())
+}
+
+/// Run the chat client with its output passed through, saying every few seconds that it is
+/// still waiting until the first token arrives (prefill under emulation takes minutes).
+fn chat_with_progress(cmd: &mut std::process::Command) -> Result<std::process::ExitStatus> {
+    use std::io::{Read, Write};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("running tests/demo_chat.py")?;
+    let mut stdout = child.stdout.take().context("chat client stdout")?;
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wait = {
+        let first = first.clone();
+        Stage::start_watched("    waiting for the first token", HEARTBEAT, move || {
+            String::from(if first.load(std::sync::atomic::Ordering::Relaxed) { "streaming" } else { "prefill in the guest" })
+        })
+    };
+    let mut wait = Some(wait);
+    let mut buf = [0u8; 256];
+    loop {
+        let n = stdout.read(&mut buf).context("reading the chat client's output")?;
+        if n == 0 {
+            break;
+        }
+        if let Some(w) = wait.take() {
+            first.store(true, std::sync::atomic::Ordering::Relaxed);
+            w.done();
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+    }
+    drop(wait);
+    child.wait().context("waiting for the chat client")
 }
 
 fn rand_nonce() -> Result<[u8; 32]> {

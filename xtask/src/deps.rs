@@ -36,16 +36,22 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
     let stage = Stage::start(format!("apt-get install {}", missing.join(" ")));
     run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     stage.done();
     Ok(())
 }
 
-/// What building the image needs: dpkg-deb (kernel package) and the runtime's Rust target.
+/// Debian packages the image build needs: dpkg-deb to unpack the kernel package, and the
+/// musl C toolchain (`x86_64-linux-musl-gcc`, in musl-dev, which musl-tools brings) that
+/// `ring` compiles its C and assembly with for the static musl runtime. Their versions are
+/// build inputs, recorded in the manifest.
+pub const BUILD_PACKAGES: &[&str] = &["dpkg", "musl-tools"];
+
+/// What building the image needs: [`BUILD_PACKAGES`] and the runtime's Rust target.
 pub fn ensure_build(root: &Path) -> Result<()> {
-    ensure_packages(&["dpkg"])?;
+    ensure_packages(BUILD_PACKAGES)?;
     ensure_rust_target(root, &crate::pins::image(root)?.target)
 }
 
@@ -93,9 +99,9 @@ pub fn ensure_venv_with(root: &Path, requirements: &[&str]) -> Result<PathBuf> {
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         return Ok(python);
     }
-    let stage = Stage::start("pip install (reference tools: openai, torch, transformers, sev-snp-measure, ...)");
+    let stage = Stage::start(format!("pip install -r {}", requirements.join(" -r ")));
     let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
+    pip.args(["-m", "pip", "install", "--progress-bar", "off", "--disable-pip-version-check"]);
     for req in requirements {
         pip.arg("-r").arg(root.join(req));
     }

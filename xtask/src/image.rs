@@ -173,5 +173,23 @@ fn inputs(
             sha256: None,
         },
         Input { kind: "source-date-epoch".into(), name: "SOURCE_DATE_EPOCH".into(), version: sde.to_string(), sha256: None },
+        Input {
+            kind: "c-toolchain".into(),
+            name: format!("{} (musl-tools, gcc, binutils)", crate::build::MUSL_CC),
+            version: c_toolchain_versions(),
+            sha256: None,
+        },
     ])
+}
+
+/// The Debian versions of the C toolchain ring is compiled and the runtime linked with.
+fn c_toolchain_versions() -> String {
+    ["musl-tools", "musl-dev", "gcc-12", "binutils"]
+        .iter()
+        .map(|p| {
+            let v = output(Command::new("dpkg-query").args(["-W", "-f=${Version}", p])).unwrap_or_else(|_| "?".into());
+            format!("{p} {}", v.trim())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod demo;
 mod deps;
+mod expected;
 mod firmware;
 mod gpu;
 mod image;
@@ -50,12 +51,27 @@ enum Cmd {
         /// Use this copy of the pinned kernel package instead of downloading it.
         #[arg(long)]
         kernel_deb: Option<PathBuf>,
+        /// Where the artifacts go (default out/).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Cargo target directory of the runtime build (default target/).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
     },
-    /// Build the image twice (two target directories, two times) and compare every artifact.
+    /// Build the image twice and compare every artifact: here, and as an independent rebuild
+    /// (a copy of the tree elsewhere, its own xtask process, another CARGO_HOME and target
+    /// directory, -j1, umask 077, another locale and time zone, later).
     Repro {
         /// Use this copy of the pinned kernel package instead of downloading it.
         #[arg(long)]
         kernel_deb: Option<PathBuf>,
+    },
+    /// Build the image and compare it with the published expected values (image/expected.json):
+    /// every artifact hash and measurement must be equal.
+    Expected {
+        /// Rewrite image/expected.json from this build (after an intended image change).
+        #[arg(long)]
+        update: bool,
     },
     /// Package image, manifest, measurements, firmware and an SBOM with SHA256SUMS into
     /// out/release/.
@@ -73,6 +89,13 @@ enum Cmd {
     Measure,
     /// Make the test/demo models under .cache/models (tiny Llama/Qwen2, SmolLM2-135M).
     Models,
+    /// Say whether KVM can run the guest on this host (probed in a few seconds by booting the
+    /// image's kernel, then cached per host; `--redo` probes again).
+    KvmProbe {
+        /// Probe again instead of using the cached answer.
+        #[arg(long)]
+        redo: bool,
+    },
     /// The pinned confidential-VM firmware (OVMF AmdSev, TDVF): locate/verify it, or rebuild
     /// it from the pinned edk2 sources and compare with the pins (--verify, ~15-20 min).
     Firmware {
@@ -179,9 +202,11 @@ fn main() {
 fn dispatch(cmd: Cmd) -> Result<()> {
     let root = util::project_root();
     match cmd {
-        Cmd::Image { kernel_deb } => {
+        Cmd::Image { kernel_deb, out_dir, target_dir } => {
             let mut opts = image::Options::defaults(&root);
             opts.kernel_deb = kernel_deb;
+            opts.out_dir = out_dir.unwrap_or(opts.out_dir);
+            opts.target_dir = target_dir.unwrap_or(opts.target_dir);
             let m = image::build(&root, &opts)?;
             for a in &m.artifacts {
                 println!("{:<32} {:>10} B  sha256 {}", a.name, a.hashes.size, a.hashes.sha256);
@@ -192,6 +217,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Demo { prompt, max_tokens } => demo::run(&root, &prompt, max_tokens),
         Cmd::Repro { kernel_deb } => repro::run(&root, kernel_deb, repro::Isolation::SeparateTargets),
         Cmd::Release => release::run(&root),
+        Cmd::Expected { update } => {
+            image::build(&root, &image::Options::defaults(&root))?;
+            let out = root.join("out");
+            if update { expected::update(&root, &out) } else { expected::check(&root, &out) }
+        }
         Cmd::Run(args) => run::run(&root, args),
         Cmd::Test { no_repro } => test::run_all(&root, no_repro),
         Cmd::Firmware { verify, print_hashes } => {
@@ -212,6 +242,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let python = deps::ensure_venv(&root)?;
             let dir = deps::ensure_models(&root, &python)?;
             println!("{}", dir.display());
+            Ok(())
+        }
+        Cmd::KvmProbe { redo } => {
+            let kernel = root.join("out").join(image::KERNEL);
+            if !kernel.exists() {
+                anyhow::bail!("{} is missing: run `cargo xtask image` first (the probe boots that kernel)", kernel.display());
+            }
+            let p = chrysalis_e2e::qemu::kvm_probe(&kernel, redo);
+            let from = if p.cached { " (cached; --redo probes again)" } else { "" };
+            println!("KVM {}: {}{from}", if p.usable { "usable" } else { "not usable, TCG will be used" }, p.detail);
             Ok(())
         }
         Cmd::Gpu { what } => run_gpu(&root, what),

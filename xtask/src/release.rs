@@ -23,6 +23,9 @@ pub fn run(root: &Path) -> Result<()> {
         std::fs::copy(out.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
     }
     std::fs::write(dir.join("measurements.json"), serde_json::to_string_pretty(&measurements)? + "\n")?;
+    // The published expected values must describe exactly this build.
+    crate::expected::check(root, &out)?;
+    std::fs::copy(crate::expected::path(root), dir.join("expected.json")).context("copying image/expected.json")?;
     let fw = crate::firmware::ensure_firmware(root)?;
     std::fs::copy(&fw.amd_sev, dir.join("ovmf-amdsev.fd"))?;
     std::fs::copy(&fw.intel_tdx, dir.join("ovmf-inteltdx.fd"))?;

@@ -53,7 +53,10 @@ pub fn run(root: &Path, kernel_deb: Option<PathBuf>, isolation: Isolation) -> Re
         Isolation::SharedDependencies => opts_a.target_dir.clone(),
     };
     let opts_b = image::Options { out_dir: base.join("out"), target_dir: target_b, kernel_deb };
-    let b = image::build(&src, &opts_b)?;
+    let b = match isolation {
+        Isolation::SharedDependencies => image::build(&src, &opts_b)?,
+        Isolation::SeparateTargets => independent_build(&src, &base, &opts_b)?,
+    };
     stage.done();
     compare(&a, &b, &opts_a.out_dir, &opts_b.out_dir)?;
     // Same bytes must give the same published measurements; computing both checks the
@@ -68,6 +71,37 @@ pub fn run(root: &Path, kernel_deb: Option<PathBuf>, isolation: Isolation) -> Re
         v4["vcpus"], v4["vcpu_type"], v4["measurement"], ma["tdx"]["mrtd"], ma["tdx"]["rtmr1"], ma["tdx"]["rtmr2"]
     ));
     Ok(())
+}
+
+/// Build 2 of `cargo xtask repro`: what another machine would do, as far as one machine can
+/// vary it. Its own `cargo xtask image` process (xtask compiled from the copy), its own
+/// CARGO_HOME (the registry downloaded again), its own target directory, one job instead of
+/// all cores, umask 077, another locale and time zone.
+fn independent_build(src: &Path, base: &Path, opts: &image::Options) -> Result<Manifest> {
+    let cargo_home = base.join("cargo-home");
+    std::fs::create_dir_all(&cargo_home)?;
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(src)
+        .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
+        .arg(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["xtask", "image", "--out-dir"])
+        .arg(&opts.out_dir)
+        .arg("--target-dir")
+        .arg(&opts.target_dir);
+    if let Some(k) = &opts.kernel_deb {
+        cmd.arg("--kernel-deb").arg(k);
+    }
+    cmd.env("CARGO_HOME", &cargo_home)
+        .env("CARGO_TARGET_DIR", base.join("xtask-target"))
+        .env("CARGO_BUILD_JOBS", "1")
+        .env("LC_ALL", "C.UTF-8")
+        .env("LANG", "de_DE.UTF-8")
+        .env("TZ", "Pacific/Kiritimati");
+    // The rustup proxies in the usual cargo home stay on PATH; only cargo's own home moves.
+    say(format!("build 2: cargo xtask image in {} (CARGO_HOME {}, -j1, umask 077, TZ Pacific/Kiritimati)", src.display(), cargo_home.display()));
+    crate::util::run(&mut cmd).context("the independent build (build 2)")?;
+    let bytes = std::fs::read(opts.out_dir.join(image::MANIFEST)).context("reading build 2's manifest")?;
+    serde_json::from_slice(&bytes).context("parsing build 2's manifest")
 }
 
 /// Copy the committed and untracked-but-not-ignored files of the tree (what a clean clone

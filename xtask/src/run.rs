@@ -100,11 +100,11 @@ fn local(root: &Path, args: &RunArgs) -> Result<()> {
     let accel = match args.accel.as_str() {
         "kvm" => Accel::Kvm,
         "tcg" => Accel::Tcg,
-        "auto" if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() => {
-            say("/dev/kvm is usable; trying KVM (use --accel tcg if the guest fails to start)");
-            Accel::Kvm
+        "auto" => {
+            let probe = qemu::kvm_probe(&cfg.kernel, false);
+            say(format!("KVM probe: {}", probe.detail));
+            if probe.usable { Accel::Kvm } else { Accel::Tcg }
         }
-        "auto" => Accel::Tcg,
         other => bail!("--accel {other}: expected kvm, tcg or auto"),
     };
     let port = if args.port == 0 { qemu::free_port()? } else { args.port };

@@ -25,6 +25,9 @@ pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
         // registry dependencies; `cargo xtask repro` shares nothing), and compares.
         repro::run(root, None, repro::Isolation::SharedDependencies)?;
     }
+    // The build must also equal the values published for this source (image/expected.json),
+    // which independent rebuilds on other machines are compared with.
+    crate::expected::check(root, &root.join("out"))?;
 
     let stage = Stage::start("cargo test --workspace");
     run(cargo()

@@ -51,6 +51,13 @@ pub fn cargo() -> Command {
 pub struct Stage {
     name: String,
     start: Instant,
+    heartbeat: Option<Heartbeat>,
+}
+
+/// A thread that prints "still running" lines until its stage is done.
+struct Heartbeat {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Stage {
@@ -58,7 +65,27 @@ impl Stage {
     pub fn start(name: impl Into<String>) -> Self {
         let name = name.into();
         say(format!("{name} ..."));
-        Stage { name, start: Instant::now() }
+        Stage { name, start: Instant::now(), heartbeat: None }
+    }
+
+    /// Start a stage that prints a progress line every `every` until it is done, with
+    /// `what` (called each time) saying what it is waiting for. For stages that can be silent
+    /// for long (a model loading under emulation, the first token).
+    pub fn start_watched(
+        name: impl Into<String>,
+        every: std::time::Duration,
+        what: impl Fn() -> String + Send + 'static,
+    ) -> Self {
+        let mut stage = Stage::start(name);
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let (label, start) = (stage.name.clone(), stage.start);
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                say(format!("    ... {label}: {:.0} s, {}", start.elapsed().as_secs_f64(), what()));
+            }
+        });
+        stage.heartbeat = Some(Heartbeat { stop, thread });
+        stage
     }
 
     /// Seconds since start.
@@ -67,10 +94,23 @@ impl Stage {
     }
 
     /// Print the stage's duration.
-    pub fn done(self) -> f64 {
+    pub fn done(mut self) -> f64 {
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.stop.send(());
+            let _ = h.thread.join();
+        }
         let s = self.secs();
         say(format!("{} done in {s:.1} s", self.name));
         s
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.stop.send(());
+            let _ = h.thread.join();
+        }
     }
 }
 

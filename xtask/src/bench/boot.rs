@@ -18,7 +18,9 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
     crate::image::build(root, &crate::image::Options::defaults(root))?;
     let out = root.join("out");
     let mut accels = vec![Accel::Tcg];
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
+    let probe = chrysalis_e2e::qemu::kvm_probe(&out.join(crate::image::KERNEL), false);
+    say(format!("KVM probe: {}", probe.detail));
+    if probe.usable {
         accels.push(Accel::Kvm);
     }
     let mut results = serde_json::Map::new();

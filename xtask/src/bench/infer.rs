@@ -118,17 +118,30 @@ fn summarize(lines: &[Value]) -> Value {
     })
 }
 
+/// The bench's reference packages: the test suite's plus llama-cpp-python.
+pub const BENCH_REQUIREMENTS: &str = "runtime/tests/reference/requirements-bench.txt";
+
 /// Measures and writes `out/bench/infer.json`.
 pub fn run(opts: &InferBench) -> Result<()> {
     let root = root();
-    let python = std::env::var_os("CHRYSALIS_PYTHON").map_or_else(|| root.join(".venv/bin/python"), PathBuf::from);
+    // The references are installed like the test suite installs its own: into .venv, once
+    // per requirement set (CHRYSALIS_PYTHON points at another interpreter instead).
+    let python = match std::env::var_os("CHRYSALIS_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            crate::deps::ensure_packages(&["python3", "python3-venv"])?;
+            let reqs: &[&str] = if opts.llama_cpp {
+                // llama-cpp-python compiles llama.cpp from its source distribution.
+                crate::deps::ensure_packages(&["g++"])?;
+                crate::util::say("references: torch/transformers (~2 min) and llama-cpp-python, which compiles llama.cpp (~5 min on 2 cores)");
+                &[BENCH_REQUIREMENTS]
+            } else {
+                &[crate::deps::PYTHON_REQUIREMENTS[0]]
+            };
+            crate::deps::ensure_venv_with(&root, reqs)?
+        }
+    };
     let models = std::env::var_os("CHRYSALIS_MODELS").map_or_else(|| root.join(".cache/models"), PathBuf::from);
-    if !python.exists() {
-        bail!(
-            "{} not found: python3 -m venv .venv && .venv/bin/pip install -r runtime/tests/reference/requirements-bench.txt",
-            python.display()
-        );
-    }
     let reference = root.join("runtime/tests/reference");
     let status = Command::new(&python)
         .arg(reference.join("fetch_smollm2.py"))

@@ -100,6 +100,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?} (expected --size-mib N, --runs N, --skip-openssl)"),
         }
     }
+    if !skip_openssl {
+        // The reference: `openssl speed` from Debian's openssl package.
+        crate::deps::ensure_packages(&["openssl"])?;
+    }
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     let release_build = !cfg!(debug_assertions);
     if !release_build {
