@@ -59,6 +59,11 @@ fn session_error(e: &SessionError) -> Response {
         SessionError::BadNonce(_) => StatusCode::BAD_REQUEST,
         SessionError::NoEvidence(_) | SessionError::NoBundle(_) => StatusCode::SERVICE_UNAVAILABLE,
         SessionError::Busy => StatusCode::CONFLICT,
+        SessionError::TooManyNonces { retry_after_s } => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after_s));
+            return r;
+        }
         SessionError::Key(k) => match k {
             KeyReleaseError::AlreadyUnsealed | KeyReleaseError::ReplayedNonce(_) => StatusCode::CONFLICT,
             KeyReleaseError::StaleNonce { .. } => StatusCode::GONE,
@@ -119,4 +124,54 @@ pub fn router(state: Arc<RuntimeState>) -> Router {
         .route("/v1/attestation", get(attestation))
         .route("/v1/key", post(key).layer(DefaultBodyLimit::max(MAX_KEY_RELEASE_LEN)))
         .with_state(state)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::session::fixture::{Fixture, nonce};
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    fn app(f: &Fixture) -> Router {
+        router(Arc::new(RuntimeState { timings: BootTimings::default(), session: f.session.clone() }))
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let req = Request::builder().method(method).uri(uri).body(Body::from(body)).unwrap();
+        let r = app.clone().oneshot(req).await.unwrap_or_else(|e| match e {});
+        let (parts, body) = r.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    async fn attest(app: &Router, n: &[u8]) -> (StatusCode, axum::http::HeaderMap) {
+        let (status, headers, _) = call(app, "GET", &format!("/v1/attestation?nonce={}", hex::encode(n)), Vec::new()).await;
+        (status, headers)
+    }
+
+    /// A flood of 32-byte nonces gets 429 with Retry-After once the book is full, and the
+    /// owner's key for the nonce issued before the flood still opens.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_attestation_flood_gets_429_and_the_owner_key_still_opens() {
+        let f = Fixture::new("api-429");
+        let app = app(&f);
+        assert_eq!(attest(&app, &nonce(0)).await.0, StatusCode::OK);
+        let mut statuses = Vec::new();
+        for i in 1..=300 {
+            let (status, headers) = attest(&app, &nonce(i)).await;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let after: u64 = headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+                assert!((1..=300).contains(&after), "{after}");
+            }
+            statuses.push(status);
+        }
+        let capacity = chrysalis_attest::keyrelease::OnceNonces::<()>::CAPACITY;
+        assert!(statuses[..capacity - 1].iter().all(|s| *s == StatusCode::OK));
+        assert!(statuses[capacity - 1..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS));
+        let (status, _, body) = call(&app, "POST", "/v1/key", f.owner_release(nonce(0)).to_bytes()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
 }

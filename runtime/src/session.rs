@@ -83,6 +83,13 @@ pub enum SessionError {
     /// Unsealing or loading is already running.
     #[error("a key is already being processed (unsealing or loading)")]
     Busy,
+    /// Every nonce slot holds a live nonce: evidence for a new 32-byte nonce is refused
+    /// until the oldest expires.
+    #[error("too many outstanding nonces: retry in {retry_after_s} s")]
+    TooManyNonces {
+        /// Seconds until a slot frees.
+        retry_after_s: u64,
+    },
     /// There is no bundle to unseal.
     #[error("no sealed bundle: {0}")]
     NoBundle(String),
@@ -236,22 +243,34 @@ impl Session {
         }
     }
 
-    /// Evidence for a verifier's nonce (blocking: talks to the TEE). A 32-byte nonce is also
-    /// registered for one key release.
+    /// Evidence for a verifier's nonce (blocking: talks to the TEE). Until the model is
+    /// unsealed a 32-byte nonce is also registered for one key release, before any TEE work:
+    /// when every slot holds a live nonce the request is refused with
+    /// [`SessionError::TooManyNonces`] rather than evicting one (which would let anyone push
+    /// out the owner's pending nonce), and no evidence is produced for a nonce that could not
+    /// be registered. A nonce registered for evidence that then failed is harmless: only a key
+    /// wrapped to this boot's transcript opens under it, and it expires.
     pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, SessionError> {
         if !NONCE_LEN_RANGE.contains(&nonce.len()) {
             return Err(SessionError::BadNonce(format!("{} bytes, expected 16 to 64", nonce.len())));
+        }
+        if nonce.len() == chrysalis_attest::keyrelease::NONCE_LEN {
+            let mut book = self.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Once unsealed no key is taken, so nothing is registered and a full book cannot
+            // stop users (`attest proxy` uses 32-byte nonces) from verifying the served model.
+            // Other refusals (a nonce already used for a key) still get evidence; only a
+            // second key for that nonce is refused.
+            if !book.is_unsealed()
+                && let Err(KeyReleaseError::TooManyNonces { retry_after_s }) = book.issue(nonce, &self.log, Instant::now())
+            {
+                return Err(SessionError::TooManyNonces { retry_after_s });
+            }
         }
         let report_data = self.log.report_data(nonce);
         let platform =
             self.source.platform_evidence(&report_data).map_err(|e| SessionError::NoEvidence(format!("{e:#}")))?;
         if let Some(m) = chrysalis_attest::channel::receipt::launch_measurement(&platform) {
             let _ = self.measurement.set(m);
-        }
-        if nonce.len() == chrysalis_attest::keyrelease::NONCE_LEN {
-            let mut book = self.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // A full book forgets its oldest nonce; issuing cannot fail for a 32-byte nonce.
-            let _ = book.issue(nonce, &self.log, Instant::now());
         }
         self.state().milestones.evidence_served.get_or_insert_with(sys::uptime);
         Ok(Evidence {
@@ -317,5 +336,135 @@ impl Session {
         log::info!("model {model} loaded in {} ms", start.elapsed().as_millis());
         self.state().milestones.model_loaded = Some(sys::uptime());
         Ok(model)
+    }
+}
+
+/// A session over a real sealed bundle in a temporary directory, with a stand-in for the
+/// simulated TEE's port (for this crate's tests).
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod fixture {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use chrysalis_attest::eventlog::{Event, EventKind, EventLog};
+    use chrysalis_attest::keyrelease::{KeyRelease, Nonce, RuntimeKeyPair, Transcript, wrap_key};
+    use chrysalis_attest::seal::{DataKey, SealOptions, UnsealedFiles, seal_to_vec};
+    use chrysalis_attest::sim_transport;
+
+    use super::{ModelSink, Session};
+    use crate::bundle::Bundle;
+    use crate::tee::EvidenceSource;
+
+    /// Serves the bundle's model name.
+    pub struct NameSink;
+    impl ModelSink for NameSink {
+        fn load(&self, files: UnsealedFiles) -> anyhow::Result<String> {
+            Ok(files.model_name.clone())
+        }
+    }
+
+    /// A fresh directory under the system's temporary directory.
+    pub fn temp_dir(name: &str) -> PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir()
+            .join(format!("chrysalis-runtime-{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A file that answers like the simulated TEE's port: `simtee::report` writes its request
+    /// over the first bytes and reads the canned answer that follows.
+    pub fn fake_tee_port(dir: &Path) -> EvidenceSource {
+        let port = dir.join("vport");
+        let mut bytes = vec![0u8; sim_transport::REQUEST_LEN];
+        bytes.extend(sim_transport::encode_response(Ok(&[0x5a; 64])));
+        std::fs::write(&port, bytes).unwrap();
+        EvidenceSource::Simulated { port }
+    }
+
+    /// A bundle of one file sealed under `key`.
+    pub fn sealed(model: &str, data: &[u8], key: &DataKey) -> Vec<u8> {
+        seal_to_vec(model, &[("weights.bin", data)], key, &SealOptions::default()).unwrap()
+    }
+
+    pub struct Fixture {
+        pub session: Arc<Session>,
+        pub dir: PathBuf,
+        pub bundle_path: PathBuf,
+        pub key: DataKey,
+        pub public_key: [u8; 32],
+    }
+
+    impl Fixture {
+        /// A session waiting for the key of the bundle "Test Model".
+        pub fn new(name: &str) -> Self {
+            let dir = temp_dir(name);
+            let key = DataKey::generate().unwrap();
+            let bundle_path = dir.join("bundle.sealed");
+            std::fs::write(&bundle_path, sealed("Test Model", b"weights A", &key)).unwrap();
+            let bundle = Bundle::open(&bundle_path).unwrap();
+            let keys = RuntimeKeyPair::generate().unwrap();
+            let public_key = keys.public_key();
+            let mut log = EventLog::default();
+            log.extend(Event::digest_of(EventKind::RuntimeBinary, b"init"));
+            log.extend(Event::digest_of(EventKind::BundleHeader, &bundle.header.raw));
+            log.extend(keys.public_key_event());
+            let session = Session::new(log, keys, fake_tee_port(&dir), Ok(bundle), Box::new(NameSink));
+            Fixture { session: Arc::new(session), dir, bundle_path, key, public_key }
+        }
+
+        /// What the owner sends after verifying evidence for `nonce`.
+        pub fn owner_release(&self, nonce: Nonce) -> KeyRelease {
+            let w = wrap_key(&self.key, &self.public_key, &Transcript::for_log(&nonce, &self.session.log)).unwrap();
+            KeyRelease::new(nonce, &w)
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// The 32-byte nonce numbered `i`.
+    pub fn nonce(i: u32) -> Nonce {
+        let mut n = [0xeeu8; 32];
+        n[..4].copy_from_slice(&i.to_le_bytes());
+        n
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::fixture::{Fixture, nonce};
+    use super::*;
+
+    /// 300 evidence requests after the owner's cannot evict the owner's nonce: the book
+    /// refuses new nonces once full, and the owner's key still opens.
+    #[test]
+    fn a_nonce_flood_cannot_evict_the_owners_nonce() {
+        let f = Fixture::new("flood");
+        f.session.evidence(&nonce(0)).unwrap();
+        let (mut served, mut refused) = (0, 0);
+        for i in 1..=300 {
+            match f.session.evidence(&nonce(i)) {
+                Ok(_) => served += 1,
+                Err(SessionError::TooManyNonces { retry_after_s }) => {
+                    assert!((1..=300).contains(&retry_after_s), "{retry_after_s}");
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let capacity = chrysalis_attest::keyrelease::OnceNonces::<()>::CAPACITY;
+        assert_eq!((served, refused), (capacity - 1, 300 - (capacity - 1)));
+        // Short nonces are never registered, so they are still served.
+        assert!(f.session.evidence(&[1; 16]).is_ok());
+        assert_eq!(f.session.release(&f.owner_release(nonce(0))).unwrap(), "Test Model");
+        // Once serving, no key is taken and no nonce registered: evidence is served again.
+        assert!(f.session.evidence(&nonce(1000)).is_ok());
     }
 }
