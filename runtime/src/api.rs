@@ -117,13 +117,15 @@ async fn key(State(state): State<Arc<RuntimeState>>, body: Bytes) -> Response {
     }
 }
 
-/// Routes served by the runtime itself.
+/// Routes served by the runtime itself; a panicking handler answers 500
+/// ([`crate::serve::panic_guard`]).
 pub fn router(state: Arc<RuntimeState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/attestation", get(attestation))
         .route("/v1/key", post(key).layer(DefaultBodyLimit::max(MAX_KEY_RELEASE_LEN)))
-        .with_state(state)
+        .with_state(state);
+    crate::serve::panic_guard::layer(routes)
 }
 
 #[cfg(test)]
