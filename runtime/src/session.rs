@@ -309,6 +309,9 @@ impl Session {
     }
 
     fn unseal_and_load(&self, bundle: &Bundle, msg: &KeyRelease) -> Result<String, SessionError> {
+        let Some(measured) = self.log.find(EventKind::BundleHeader).map(|e| e.digest) else {
+            return Err(SessionError::Unseal("the event log measures no bundle header".into()));
+        };
         let key = {
             let mut book = self.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let key = book.accept(msg, &self.keys, Instant::now())?;
@@ -316,7 +319,7 @@ impl Session {
             key
         };
         let start = Instant::now();
-        let files = bundle.unseal(&key).map_err(|e| SessionError::Unseal(format!("{e:#}")))?;
+        let files = bundle.unseal(&key, &measured).map_err(|e| SessionError::Unseal(format!("{e:#}")))?;
         drop(key);
         let bytes: usize = files.files.iter().map(|f| f.data.len()).sum();
         log::info!(
@@ -439,8 +442,40 @@ pub(crate) mod fixture {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::fixture::{Fixture, nonce};
+    use super::fixture::{Fixture, nonce, sealed};
     use super::*;
+
+    /// The provider swaps the bundle file after the runtime measured its header at boot,
+    /// for another bundle sealed under the same key: the released key must not unseal it.
+    #[test]
+    fn a_bundle_swapped_after_boot_is_not_unsealed() {
+        let f = Fixture::new("swap");
+        let measured = f.session.log.find(EventKind::BundleHeader).map(|e| e.digest).unwrap();
+        let other = sealed("Other Model", b"weights B", &f.key);
+        let other_digest = chrysalis_attest::seal::read_header(&other).unwrap().digest();
+        std::fs::write(&f.bundle_path, &other).unwrap();
+        f.session.evidence(&nonce(1)).unwrap();
+        let err = f.session.release(&f.owner_release(nonce(1))).unwrap_err();
+        let want = format!(
+            "the bundle on disk changed since boot: header sha384 {}, measured {}",
+            hex::encode(other_digest),
+            hex::encode(measured)
+        );
+        assert!(matches!(&err, SessionError::Unseal(m) if m.contains(&want)), "{err}");
+        let st = f.session.status();
+        assert_eq!(st.stage, Stage::WaitingForKey);
+        assert!(st.milestones.unsealed.is_none() && st.milestones.model_loaded.is_none());
+        assert!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model.is_empty());
+    }
+
+    /// The bundle measured at boot, left in place, unseals and is served.
+    #[test]
+    fn the_measured_bundle_unseals() {
+        let f = Fixture::new("same");
+        f.session.evidence(&nonce(1)).unwrap();
+        assert_eq!(f.session.release(&f.owner_release(nonce(1))).unwrap(), "Test Model");
+        assert_eq!(f.session.status().stage, Stage::Serving { model: "Test Model".into() });
+    }
 
     /// 300 evidence requests after the owner's cannot evict the owner's nonce: the book
     /// refuses new nonces once full, and the owner's key still opens.
