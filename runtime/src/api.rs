@@ -58,7 +58,7 @@ fn session_error(e: &SessionError) -> Response {
     let status = match e {
         SessionError::BadNonce(_) => StatusCode::BAD_REQUEST,
         SessionError::NoEvidence(_) | SessionError::NoBundle(_) => StatusCode::SERVICE_UNAVAILABLE,
-        SessionError::Busy => StatusCode::CONFLICT,
+        SessionError::Busy | SessionError::AlreadyServing(_) => StatusCode::CONFLICT,
         SessionError::TooManyNonces { retry_after_s } => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string());
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after_s));
@@ -152,6 +152,34 @@ mod tests {
     async fn attest(app: &Router, n: &[u8]) -> (StatusCode, axum::http::HeaderMap) {
         let (status, headers, _) = call(app, "GET", &format!("/v1/attestation?nonce={}", hex::encode(n)), Vec::new()).await;
         (status, headers)
+    }
+
+    /// A key posted once the runtime serves gets 409 with a JSON error; health, and so the
+    /// model in later receipts, stay as they were.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_key_posted_while_serving_gets_409_and_changes_nothing() {
+        let f = Fixture::new("api-409");
+        let app = app(&f);
+        assert_eq!(attest(&app, &nonce(1)).await.0, StatusCode::OK);
+        // Junk first: refused, and health shows nothing of it.
+        let mut junk = f.owner_release(nonce(1));
+        junk.ciphertext[0] ^= 1;
+        let (status, _, body) = call(&app, "POST", "/v1/key", junk.to_bytes()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (_, _, h) = call(&app, "GET", "/v1/health", Vec::new()).await;
+        assert_eq!((h["stage"]["state"].as_str(), h["last_error"].is_null()), (Some("waiting_for_key"), true), "{h}");
+        // The owner's key.
+        let (status, _, body) = call(&app, "POST", "/v1/key", f.owner_release(nonce(1)).to_bytes()).await;
+        assert_eq!((status, body["model"].as_str()), (StatusCode::OK, Some("Test Model")), "{body}");
+        for msg in [f.owner_release(nonce(1)), f.owner_release(nonce(7))] {
+            let (status, _, body) = call(&app, "POST", "/v1/key", msg.to_bytes()).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert!(body["error"]["message"].as_str().unwrap_or("").contains("already unsealed"), "{body}");
+            let (_, _, h) = call(&app, "GET", "/v1/health", Vec::new()).await;
+            assert_eq!(h["stage"], serde_json::json!({"state": "serving", "model": "Test Model"}), "{h}");
+            assert!(h["last_error"].is_null(), "{h}");
+        }
+        assert_eq!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model, "Test Model");
     }
 
     /// A flood of 32-byte nonces gets 429 with Retry-After once the book is full, and the

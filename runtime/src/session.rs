@@ -12,7 +12,7 @@ use chrysalis_attest::channel::receipt::{RECEIPT_VERSION, Receipt, ReceiptBody, 
 use chrysalis_attest::eventlog::{DIGEST_LEN, Digest384, EventKind, EventLog};
 use chrysalis_attest::evidence::{EVIDENCE_VERSION, Evidence, GpuEvidence};
 use chrysalis_attest::keyrelease::{KeyRelease, KeyReleaseError, NonceBook, PUBLIC_KEY_LEN, RuntimeKeyPair};
-use chrysalis_attest::seal::UnsealedFiles;
+use chrysalis_attest::seal::{DataKey, UnsealedFiles};
 use serde::Serialize;
 
 use crate::bundle::Bundle;
@@ -83,6 +83,10 @@ pub enum SessionError {
     /// Unsealing or loading is already running.
     #[error("a key is already being processed (unsealing or loading)")]
     Busy,
+    /// The model is already served: this boot takes no further key. (The wording keeps
+    /// "already unsealed", which owners' scripts and tests/tests/attest.rs look for.)
+    #[error("model already unsealed (serving {0}): refusing another key")]
+    AlreadyServing(String),
     /// Every nonce slot holds a live nonce: evidence for a new 32-byte nonce is refused
     /// until the oldest expires.
     #[error("too many outstanding nonces: retry in {retry_after_s} s")]
@@ -284,16 +288,33 @@ impl Session {
 
     /// Accept a released key, unseal the bundle and load the model (blocking). On failure
     /// nothing decrypted is kept and the runtime keeps serving attestation.
+    ///
+    /// `POST /v1/key` is unauthenticated, so a key that does not open changes nothing: the
+    /// stage moves to unsealing only once the key has opened under a nonce this runtime
+    /// issued (checked while holding the stage, so no junk key can make the owner's key find
+    /// the runtime busy), and a key posted while unsealing, loading or serving is refused
+    /// before anything else is looked at.
     pub fn release(&self, msg: &KeyRelease) -> Result<String, SessionError> {
         let bundle = self.bundle.as_ref().map_err(|why| SessionError::NoBundle(why.clone()))?;
-        {
+        let key = {
             let mut s = self.state();
-            match s.stage {
+            match &s.stage {
                 Stage::Unsealing | Stage::Loading => return Err(SessionError::Busy),
-                _ => s.stage = Stage::Unsealing,
+                Stage::Serving { model } => return Err(SessionError::AlreadyServing(model.clone())),
+                Stage::NoBundle { why } => return Err(SessionError::NoBundle(why.clone())),
+                Stage::WaitingForKey => {}
             }
-        }
-        let result = self.unseal_and_load(bundle, msg);
+            // Lock order: state, then nonces (nothing takes them the other way round).
+            let key = self.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner).accept(
+                msg,
+                &self.keys,
+                Instant::now(),
+            )?;
+            s.milestones.key_received = Some(sys::uptime());
+            s.stage = Stage::Unsealing;
+            key
+        };
+        let result = self.unseal_and_load(bundle, key);
         let mut s = self.state();
         match &result {
             Ok(model) => {
@@ -308,15 +329,9 @@ impl Session {
         result
     }
 
-    fn unseal_and_load(&self, bundle: &Bundle, msg: &KeyRelease) -> Result<String, SessionError> {
+    fn unseal_and_load(&self, bundle: &Bundle, key: DataKey) -> Result<String, SessionError> {
         let Some(measured) = self.log.find(EventKind::BundleHeader).map(|e| e.digest) else {
             return Err(SessionError::Unseal("the event log measures no bundle header".into()));
-        };
-        let key = {
-            let mut book = self.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let key = book.accept(msg, &self.keys, Instant::now())?;
-            self.state().milestones.key_received = Some(sys::uptime());
-            key
         };
         let start = Instant::now();
         let files = bundle.unseal(&key, &measured).map_err(|e| SessionError::Unseal(format!("{e:#}")))?;
@@ -444,6 +459,7 @@ pub(crate) mod fixture {
 mod tests {
     use super::fixture::{Fixture, nonce, sealed};
     use super::*;
+    use chrysalis_attest::keyrelease::{Nonce, Transcript, wrap_key};
 
     /// The provider swaps the bundle file after the runtime measured its header at boot,
     /// for another bundle sealed under the same key: the released key must not unseal it.
@@ -475,6 +491,81 @@ mod tests {
         f.session.evidence(&nonce(1)).unwrap();
         assert_eq!(f.session.release(&f.owner_release(nonce(1))).unwrap(), "Test Model");
         assert_eq!(f.session.status().stage, Stage::Serving { model: "Test Model".into() });
+    }
+
+    fn junk_keys(f: &Fixture, owner_nonce: Nonce) -> Vec<KeyRelease> {
+        let mut garbage = f.owner_release(owner_nonce);
+        garbage.ciphertext = [0x41; chrysalis_attest::keyrelease::WRAPPED_LEN];
+        let mut other_log = f.session.log.clone();
+        other_log.extend(chrysalis_attest::eventlog::Event::digest_of(EventKind::Config, b"x"));
+        let w = wrap_key(&f.key, &f.public_key, &Transcript::for_log(&owner_nonce, &other_log)).unwrap();
+        vec![
+            f.owner_release(nonce(999)), // never issued
+            garbage,                     // the owner's nonce, a key that does not open
+            KeyRelease::new(owner_nonce, &w), // the right key for another log state
+        ]
+    }
+
+    /// Unauthenticated junk posted to /v1/key before the owner's key changes nothing: no
+    /// stage, no error, no milestone, and the owner's nonce stays usable.
+    #[test]
+    fn junk_keys_change_nothing_and_the_owner_key_still_opens() {
+        let f = Fixture::new("junk");
+        f.session.evidence(&nonce(1)).unwrap();
+        for junk in junk_keys(&f, nonce(1)).iter().cycle().take(30) {
+            assert!(matches!(f.session.release(junk), Err(SessionError::Key(_))));
+            let st = f.session.status();
+            assert_eq!(st.stage, Stage::WaitingForKey);
+            assert_eq!(st.last_error, None, "a junk key left an error");
+            assert!(st.milestones.key_received.is_none());
+        }
+        assert_eq!(f.session.release(&f.owner_release(nonce(1))).unwrap(), "Test Model");
+    }
+
+    /// Junk keys arriving while the owner's key is processed never make it fail.
+    #[test]
+    fn a_burst_of_junk_does_not_make_the_owner_key_find_the_runtime_busy() {
+        for round in 0..20 {
+            let f = Fixture::new("burst");
+            f.session.evidence(&nonce(1)).unwrap();
+            let junk = junk_keys(&f, nonce(1));
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let owner = f.owner_release(nonce(1));
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            for j in &junk {
+                                let _ = f.session.release(j);
+                            }
+                        }
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let r = f.session.release(&owner);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(r.map_err(|e| e.to_string()), Ok("Test Model".to_owned()), "round {round}");
+            });
+            assert_eq!(f.session.status().stage, Stage::Serving { model: "Test Model".into() });
+        }
+    }
+
+    /// Once serving, a further key (even one that would open) is refused as such and changes
+    /// nothing: the stage, and the model named in receipts, stay.
+    #[test]
+    fn a_key_after_serving_is_refused_and_changes_nothing() {
+        let f = Fixture::new("after");
+        f.session.evidence(&nonce(1)).unwrap();
+        f.session.release(&f.owner_release(nonce(1))).unwrap();
+        f.session.evidence(&nonce(2)).unwrap();
+        for msg in [f.owner_release(nonce(1)), f.owner_release(nonce(2)), f.owner_release(nonce(3))] {
+            let err = f.session.release(&msg).unwrap_err();
+            assert!(matches!(&err, SessionError::AlreadyServing(m) if m == "Test Model"), "{err}");
+            let st = f.session.status();
+            assert_eq!(st.stage, Stage::Serving { model: "Test Model".into() });
+            assert_eq!(st.last_error, None);
+            assert_eq!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model, "Test Model");
+        }
     }
 
     /// 300 evidence requests after the owner's cannot evict the owner's nonce: the book
