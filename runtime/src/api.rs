@@ -204,4 +204,20 @@ mod tests {
         let (status, _, body) = call(&app, "POST", "/v1/key", f.owner_release(nonce(0)).to_bytes()).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
+
+    /// /v1/health after a failed unseal shows the class only.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn health_shows_the_error_class_not_the_details() {
+        let f = Fixture::new("api-health");
+        let app = app(&f);
+        std::fs::write(&f.bundle_path, crate::session::fixture::sealed("Other", b"x", &f.key)).unwrap();
+        assert_eq!(attest(&app, &nonce(1)).await.0, StatusCode::OK);
+        let (status, _, body) = call(&app, "POST", "/v1/key", f.owner_release(nonce(1)).to_bytes()).await;
+        // The owner, who posted the key, learns why.
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains("changed since boot"), "{body}");
+        let (_, _, h) = call(&app, "GET", "/v1/health", Vec::new()).await;
+        assert_eq!(h["last_error"], "unseal_failed", "{h}");
+        assert!(!h.to_string().contains("changed since boot"), "{h}");
+    }
 }

@@ -63,7 +63,9 @@ pub struct Milestones {
 #[derive(Debug)]
 struct State {
     stage: Stage,
-    last_error: Option<String>,
+    /// The class of the last unseal/load failure ([`SessionError::class`]); the details go
+    /// to the console log only.
+    last_error: Option<&'static str>,
     milestones: Milestones,
 }
 
@@ -105,13 +107,32 @@ pub enum SessionError {
     Load(String),
 }
 
-/// Snapshot for /v1/health.
+impl SessionError {
+    /// A short, fixed name for the kind of failure: what `/v1/health` shows to anyone, while
+    /// the details (file names, chunk numbers, loader messages) stay on the console log.
+    pub fn class(&self) -> &'static str {
+        match self {
+            SessionError::BadNonce(_) => "bad_nonce",
+            SessionError::NoEvidence(_) => "no_evidence",
+            SessionError::Key(_) => "key_refused",
+            SessionError::Busy => "busy",
+            SessionError::AlreadyServing(_) => "already_serving",
+            SessionError::TooManyNonces { .. } => "too_many_nonces",
+            SessionError::NoBundle(_) => "no_bundle",
+            SessionError::Unseal(_) => "unseal_failed",
+            SessionError::Load(_) => "load_failed",
+        }
+    }
+}
+
+/// Snapshot for /v1/health (unauthenticated: it carries no error details).
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     /// Current stage.
     pub stage: Stage,
-    /// The last key/unseal/load failure, if any (the runtime keeps serving attestation).
-    pub last_error: Option<String>,
+    /// The class of the last unseal/load failure, if any ([`SessionError::class`], e.g.
+    /// `unseal_failed`); the runtime keeps serving attestation.
+    pub last_error: Option<&'static str>,
     /// Milestone timings.
     pub milestones: Milestones,
     /// The evidence backend.
@@ -241,7 +262,7 @@ impl Session {
         let s = self.state();
         Status {
             stage: s.stage.clone(),
-            last_error: s.last_error.clone(),
+            last_error: s.last_error,
             milestones: s.milestones.clone(),
             tee: self.source.describe(),
         }
@@ -322,8 +343,10 @@ impl Session {
                 s.last_error = None;
             }
             Err(e) => {
+                // /v1/health shows only the class; the callers (`POST /v1/key`, pull mode) log
+                // the details to the console.
                 s.stage = Stage::WaitingForKey;
-                s.last_error = Some(e.to_string());
+                s.last_error = Some(e.class());
             }
         }
         result
@@ -481,6 +504,10 @@ mod tests {
         let st = f.session.status();
         assert_eq!(st.stage, Stage::WaitingForKey);
         assert!(st.milestones.unsealed.is_none() && st.milestones.model_loaded.is_none());
+        // /v1/health shows only the class of the failure, not the details.
+        assert_eq!(st.last_error, Some("unseal_failed"));
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(!json.contains("changed since boot") && !json.contains(&hex::encode(measured)), "{json}");
         assert!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model.is_empty());
     }
 
