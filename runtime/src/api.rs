@@ -77,6 +77,14 @@ fn session_error(e: &SessionError) -> Response {
     error(status, "attestation_error", e.to_string())
 }
 
+/// A blocking task that did not finish. A `JoinError` shows the panic message, which may
+/// quote the request: neither the answer nor the log carries it.
+fn task_failed(what: &str, e: &tokio::task::JoinError) -> Response {
+    let how = if e.is_panic() { "panicked" } else { "was cancelled" };
+    log::error!("api: the {what} task {how}");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("the {what} task failed; see the console log"))
+}
+
 #[derive(Deserialize)]
 struct NonceQuery {
     nonce: Option<String>,
@@ -94,10 +102,15 @@ async fn attestation(State(state): State<Arc<RuntimeState>>, q: Result<Query<Non
     match tokio::task::spawn_blocking(move || session.evidence(&nonce)).await {
         Ok(Ok(ev)) => ([(header::CONTENT_TYPE, EVIDENCE_MEDIA_TYPE)], ev.to_bytes()).into_response(),
         Ok(Err(e)) => {
-            log::warn!("attestation: {e}");
+            // A flood of nonces is refused cheaply; one console line each would not be.
+            if matches!(e, SessionError::TooManyNonces { .. }) {
+                log::debug!("attestation: {e}");
+            } else {
+                log::warn!("attestation: {e}");
+            }
             session_error(&e)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("evidence task failed: {e}")),
+        Err(e) => task_failed("evidence", &e),
     }
 }
 
@@ -113,7 +126,7 @@ async fn key(State(state): State<Arc<RuntimeState>>, body: Bytes) -> Response {
             log::warn!("key release: {e}");
             session_error(&e)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("key task failed: {e}")),
+        Err(e) => task_failed("key", &e),
     }
 }
 
