@@ -114,6 +114,13 @@ pub enum KeyReleaseError {
     /// The model is already unsealed; the runtime takes no second key.
     #[error("model already unsealed: refusing another key")]
     AlreadyUnsealed,
+    /// Every slot of the nonce book holds a live nonce; a new one is refused (rather than
+    /// evicting a live one) until the oldest expires.
+    #[error("too many outstanding nonces: retry in {retry_after_s} s")]
+    TooManyNonces {
+        /// Seconds until the oldest outstanding nonce expires and frees a slot.
+        retry_after_s: u64,
+    },
 }
 
 fn short(nonce: &[u8]) -> String {
@@ -306,8 +313,9 @@ impl KeyRelease {
     }
 }
 
-/// Single-use nonces with a time-to-live: what both ends of a key release keep. Bounded:
-/// the oldest outstanding nonce is forgotten when more than `capacity` are open.
+/// Single-use nonces with a time-to-live: what both ends of a key release keep. Bounded: when
+/// `capacity` are open, [`insert`](Self::insert) forgets the oldest and
+/// [`insert_unless_full`](Self::insert_unless_full) refuses the new one.
 #[derive(Debug)]
 pub struct OnceNonces<T> {
     ttl: Duration,
@@ -335,6 +343,28 @@ impl<T> OnceNonces<T> {
         self.outstanding.retain(|(n, _, _)| *n != nonce);
         if self.outstanding.len() >= self.capacity {
             self.outstanding.pop_front();
+        }
+        self.outstanding.push_back((nonce, now, data));
+        Ok(())
+    }
+
+    /// Like [`insert`](Self::insert), but a full book refuses the new nonce instead of
+    /// forgetting its oldest one: where nonces are issued to anyone who asks (the runtime's
+    /// `/v1/attestation`), eviction would let a flood of requests push out the nonce the owner
+    /// is about to release a key for. Expired nonces are dropped first to make room.
+    pub fn insert_unless_full(&mut self, nonce: Nonce, now: Instant, data: T) -> Result<(), KeyReleaseError> {
+        if self.used.contains(&nonce) {
+            return Err(KeyReleaseError::ReplayedNonce(short(&nonce)));
+        }
+        self.outstanding.retain(|(n, _, _)| *n != nonce);
+        if self.outstanding.len() >= self.capacity {
+            let ttl = self.ttl;
+            self.outstanding.retain(|(_, at, _)| now.saturating_duration_since(*at) <= ttl);
+        }
+        if self.outstanding.len() >= self.capacity {
+            let oldest = self.outstanding.iter().map(|(_, at, _)| *at).min().unwrap_or(now);
+            let left = ttl_left(self.ttl, now.saturating_duration_since(oldest));
+            return Err(KeyReleaseError::TooManyNonces { retry_after_s: left });
         }
         self.outstanding.push_back((nonce, now, data));
         Ok(())
@@ -375,6 +405,12 @@ impl<T> OnceNonces<T> {
     }
 }
 
+/// Whole seconds (at least 1) until a nonce of age `age` passes `ttl`.
+fn ttl_left(ttl: Duration, age: Duration) -> u64 {
+    let left = ttl.saturating_sub(age);
+    (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1)
+}
+
 #[derive(Debug, Clone)]
 struct LogBinding {
     log_digest: Digest384,
@@ -397,10 +433,12 @@ impl NonceBook {
     }
 
     /// Record that evidence for `nonce` was produced from `log` (call when serving evidence).
+    /// A full book refuses with [`KeyReleaseError::TooManyNonces`] rather than forget a live
+    /// nonce (anyone may ask for evidence; only the owner's nonce matters).
     pub fn issue(&mut self, nonce: &[u8], log: &EventLog, now: Instant) -> Result<(), KeyReleaseError> {
         let n: Nonce = nonce.try_into().map_err(|_| KeyReleaseError::NonceLength(nonce.len()))?;
         let binding = LogBinding { log_digest: log.digest(), report_data: log.report_data(nonce) };
-        self.nonces.insert(n, now, binding)
+        self.nonces.insert_unless_full(n, now, binding)
     }
 
     /// Accept a key release: the nonce must be outstanding and fresh, the model not yet
@@ -582,6 +620,7 @@ mod tests {
             KeyReleaseError::ReplayedNonce("ab".into()),
             KeyReleaseError::StaleNonce { nonce: "ab".into(), age_s: 2, ttl_s: 1 },
             KeyReleaseError::AlreadyUnsealed,
+            KeyReleaseError::TooManyNonces { retry_after_s: 1 },
         ];
         for e in errs {
             let s = e.to_string();

@@ -58,7 +58,12 @@ fn session_error(e: &SessionError) -> Response {
     let status = match e {
         SessionError::BadNonce(_) => StatusCode::BAD_REQUEST,
         SessionError::NoEvidence(_) | SessionError::NoBundle(_) => StatusCode::SERVICE_UNAVAILABLE,
-        SessionError::Busy => StatusCode::CONFLICT,
+        SessionError::Busy | SessionError::AlreadyServing(_) => StatusCode::CONFLICT,
+        SessionError::TooManyNonces { retry_after_s } => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after_s));
+            return r;
+        }
         SessionError::Key(k) => match k {
             KeyReleaseError::AlreadyUnsealed | KeyReleaseError::ReplayedNonce(_) => StatusCode::CONFLICT,
             KeyReleaseError::StaleNonce { .. } => StatusCode::GONE,
@@ -70,6 +75,14 @@ fn session_error(e: &SessionError) -> Response {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, "attestation_error", e.to_string())
+}
+
+/// A blocking task that did not finish. A `JoinError` shows the panic message, which may
+/// quote the request: neither the answer nor the log carries it.
+fn task_failed(what: &str, e: &tokio::task::JoinError) -> Response {
+    let how = if e.is_panic() { "panicked" } else { "was cancelled" };
+    log::error!("api: the {what} task {how}");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("the {what} task failed; see the console log"))
 }
 
 #[derive(Deserialize)]
@@ -89,10 +102,15 @@ async fn attestation(State(state): State<Arc<RuntimeState>>, q: Result<Query<Non
     match tokio::task::spawn_blocking(move || session.evidence(&nonce)).await {
         Ok(Ok(ev)) => ([(header::CONTENT_TYPE, EVIDENCE_MEDIA_TYPE)], ev.to_bytes()).into_response(),
         Ok(Err(e)) => {
-            log::warn!("attestation: {e}");
+            // A flood of nonces is refused cheaply; one console line each would not be.
+            if matches!(e, SessionError::TooManyNonces { .. }) {
+                log::debug!("attestation: {e}");
+            } else {
+                log::warn!("attestation: {e}");
+            }
             session_error(&e)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("evidence task failed: {e}")),
+        Err(e) => task_failed("evidence", &e),
     }
 }
 
@@ -108,15 +126,111 @@ async fn key(State(state): State<Arc<RuntimeState>>, body: Bytes) -> Response {
             log::warn!("key release: {e}");
             session_error(&e)
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("key task failed: {e}")),
+        Err(e) => task_failed("key", &e),
     }
 }
 
-/// Routes served by the runtime itself.
+/// Routes served by the runtime itself; a panicking handler answers 500
+/// ([`crate::serve::panic_guard`]).
 pub fn router(state: Arc<RuntimeState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/attestation", get(attestation))
         .route("/v1/key", post(key).layer(DefaultBodyLimit::max(MAX_KEY_RELEASE_LEN)))
-        .with_state(state)
+        .with_state(state);
+    crate::serve::panic_guard::layer(routes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::session::fixture::{Fixture, nonce};
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    fn app(f: &Fixture) -> Router {
+        router(Arc::new(RuntimeState { timings: BootTimings::default(), session: f.session.clone() }))
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let req = Request::builder().method(method).uri(uri).body(Body::from(body)).unwrap();
+        let r = app.clone().oneshot(req).await.unwrap_or_else(|e| match e {});
+        let (parts, body) = r.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    async fn attest(app: &Router, n: &[u8]) -> (StatusCode, axum::http::HeaderMap) {
+        let (status, headers, _) = call(app, "GET", &format!("/v1/attestation?nonce={}", hex::encode(n)), Vec::new()).await;
+        (status, headers)
+    }
+
+    /// A key posted once the runtime serves gets 409 with a JSON error; health, and so the
+    /// model in later receipts, stay as they were.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_key_posted_while_serving_gets_409_and_changes_nothing() {
+        let f = Fixture::new("api-409");
+        let app = app(&f);
+        assert_eq!(attest(&app, &nonce(1)).await.0, StatusCode::OK);
+        // Junk first: refused, and health shows nothing of it.
+        let mut junk = f.owner_release(nonce(1));
+        junk.ciphertext[0] ^= 1;
+        let (status, _, body) = call(&app, "POST", "/v1/key", junk.to_bytes()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (_, _, h) = call(&app, "GET", "/v1/health", Vec::new()).await;
+        assert_eq!((h["stage"]["state"].as_str(), h["last_error"].is_null()), (Some("waiting_for_key"), true), "{h}");
+        // The owner's key.
+        let (status, _, body) = call(&app, "POST", "/v1/key", f.owner_release(nonce(1)).to_bytes()).await;
+        assert_eq!((status, body["model"].as_str()), (StatusCode::OK, Some("Test Model")), "{body}");
+        for msg in [f.owner_release(nonce(1)), f.owner_release(nonce(7))] {
+            let (status, _, body) = call(&app, "POST", "/v1/key", msg.to_bytes()).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert!(body["error"]["message"].as_str().unwrap_or("").contains("already unsealed"), "{body}");
+            let (_, _, h) = call(&app, "GET", "/v1/health", Vec::new()).await;
+            assert_eq!(h["stage"], serde_json::json!({"state": "serving", "model": "Test Model"}), "{h}");
+            assert!(h["last_error"].is_null(), "{h}");
+        }
+        assert_eq!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model, "Test Model");
+    }
+
+    /// A flood of 32-byte nonces gets 429 with Retry-After once the book is full, and the
+    /// owner's key for the nonce issued before the flood still opens.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_attestation_flood_gets_429_and_the_owner_key_still_opens() {
+        let f = Fixture::new("api-429");
+        let app = app(&f);
+        assert_eq!(attest(&app, &nonce(0)).await.0, StatusCode::OK);
+        let mut statuses = Vec::new();
+        for i in 1..=300 {
+            let (status, headers) = attest(&app, &nonce(i)).await;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let after: u64 = headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+                assert!((1..=300).contains(&after), "{after}");
+            }
+            statuses.push(status);
+        }
+        let capacity = chrysalis_attest::keyrelease::OnceNonces::<()>::CAPACITY;
+        assert!(statuses[..capacity - 1].iter().all(|s| *s == StatusCode::OK));
+        assert!(statuses[capacity - 1..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS));
+        let (status, _, body) = call(&app, "POST", "/v1/key", f.owner_release(nonce(0)).to_bytes()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// /v1/health after a failed unseal shows the class only.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn health_shows_the_error_class_not_the_details() {
+        let f = Fixture::new("api-health");
+        let app = app(&f);
+        std::fs::write(&f.bundle_path, crate::session::fixture::sealed("Other", b"x", &f.key)).unwrap();
+        assert_eq!(attest(&app, &nonce(1)).await.0, StatusCode::OK);
+        let (status, _, body) = call(&app, "POST", "/v1/key", f.owner_release(nonce(1)).to_bytes()).await;
+        // The owner, who posted the key, learns why.
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains("changed since boot"), "{body}");
+        let (_, _, h) = call(&app, "GET", "/v1/health", Vec::new()).await;
+        assert_eq!(h["last_error"], "unseal_failed", "{h}");
+        assert!(!h.to_string().contains("changed since boot"), "{h}");
+    }
 }

@@ -24,6 +24,13 @@ fn main() {
     let start = sys::uptime();
     logger::init(log::LevelFilter::Info);
     std::panic::set_hook(Box::new(|info| {
+        if serve::panic_guard::caught_here() {
+            // A request handler under the API's panic guard: it answers 500 and the server
+            // goes on. The payload may quote the request, so only where it happened is logged.
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            log::error!("api: a request handler panicked at {at}");
+            return;
+        }
         log::error!("fatal: panic: {info}");
         power::power_off("panic", 101);
     }));

@@ -9,6 +9,7 @@
 mod error;
 mod handlers;
 pub mod http;
+pub mod panic_guard;
 mod types;
 
 pub use error::ApiError;
@@ -92,9 +93,9 @@ impl InferenceState {
 }
 
 /// The `/v1/models`, `/v1/completions` and `/v1/chat/completions` routes, with OpenAI-shaped
-/// errors for unknown routes and methods.
+/// errors for unknown routes and methods; a panicking handler answers 500 ([`panic_guard`]).
 pub fn router(state: Arc<InferenceState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{id}", get(handlers::get_model))
         .route("/v1/completions", post(handlers::completions))
@@ -104,7 +105,8 @@ pub fn router(state: Arc<InferenceState>) -> Router {
         // The handlers read the body themselves with the configured limit.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(handlers::access_log))
-        .with_state(state)
+        .with_state(state);
+    panic_guard::layer(routes)
 }
 
 #[cfg(test)]
