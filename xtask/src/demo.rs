@@ -173,15 +173,15 @@ fn wait_until_serving(url: &str) -> Result<()> {
     let mut last = String::new();
     loop {
         let health: serde_json::Value = ureq::get(format!("{url}/v1/health")).call()?.body_mut().read_json()?;
-        let state = health["session"]["stage"]["state"].as_str().unwrap_or("unknown").to_owned();
+        let state = health["stage"]["state"].as_str().unwrap_or("unknown").to_owned();
         if state != last {
             say(format!("    runtime stage: {state}"));
             last = state.clone();
         }
         match state.as_str() {
             "serving" => break,
-            "no_bundle" => bail!("the runtime has no model: {}", health["session"]["stage"]["why"]),
-            _ if !health["session"]["last_error"].is_null() => bail!("the runtime failed: {}", health["session"]["last_error"]),
+            "no_bundle" => bail!("the runtime has no model: {}", health["stage"]["why"]),
+            _ if !health["last_error"].is_null() => bail!("the runtime failed: {}", health["last_error"]),
             _ if Instant::now() > deadline => bail!("the model was not loaded within 30 min (stage {state})"),
             _ => std::thread::sleep(Duration::from_millis(500)),
         }
