@@ -143,16 +143,18 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// What each stage takes on the machines this project is built on (2 cores, QEMU under TCG
 /// because their KVM cannot run this guest), so a first-time user knows what to expect.
 fn print_expected_times() {
+    // Measured on a fresh Debian 12 root (.ci/fresh-root) on such a machine: stages 1-8 took
+    // 18, 353, 2.4, 12.4, 0.1, 21.8, 44.5 (first token 26.7) and 0.0 s.
     say("expected times on a 2-core machine without usable KVM (first run / rerun):");
     for (stage, first, again) in [
-        ("1 prerequisites", "2-3 min (apt: QEMU, musl-tools; pip: openai)", "< 1 s"),
-        ("2 image", "8-12 min (release build of the runtime)", "5 s"),
-        ("3 model + seal", "15 s (98 MB wheel from PyPI)", "1 s"),
-        ("4 boot", "15-25 s under TCG (2 s under KVM)", "same"),
+        ("1 prerequisites", "20 s-3 min (apt: QEMU, musl-tools, Python; pip: openai)", "< 1 s"),
+        ("2 image", "6-10 min (xtask and the release runtime compile)", "5 s"),
+        ("3 model + seal", "3-15 s (98 MB wheel from PyPI)", "1 s"),
+        ("4 boot", "10-25 s under TCG (2 s under KVM)", "same"),
         ("5 verify", "< 1 s", "same"),
-        ("6 key release, unseal, load", "1-3 min under TCG (seconds under KVM)", "same"),
-        ("7 chat", "first token 1-2 min under TCG, then a few tokens a minute", "same"),
-        ("8 shutdown", "2 s", "same"),
+        ("6 key release, unseal, load", "20-60 s under TCG (seconds under KVM)", "same"),
+        ("7 chat", "first token 25-60 s under TCG, then about one token a second", "same"),
+        ("8 shutdown", "< 2 s", "same"),
     ] {
         say(format!("    {stage:<30} {first:<62} {again}"));
     }
