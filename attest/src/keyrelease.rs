@@ -353,21 +353,18 @@ impl<T> OnceNonces<T> {
     /// `/v1/attestation`), eviction would let a flood of requests push out the nonce the owner
     /// is about to release a key for. Expired nonces are dropped first to make room.
     pub fn insert_unless_full(&mut self, nonce: Nonce, now: Instant, data: T) -> Result<(), KeyReleaseError> {
-        if self.used.contains(&nonce) {
-            return Err(KeyReleaseError::ReplayedNonce(short(&nonce)));
-        }
-        self.outstanding.retain(|(n, _, _)| *n != nonce);
-        if self.outstanding.len() >= self.capacity {
+        // Only a new nonce needs a free slot: a refresh or a replay is [`insert`]'s to answer.
+        let new = !self.used.contains(&nonce) && !self.outstanding.iter().any(|(n, _, _)| *n == nonce);
+        if new && self.outstanding.len() >= self.capacity {
             let ttl = self.ttl;
             self.outstanding.retain(|(_, at, _)| now.saturating_duration_since(*at) <= ttl);
+            if self.outstanding.len() >= self.capacity {
+                let oldest = self.outstanding.iter().map(|(_, at, _)| *at).min().unwrap_or(now);
+                let left = ttl_left(self.ttl, now.saturating_duration_since(oldest));
+                return Err(KeyReleaseError::TooManyNonces { retry_after_s: left });
+            }
         }
-        if self.outstanding.len() >= self.capacity {
-            let oldest = self.outstanding.iter().map(|(_, at, _)| *at).min().unwrap_or(now);
-            let left = ttl_left(self.ttl, now.saturating_duration_since(oldest));
-            return Err(KeyReleaseError::TooManyNonces { retry_after_s: left });
-        }
-        self.outstanding.push_back((nonce, now, data));
-        Ok(())
+        self.insert(nonce, now, data)
     }
 
     /// The data of an outstanding, fresh nonce, without using it up.

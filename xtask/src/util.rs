@@ -95,22 +95,25 @@ impl Stage {
 
     /// Print the stage's duration.
     pub fn done(mut self) -> f64 {
-        if let Some(h) = self.heartbeat.take() {
-            let _ = h.stop.send(());
-            let _ = h.thread.join();
-        }
+        self.stop_heartbeat();
         let s = self.secs();
         say(format!("{} done in {s:.1} s", self.name));
         s
     }
 }
 
-impl Drop for Stage {
-    fn drop(&mut self) {
+impl Stage {
+    fn stop_heartbeat(&mut self) {
         if let Some(h) = self.heartbeat.take() {
             let _ = h.stop.send(());
             let _ = h.thread.join();
         }
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        self.stop_heartbeat();
     }
 }
 
