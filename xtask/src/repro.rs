@@ -54,7 +54,11 @@ pub fn run(root: &Path, kernel_deb: Option<PathBuf>, isolation: Isolation) -> Re
     };
     let opts_b = image::Options { out_dir: base.join("out"), target_dir: target_b, kernel_deb };
     let b = match isolation {
-        Isolation::SharedDependencies => image::build(&src, &opts_b)?,
+        Isolation::SharedDependencies => {
+            let b = image::build(&src, &opts_b)?;
+            forget_workspace_fingerprints(&opts_b.target_dir, &crate::pins::image(root)?.target)?;
+            b
+        }
         Isolation::SeparateTargets => independent_build(&src, &base, &opts_b)?,
     };
     stage.done();
@@ -70,6 +74,22 @@ pub fn run(root: &Path, kernel_deb: Option<PathBuf>, isolation: Isolation) -> Re
         "measurements identical: SNP ({} vCPU {}) {}, TDX MRTD {}, RTMR1 {}, RTMR2 {}",
         v4["vcpus"], v4["vcpu_type"], v4["measurement"], ma["tdx"]["mrtd"], ma["tdx"]["rtmr1"], ma["tdx"]["rtmr2"]
     ));
+    Ok(())
+}
+
+/// After build 2 from the copy into the shared target directory, cargo's fingerprints of the
+/// workspace crates list the *copy's* source files, so a later build from the tree would
+/// check those for changes and call a stale runtime fresh. Dropping the workspace crates'
+/// fingerprints makes the next build compile them again (the registry dependencies stay).
+fn forget_workspace_fingerprints(target_dir: &Path, triple: &str) -> Result<()> {
+    for dir in [target_dir.join("release/.fingerprint"), target_dir.join(triple).join("release/.fingerprint")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("chrysalis-") {
+                std::fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
     Ok(())
 }
 
