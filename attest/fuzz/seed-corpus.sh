@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed fuzz/corpus/<target>/ from the genuine vectors in tests/data (the corpus itself is not
+# Seed fuzz/corpus/<target>/ from the genuine vectors in attest/testdata (the corpus itself is not
 # committed): TDX quotes as raw bytes (the .hex files decoded), CCEL logs cut short (events plus
 # a little padding) so that libFuzzer's max_len stays small.
 # Usage (from attest/): fuzz/seed-corpus.sh && cargo +nightly fuzz run tdx_quote -- -max_total_time=600
@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python3 - <<'PY'
 import binascii, pathlib
-data = pathlib.Path("../tests/data")
+data = pathlib.Path("../testdata")
 out = pathlib.Path("corpus")
 q = out / "tdx_quote"; q.mkdir(parents=True, exist_ok=True)
 for p in sorted((data / "tdx").glob("*/*")):

@@ -109,14 +109,7 @@ impl Archive {
                 EntryKind::CharDevice(ma, mi) => (S_IFCHR, 1, &[], (*ma, *mi)),
             };
             let size = u32::try_from(data.len()).map_err(|_| ImageError::TooLarge(path.clone()))?;
-            let header = Header {
-                ino,
-                mode: ftype | entry.perm,
-                nlink,
-                mtime,
-                filesize: size,
-                rdev,
-            };
+            let header = Header { ino, mode: ftype | entry.perm, nlink, mtime, filesize: size, rdev };
             write_record(&mut out, &header, path, data)?;
         }
         let trailer = Header { ino: 0, mode: 0, nlink: 1, mtime: 0, filesize: 0, rdev: (0, 0) };
@@ -138,9 +131,7 @@ fn write_record(out: &mut Vec<u8>, h: &Header, name: &str, data: &[u8]) -> Resul
     let namesize = u32::try_from(name.len() + 1).map_err(|_| ImageError::BadPath(name.to_owned()))?;
     out.extend_from_slice(NEWC_MAGIC);
     // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
-    let fields = [
-        h.ino, h.mode, 0, 0, h.nlink, h.mtime, h.filesize, 0, 0, h.rdev.0, h.rdev.1, namesize, 0,
-    ];
+    let fields = [h.ino, h.mode, 0, 0, h.nlink, h.mtime, h.filesize, 0, 0, h.rdev.0, h.rdev.1, namesize, 0];
     for f in fields {
         out.extend_from_slice(format!("{f:08x}").as_bytes());
     }
@@ -153,7 +144,7 @@ fn write_record(out: &mut Vec<u8>, h: &Header, name: &str, data: &[u8]) -> Resul
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -67,10 +67,7 @@ mod tests {
 
     #[test]
     fn layout_and_module_list() {
-        let c = Contents {
-            init: b"\x7fELF".to_vec(),
-            modules: vec![("configfs".into(), vec![1]), ("tsm".into(), vec![2])],
-        };
+        let c = Contents { init: b"\x7fELF".to_vec(), modules: vec![("configfs".into(), vec![1]), ("tsm".into(), vec![2])] };
         let bytes = c.to_archive().and_then(|a| a.to_newc(0)).unwrap_or_default();
         let entries = read_newc(&bytes).unwrap_or_default();
         let list = entries.iter().find(|e| e.path == MODULE_LIST_PATH).map(|e| e.data.clone());

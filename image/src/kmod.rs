@@ -40,10 +40,8 @@ pub fn parse_module(file_name: &str, bytes: &[u8]) -> Result<Module, ImageError>
         .get("name")
         .map(|n| canonical(n))
         .ok_or_else(|| ImageError::Module { module: file_name.to_owned(), why: "no name= in .modinfo".into() })?;
-    let depends = info
-        .get("depends")
-        .map(|d| d.split(',').filter(|s| !s.is_empty()).map(canonical).collect())
-        .unwrap_or_default();
+    let depends =
+        info.get("depends").map(|d| d.split(',').filter(|s| !s.is_empty()).map(canonical).collect()).unwrap_or_default();
     Ok(Module { name, depends, object })
 }
 
@@ -77,10 +75,9 @@ pub fn load_order(wanted: &[String], available: &BTreeMap<String, Module>) -> Re
         if active.iter().any(|a| a == name) {
             return Err(ImageError::DependencyCycle(active.join(" -> ")));
         }
-        let module = available.get(name).ok_or_else(|| ImageError::MissingModule {
-            module: name.to_owned(),
-            needed_by: active.last().cloned(),
-        })?;
+        let module = available
+            .get(name)
+            .ok_or_else(|| ImageError::MissingModule { module: name.to_owned(), needed_by: active.last().cloned() })?;
         active.push(name.to_owned());
         let mut deps = module.depends.clone();
         deps.sort();
@@ -105,10 +102,7 @@ mod tests {
     use super::*;
 
     fn m(name: &str, deps: &[&str]) -> (String, Module) {
-        (
-            name.to_owned(),
-            Module { name: name.into(), depends: deps.iter().map(|d| d.to_string()).collect(), object: vec![] },
-        )
+        (name.to_owned(), Module { name: name.into(), depends: deps.iter().map(|d| d.to_string()).collect(), object: vec![] })
     }
 
     #[test]

@@ -22,11 +22,7 @@ pub struct Hashes {
 impl Hashes {
     /// Hash `data`.
     pub fn of(data: &[u8]) -> Self {
-        Hashes {
-            size: data.len() as u64,
-            sha256: hex::encode(Sha256::digest(data)),
-            sha384: hex::encode(Sha384::digest(data)),
-        }
+        Hashes { size: data.len() as u64, sha256: hex::encode(Sha256::digest(data)), sha384: hex::encode(Sha384::digest(data)) }
     }
 }
 

@@ -35,9 +35,7 @@ pub fn read_newc(input: &[u8]) -> Result<Vec<ReadEntry>, ImageError> {
     let mut pos = 0usize;
     let mut out = Vec::new();
     loop {
-        let header = input
-            .get(pos..pos + HEADER_LEN)
-            .ok_or(ImageError::Truncated { offset: pos, what: "header" })?;
+        let header = input.get(pos..pos + HEADER_LEN).ok_or(ImageError::Truncated { offset: pos, what: "header" })?;
         if header.get(..6) != Some(NEWC_MAGIC.as_slice()) {
             return Err(ImageError::BadMagic { offset: pos });
         }
@@ -54,22 +52,16 @@ pub fn read_newc(input: &[u8]) -> Result<Vec<ReadEntry>, ImageError> {
         if namesize == 0 {
             return Err(ImageError::BadField { offset: pos + 94 });
         }
-        let name_raw = input
-            .get(name_start..name_start + namesize)
-            .ok_or(ImageError::Truncated { offset: name_start, what: "name" })?;
+        let name_raw =
+            input.get(name_start..name_start + namesize).ok_or(ImageError::Truncated { offset: name_start, what: "name" })?;
         let (name_bytes, nul) = name_raw.split_at(namesize - 1);
         if nul != [0] {
             return Err(ImageError::BadField { offset: name_start });
         }
-        let path = std::str::from_utf8(name_bytes)
-            .map_err(|_| ImageError::BadField { offset: name_start })?
-            .to_owned();
+        let path = std::str::from_utf8(name_bytes).map_err(|_| ImageError::BadField { offset: name_start })?.to_owned();
         let data_start = align4(name_start + namesize);
         let data_end = data_start + filesize as usize;
-        let data = input
-            .get(data_start..data_end)
-            .ok_or(ImageError::Truncated { offset: data_start, what: "data" })?
-            .to_vec();
+        let data = input.get(data_start..data_end).ok_or(ImageError::Truncated { offset: data_start, what: "data" })?.to_vec();
         pos = align4(data_end);
         if path == TRAILER {
             if input.get(pos.min(input.len())..).is_some_and(|rest| rest.iter().any(|&b| b != 0)) {

@@ -2,7 +2,7 @@
 //!
 //! - `GET /v1/health`: boot timings, stage (waiting for key, serving, ...), TEE backend.
 //! - `GET /v1/attestation?nonce=<hex>`: the evidence bundle for the verifier's nonce
-//!   (postcard, `application/vnd.chrysalis.evidence`; format in `chrysalis_attest::evidence`).
+//!   (postcard, `application/vnd.chrysalis.evidence`; format in `chrysalis_proto::evidence`).
 //! - `POST /v1/key`: a postcard `KeyRelease` (HPKE-wrapped data key); answers when the model
 //!   is unsealed and loaded, or with the reason it was refused.
 //!
@@ -16,14 +16,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrysalis_attest::keyrelease::{KeyRelease, KeyReleaseError, MAX_KEY_RELEASE_LEN};
+use chrysalis_proto::keyrelease::{KeyRelease, KeyReleaseError, MAX_KEY_RELEASE_LEN};
+use chrysalis_proto::routes::{self, EVIDENCE_MEDIA_TYPE};
 use serde::{Deserialize, Serialize};
 
 use crate::boot::BootTimings;
 use crate::session::{Session, SessionError};
-
-/// Media type of the evidence bundle.
-pub const EVIDENCE_MEDIA_TYPE: &str = "application/vnd.chrysalis.evidence";
 
 /// State shared by the runtime's endpoints.
 #[derive(Debug)]
@@ -90,7 +88,10 @@ struct NonceQuery {
     nonce: Option<String>,
 }
 
-async fn attestation(State(state): State<Arc<RuntimeState>>, q: Result<Query<NonceQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn attestation(
+    State(state): State<Arc<RuntimeState>>,
+    q: Result<Query<NonceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Some(hex_nonce) = q.ok().and_then(|Query(q)| q.nonce) else {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "missing query parameter nonce=<hex>".into());
     };
@@ -134,9 +135,9 @@ async fn key(State(state): State<Arc<RuntimeState>>, body: Bytes) -> Response {
 /// ([`crate::serve::panic_guard`]).
 pub fn router(state: Arc<RuntimeState>) -> Router {
     let routes = Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/attestation", get(attestation))
-        .route("/v1/key", post(key).layer(DefaultBodyLimit::max(MAX_KEY_RELEASE_LEN)))
+        .route(routes::HEALTH, get(health))
+        .route(routes::ATTESTATION, get(attestation))
+        .route(routes::KEY, post(key).layer(DefaultBodyLimit::max(MAX_KEY_RELEASE_LEN)))
         .with_state(state);
     crate::serve::panic_guard::layer(routes)
 }
@@ -154,7 +155,12 @@ mod tests {
         router(Arc::new(RuntimeState { timings: BootTimings::default(), session: f.session.clone() }))
     }
 
-    async fn call(app: &Router, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
         let req = Request::builder().method(method).uri(uri).body(Body::from(body)).unwrap();
         let r = app.clone().oneshot(req).await.unwrap_or_else(|e| match e {});
         let (parts, body) = r.into_parts();
@@ -211,7 +217,7 @@ mod tests {
             }
             statuses.push(status);
         }
-        let capacity = chrysalis_attest::keyrelease::OnceNonces::<()>::CAPACITY;
+        let capacity = chrysalis_proto::keyrelease::OnceNonces::<()>::CAPACITY;
         assert!(statuses[..capacity - 1].iter().all(|s| *s == StatusCode::OK));
         assert!(statuses[capacity - 1..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS));
         let (status, _, body) = call(&app, "POST", "/v1/key", f.owner_release(nonce(0)).to_bytes()).await;

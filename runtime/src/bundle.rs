@@ -8,8 +8,8 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use chrysalis_attest::eventlog::Digest384;
-use chrysalis_attest::seal::{self, DataKey, SealedHeader, UnsealOptions, UnsealedFiles};
+use chrysalis_proto::eventlog::Digest384;
+use chrysalis_proto::seal::{self, DataKey, SealedHeader, UnsealOptions, UnsealedFiles};
 
 /// The bundle read at unseal is not the one whose header was measured at boot: the disk is
 /// the provider's, and the owner's key (released against the measured header) may open
@@ -35,7 +35,8 @@ impl Bundle {
     /// Open `path` and read its header.
     pub fn open(path: &Path) -> Result<Bundle> {
         let mut f = File::open(path).with_context(|| format!("opening the sealed bundle {}", path.display()))?;
-        let header = seal::read_header_from(&mut f).with_context(|| format!("reading the sealed header of {}", path.display()))?;
+        let header =
+            seal::read_header_from(&mut f).with_context(|| format!("reading the sealed header of {}", path.display()))?;
         Ok(Bundle { path: path.to_path_buf(), header })
     }
 
@@ -66,11 +67,7 @@ impl Bundle {
 }
 
 fn check_header(on_disk: &Digest384, measured: &Digest384) -> Result<(), BundleChanged> {
-    if on_disk == measured {
-        Ok(())
-    } else {
-        Err(BundleChanged { on_disk: *on_disk, measured: *measured })
-    }
+    if on_disk == measured { Ok(()) } else { Err(BundleChanged { on_disk: *on_disk, measured: *measured }) }
 }
 
 /// Plaintext the runtime may hold: three quarters of the memory available now (the model

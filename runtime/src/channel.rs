@@ -1,5 +1,5 @@
 //! The encrypted channel in front of the inference routes (format:
-//! `attest/CHANNEL_FORMAT.md`, crypto: `chrysalis_attest::channel`). A sealed request is
+//! `attest/CHANNEL_FORMAT.md`, crypto: `chrysalis_proto::channel`). A sealed request is
 //! opened with the session's private key for this boot's event-log digest and the request's
 //! method and path; the inner handlers see a plain JSON request. Their answer — success or
 //! error alike — is sealed under keys exported from the request's HPKE context: the whole
@@ -18,11 +18,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use chrysalis_attest::channel::crypto::{RecordSealer, ResponseMode, ResponseSealer, Target};
-use chrysalis_attest::channel::receipt::{Hasher, request_hash};
-use chrysalis_attest::channel::{self as ch, frame};
-use chrysalis_attest::eventlog::DIGEST_LEN;
-use chrysalis_attest::keyrelease::PUBLIC_KEY_LEN;
+use chrysalis_proto::channel::crypto::{RecordSealer, ResponseMode, ResponseSealer, Target};
+use chrysalis_proto::channel::receipt::{Hasher, request_hash};
+use chrysalis_proto::channel::{self as ch, frame};
+use chrysalis_proto::eventlog::DIGEST_LEN;
+use chrysalis_proto::keyrelease::PUBLIC_KEY_LEN;
 use futures_util::StreamExt as _;
 
 use crate::serve::ApiError;
@@ -54,9 +54,16 @@ fn channel_error(status: StatusCode, kind: &'static str, code: &'static str, mes
 }
 
 fn bad_header(name: &'static str, why: &str) -> Response {
-    channel_error(StatusCode::BAD_REQUEST, "invalid_request_error", ch::CODE_BAD_REQUEST, format!("bad channel header {name}: {why}"))
+    channel_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        ch::CODE_BAD_REQUEST,
+        format!("bad channel header {name}: {why}"),
+    )
 }
 
+// The error is the finished answer to a refused request (built at most once per request).
+#[allow(clippy::result_large_err)]
 fn hex_header<const N: usize>(headers: &HeaderMap, name: &'static str) -> Result<[u8; N], Response> {
     let v = headers.get(name).ok_or_else(|| bad_header(name, "missing"))?;
     let v = v.to_str().map_err(|_| bad_header(name, "not ASCII"))?;
@@ -82,7 +89,10 @@ pub async fn guard(State(st): State<Arc<ChannelState>>, req: Request, next: Next
         );
     };
     if version.as_bytes() != ch::CHANNEL_VERSION.as_bytes() {
-        return bad_header(ch::HEADER_CHANNEL, &format!("version {:?} is not supported (expected {})", version, ch::CHANNEL_VERSION));
+        return bad_header(
+            ch::HEADER_CHANNEL,
+            &format!("version {:?} is not supported (expected {})", version, ch::CHANNEL_VERSION),
+        );
     }
     let enc: [u8; PUBLIC_KEY_LEN] = match hex_header(req.headers(), ch::HEADER_ENC) {
         Ok(v) => v,
@@ -107,7 +117,7 @@ pub async fn guard(State(st): State<Arc<ChannelState>>, req: Request, next: Next
     }
     let target = Target::new(req.method().as_str(), req.uri().path_and_query().map_or_else(|| req.uri().path(), |p| p.as_str()));
     let (mut parts, body) = req.into_parts();
-    let limit = st.max_body_bytes.saturating_add(chrysalis_attest::channel::crypto::REQUEST_OVERHEAD);
+    let limit = st.max_body_bytes.saturating_add(chrysalis_proto::channel::crypto::REQUEST_OVERHEAD);
     let sealed = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => return ApiError::too_large(st.max_body_bytes).into_response(),
@@ -168,7 +178,8 @@ async fn seal_response(
     let (parts, body) = resp.into_parts();
     if streaming {
         let records = sealer.response(status.as_u16(), ResponseMode::Stream);
-        let stream = SealedStream { session, target, request_sha384, status: status.as_u16(), records, hasher: Hasher::response() };
+        let stream =
+            SealedStream { session, target, request_sha384, status: status.as_u16(), records, hasher: Hasher::response() };
         let mut out = (status, channel_headers("text/event-stream"), Body::from_stream(stream.into_stream(body))).into_response();
         out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         copy_advisory_headers(&parts.headers, out.headers_mut());
@@ -196,7 +207,7 @@ async fn seal_response(
     });
     match sealed {
         Ok(bytes) => {
-            let mut out = (status, channel_headers(ch::SEALED_RESPONSE_TYPE), bytes).into_response();
+            let mut out = (status, channel_headers(chrysalis_proto::routes::SEALED_RESPONSE_MEDIA_TYPE), bytes).into_response();
             copy_advisory_headers(&parts.headers, out.headers_mut());
             out
         }
@@ -266,15 +277,15 @@ mod tests {
     use crate::tee::EvidenceSource;
     use axum::Router;
     use axum::routing::{get, post};
-    use chrysalis_attest::channel::crypto::{ResponseOpener, seal_request};
-    use chrysalis_attest::channel::receipt::{ReceiptSigner, Receipt, response_hash};
-    use chrysalis_attest::eventlog::{Event, EventKind, EventLog};
-    use chrysalis_attest::keyrelease::RuntimeKeyPair;
+    use chrysalis_proto::channel::crypto::{ResponseOpener, seal_request};
+    use chrysalis_proto::channel::receipt::{Receipt, ReceiptSigner, response_hash};
+    use chrysalis_proto::eventlog::{Event, EventKind, EventLog};
+    use chrysalis_proto::keyrelease::RuntimeKeyPair;
     use tower::ServiceExt as _;
 
     struct NoSink;
     impl ModelSink for NoSink {
-        fn load(&self, _: chrysalis_attest::seal::UnsealedFiles) -> anyhow::Result<String> {
+        fn load(&self, _: chrysalis_proto::seal::UnsealedFiles) -> anyhow::Result<String> {
             anyhow::bail!("no model in this test")
         }
     }
@@ -306,8 +317,7 @@ mod tests {
         let r = Router::new()
             .route("/v1/echo", post(echo))
             .route("/v1/stream", post(events))
-            .route("/v1/models", get(|| async { axum::Json(serde_json::json!({"data": []})) }))
-            ;
+            .route("/v1/models", get(|| async { axum::Json(serde_json::json!({"data": []})) }));
         wrap(r, Arc::new(ChannelState::new(session, plaintext, 1024)))
     }
 
@@ -335,7 +345,7 @@ mod tests {
         let (req, opener) = sealed(&s, &pk, "POST", "/v1/echo", b"{\"prompt\":\"hi\"}");
         let (status, headers, body) = body_of(app(s.clone(), false).oneshot(req).await.unwrap()).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(headers[header::CONTENT_TYPE], ch::SEALED_RESPONSE_TYPE);
+        assert_eq!(headers[header::CONTENT_TYPE], chrysalis_proto::routes::SEALED_RESPONSE_MEDIA_TYPE);
         let recs = frame::split_length_prefixed(&body).unwrap();
         assert_eq!(recs.len(), 2);
         let mut o = opener.response(200, ResponseMode::Whole);
@@ -358,8 +368,8 @@ mod tests {
         let mut receipt = None;
         for r in recs {
             match o.open(&r).unwrap() {
-                chrysalis_attest::channel::crypto::Opened::Data(d) => text.extend_from_slice(&d),
-                chrysalis_attest::channel::crypto::Opened::Final(r) => receipt = Some(Receipt::from_bytes(&r).unwrap()),
+                chrysalis_proto::channel::crypto::Opened::Data(d) => text.extend_from_slice(&d),
+                chrysalis_proto::channel::crypto::Opened::Final(r) => receipt = Some(Receipt::from_bytes(&r).unwrap()),
             }
         }
         o.finish().unwrap();
@@ -377,7 +387,8 @@ mod tests {
     #[tokio::test]
     async fn refusals_are_openai_shaped() {
         let (s, pk, _) = session();
-        let code_of = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap()["error"]["code"].as_str().unwrap().to_owned();
+        let code_of =
+            |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap()["error"]["code"].as_str().unwrap().to_owned();
 
         // Unencrypted: 403 unless the configuration allows plaintext.
         let plain = || Request::builder().method("POST").uri("/v1/echo").body(Body::from("{}")).unwrap();
@@ -406,7 +417,8 @@ mod tests {
         let (parts, body) = req.into_parts();
         let mut bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap().to_vec();
         bytes[0] ^= 0x80;
-        let (status, _, body) = body_of(app(s.clone(), false).oneshot(Request::from_parts(parts, Body::from(bytes))).await.unwrap()).await;
+        let (status, _, body) =
+            body_of(app(s.clone(), false).oneshot(Request::from_parts(parts, Body::from(bytes))).await.unwrap()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(code_of(&body), ch::CODE_DECRYPT_FAILED);
 

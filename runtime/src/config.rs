@@ -114,9 +114,7 @@ impl Config {
             match key {
                 "ip" => cfg.ip = Some(parse_cidr(value).ok_or_else(|| bad("expected IPv4 address/prefix, e.g. 10.0.2.15/24"))?),
                 "gw" => cfg.gateway = Some(value.parse().map_err(|_| bad("expected an IPv4 address"))?),
-                "port" => {
-                    cfg.port = value.parse().ok().filter(|p| *p != 0).ok_or_else(|| bad("expected a TCP port 1-65535"))?
-                }
+                "port" => cfg.port = value.parse().ok().filter(|p| *p != 0).ok_or_else(|| bad("expected a TCP port 1-65535"))?,
                 "tee" => {
                     cfg.tee = match value {
                         "auto" => TeeChoice::Auto,

@@ -8,8 +8,8 @@
 //! commits to everything before it, and nothing may follow the GPU event.
 
 use anyhow::Result;
-use chrysalis_attest::eventlog::EventLog;
-use chrysalis_attest::evidence::GpuEvidence;
+use chrysalis_proto::eventlog::EventLog;
+use chrysalis_proto::evidence::GpuEvidence;
 
 /// Collect GPU evidence and append its event to `log`. Any failure stops the boot: a CUDA
 /// runtime never serves without GPU evidence.
@@ -20,10 +20,7 @@ pub fn collect(log: &mut EventLog) -> Result<Vec<GpuEvidence>> {
     use crate::gpu::{self, devnodes, nvml::Nvml};
     if std::process::id() == 1 {
         let nodes = devnodes::create().context("creating the NVIDIA device nodes")?;
-        log::info!(
-            "gpu: device nodes {}",
-            nodes.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
-        );
+        log::info!("gpu: device nodes {}", nodes.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "));
     }
     let nvml = Nvml::open().context("GPU attestation: opening NVML")?;
     gpu::attest(&nvml, log).context("GPU attestation (refusing to serve without GPU evidence)")

@@ -25,13 +25,7 @@ impl Log for ConsoleLogger {
         if !ours && record.level() > log::Level::Warn {
             return;
         }
-        let line = format!(
-            "[{:10.6}] {:<5} {}: {}\n",
-            crate::sys::uptime(),
-            record.level(),
-            record.target(),
-            record.args()
-        );
+        let line = format!("[{:10.6}] {:<5} {}: {}\n", crate::sys::uptime(), record.level(), record.target(), record.args());
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 

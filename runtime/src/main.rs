@@ -2,22 +2,23 @@
 //! → serve) and owns the one fatal path: log the failed step and power off. Outside PID 1
 //! (host mode, for tests) it takes the command line from `--cmdline` and skips the steps
 //! that change the machine.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use chrysalis_proto::channel::receipt::ReceiptSigner;
+use chrysalis_proto::keyrelease::RuntimeKeyPair;
 use chrysalis_runtime::boot::BootTimings;
-use chrysalis_runtime::config::Config;
-use chrysalis_runtime::init::{self, power};
-use chrysalis_attest::keyrelease::RuntimeKeyPair;
+use chrysalis_runtime::boot_log::{self, BootMeasurements};
 use chrysalis_runtime::bundle::Bundle;
-use chrysalis_runtime::measure::{self, BootMeasurements};
+use chrysalis_runtime::config::Config;
+use chrysalis_runtime::infer::{Engine, LoadOptions, ModelFiles};
+use chrysalis_runtime::init::{self, power};
+use chrysalis_runtime::serve::{self, HttpLimits, InferenceState, ServeConfig};
 use chrysalis_runtime::session::{ModelSink, Session};
 use chrysalis_runtime::tee::EvidenceSource;
-use chrysalis_runtime::infer::{Engine, LoadOptions, ModelFiles};
-use chrysalis_runtime::serve::{self, HttpLimits, InferenceState, ServeConfig};
 use chrysalis_runtime::{api, channel, logger, pull, sys};
-use chrysalis_attest::channel::receipt::ReceiptSigner;
 
 fn main() {
     let pid1 = std::process::id() == 1;
@@ -76,7 +77,9 @@ fn run(pid1: bool, start: f64) -> Result<()> {
 fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>) -> Result<Session> {
     let source = EvidenceSource::select(cfg.tee);
     if source.is_simulated() {
-        log::warn!("*** SIMULATED TEE: this VM's evidence is NOT hardware-backed; verifiers reject it unless their policy allows simulation ***");
+        log::warn!(
+            "*** SIMULATED TEE: this VM's evidence is NOT hardware-backed; verifiers reject it unless their policy allows simulation ***"
+        );
     }
     log::info!("tee: {}", source.describe());
     let bundle = match &cfg.bundle {
@@ -96,8 +99,8 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
     let keys = RuntimeKeyPair::generate().context("generating the runtime's X25519 key pair")?;
     let public_key = keys.public_key();
     let receipts = ReceiptSigner::generate().context("generating the runtime's receipt signing key")?;
-    let mut log = measure::boot_log(
-        measure::runtime_binary_event()?,
+    let mut log = boot_log::boot_log(
+        boot_log::runtime_binary_event()?,
         &BootMeasurements {
             cmdline,
             config: cfg,
@@ -120,7 +123,7 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
 struct EngineSink(Arc<InferenceState>);
 
 impl ModelSink for EngineSink {
-    fn load(&self, files: chrysalis_attest::seal::UnsealedFiles) -> Result<String> {
+    fn load(&self, files: chrysalis_proto::seal::UnsealedFiles) -> Result<String> {
         let id = model_id(&files.model_name);
         let map: ModelFiles = files.files.into_iter().map(|f| (f.name, f.data)).collect();
         let engine = Engine::load(map, &LoadOptions::new(id.clone())).context("loading the model")?;
@@ -192,9 +195,5 @@ fn check_cpu() -> Result<()> {
     .into_iter()
     .filter_map(|(n, ok)| (!ok).then_some(n))
     .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        anyhow::bail!("this CPU lacks {} (the image needs x86-64-v3)", missing.join(", "))
-    }
+    if missing.is_empty() { Ok(()) } else { anyhow::bail!("this CPU lacks {} (the image needs x86-64-v3)", missing.join(", ")) }
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use chrysalis_attest::keyrelease::{KeyRelease, MAX_KEY_RELEASE_LEN};
+use chrysalis_proto::keyrelease::{KeyRelease, MAX_KEY_RELEASE_LEN};
+use chrysalis_proto::routes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 use hyper::body::Bytes;
@@ -48,12 +49,12 @@ pub async fn run(key_url: String, session: Arc<Session>) {
 }
 
 async fn attempt(key_url: &str, session: &Arc<Session>) -> Result<String> {
-    let challenge = http(key_url, "GET", "/v1/challenge", Vec::new()).await?;
+    let challenge = http(key_url, "GET", routes::CHALLENGE, Vec::new()).await?;
     let text = std::str::from_utf8(&challenge).context("challenge is not text")?.trim();
     let nonce = hex::decode(text).context("challenge is not hex")?;
     let s = session.clone();
     let evidence = tokio::task::spawn_blocking(move || s.evidence(&nonce)).await??;
-    let answer = http(key_url, "POST", "/v1/release", evidence.to_bytes()).await?;
+    let answer = http(key_url, "POST", routes::RELEASE, evidence.to_bytes()).await?;
     if answer.len() > MAX_KEY_RELEASE_LEN {
         bail!("key service answered {} bytes, more than a key release", answer.len());
     }
@@ -77,7 +78,7 @@ async fn http(base: &str, method: &str, path: &str, body: Vec<u8>) -> Result<Vec
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, authority)
-        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+        .header(hyper::header::CONTENT_TYPE, routes::EVIDENCE_MEDIA_TYPE)
         .body(Full::new(Bytes::from(body)))?;
     let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req)).await.context("timed out")??;
     let status = resp.status();

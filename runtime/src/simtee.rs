@@ -1,6 +1,6 @@
 //! The guest side of the simulated TEE: find the `org.chrysalis.simtee` virtio-serial port
 //! and ask the host's simulated PSP for a report over it (framing in
-//! `chrysalis_attest::sim_transport`). Everything it returns is labelled simulated and is
+//! `chrysalis_proto::sim_transport`). Everything it returns is labelled simulated and is
 //! rejected by verifiers unless their policy allows simulation.
 
 use std::io::{Read, Write};
@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use chrysalis_attest::sim_transport::{self, RESPONSE_HEADER_LEN};
+use chrysalis_proto::sim_transport::{self, RESPONSE_HEADER_LEN};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// Name of the port the host attaches.

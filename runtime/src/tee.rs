@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use chrysalis_attest::evidence::PlatformEvidence;
+use chrysalis_proto::evidence::PlatformEvidence;
 
 use crate::config::TeeChoice;
 use crate::evidence::{self, Paths, Tee};
@@ -53,9 +53,7 @@ impl EvidenceSource {
                 }
                 match simtee::find_port() {
                     Some(port) => EvidenceSource::Simulated { port },
-                    None => EvidenceSource::Unavailable {
-                        why: format!("no TEE detected ({d}) and no simulated TEE attached"),
-                    },
+                    None => EvidenceSource::Unavailable { why: format!("no TEE detected ({d}) and no simulated TEE attached") },
                 }
             }
         }
@@ -66,7 +64,9 @@ impl EvidenceSource {
         match self {
             EvidenceSource::Hardware { tee: Tee::Snp, .. } => "AMD SEV-SNP".into(),
             EvidenceSource::Hardware { tee: Tee::Tdx, .. } => "Intel TDX".into(),
-            EvidenceSource::Simulated { .. } => "SIMULATED TEE (not hardware: evidence is only accepted by policies that allow simulation)".into(),
+            EvidenceSource::Simulated { .. } => {
+                "SIMULATED TEE (not hardware: evidence is only accepted by policies that allow simulation)".into()
+            }
             EvidenceSource::Unavailable { why } => format!("none ({why})"),
         }
     }
@@ -84,9 +84,7 @@ impl EvidenceSource {
                 log::debug!("evidence from {:?}", c.source);
                 Ok(c.platform)
             }
-            EvidenceSource::Simulated { port } => {
-                Ok(PlatformEvidence::Simulated { report: simtee::report(port, report_data)? })
-            }
+            EvidenceSource::Simulated { port } => Ok(PlatformEvidence::Simulated { report: simtee::report(port, report_data)? }),
             EvidenceSource::Unavailable { why } => bail!("{why}"),
         }
     }

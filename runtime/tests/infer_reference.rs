@@ -33,7 +33,7 @@ fn chats() -> Vec<Vec<ChatMessage>> {
 
 /// Greedy continuation with the logits of every step (prompt pass, then one token each).
 fn candle_greedy(engine: &Engine, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut s = engine.session();
+    let mut s = engine.sequence();
     let mut logits = s.feed(prompt).unwrap_or_else(|e| panic!("feed: {e}"));
     let (mut toks, mut rows) = (Vec::new(), Vec::new());
     for _ in 0..n {
@@ -47,7 +47,7 @@ fn candle_greedy(engine: &Engine, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Ve
 
 /// Logits when feeding `cont` after `prompt` (teacher forcing), one row per token of `cont`.
 fn candle_forced(engine: &Engine, prompt: &[u32], cont: &[u32]) -> Vec<Vec<f32>> {
-    let mut s = engine.session();
+    let mut s = engine.sequence();
     let mut rows = vec![s.feed(prompt).unwrap_or_else(|e| panic!("feed: {e}"))];
     for &t in cont.iter().take(cont.len().saturating_sub(1)) {
         rows.push(s.feed(&[t]).unwrap_or_else(|e| panic!("feed: {e}")));
@@ -105,8 +105,7 @@ fn check_safetensors(arch: &str, tol: f32) {
     let engine = load(&dir, GgufWeights::default());
     let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| engine.encode(p).unwrap_or_else(|e| panic!("{e}"))).collect();
     let runs: Vec<(Vec<u32>, Vec<Vec<f32>>)> = prompts.iter().map(|p| candle_greedy(&engine, p, GREEDY)).collect();
-    let chat_ids: Vec<Vec<u32>> =
-        chats().iter().map(|m| engine.encode_chat(m).unwrap_or_else(|e| panic!("{e}"))).collect();
+    let chat_ids: Vec<Vec<u32>> = chats().iter().map(|m| engine.encode_chat(m).unwrap_or_else(|e| panic!("{e}"))).collect();
     let request = json!({
         "model": dir,
         "tokenize": PROMPTS,
@@ -133,10 +132,13 @@ fn check_safetensors(arch: &str, tol: f32) {
         assert_eq!(same, GREEDY, "{arch}: prompt {i}: greedy tokens diverge at {same}");
         assert_eq!(c.top1_agree, c.rows);
     }
-    record(&format!("tiny-{arch}"), json!({
-        "weights": "f32 safetensors", "prompts": PROMPTS.len(), "greedy_tokens_equal": GREEDY,
-        "max_abs_logit_diff": worst, "tolerance": tol,
-    }));
+    record(
+        &format!("tiny-{arch}"),
+        json!({
+            "weights": "f32 safetensors", "prompts": PROMPTS.len(), "greedy_tokens_equal": GREEDY,
+            "max_abs_logit_diff": worst, "tolerance": tol,
+        }),
+    );
     assert!(worst <= tol, "{arch}: max |candle - transformers| = {worst} > {tol}");
 }
 
@@ -157,10 +159,8 @@ fn tiny_qwen2_f32_matches_transformers() {
 fn smollm2_gguf_matches_transformers() {
     let path = common::smollm2_path();
     let reference_engine = load(&path, GgufWeights::DequantizeF32);
-    let prompts: Vec<Vec<u32>> =
-        PROMPTS.iter().map(|p| reference_engine.encode(p).unwrap_or_else(|e| panic!("{e}"))).collect();
-    let f32_runs: Vec<(Vec<u32>, Vec<Vec<f32>>)> =
-        prompts.iter().map(|p| candle_greedy(&reference_engine, p, GREEDY)).collect();
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| reference_engine.encode(p).unwrap_or_else(|e| panic!("{e}"))).collect();
+    let f32_runs: Vec<(Vec<u32>, Vec<Vec<f32>>)> = prompts.iter().map(|p| candle_greedy(&reference_engine, p, GREEDY)).collect();
     let request = json!({
         "model": path.parent(),
         "gguf_file": path.file_name().and_then(|n| n.to_str()),
@@ -171,11 +171,9 @@ fn smollm2_gguf_matches_transformers() {
     let reference_rows = |i: usize| &logits[i * GREEDY * vocab..(i + 1) * GREEDY * vocab];
     let mut summary = serde_json::Map::new();
     drop(reference_engine);
-    for (weights, tol) in [
-        (GgufWeights::DequantizeF32, Some(5e-4f32)),
-        (GgufWeights::RequantizeQ8_0, None),
-        (GgufWeights::Native, None),
-    ] {
+    for (weights, tol) in
+        [(GgufWeights::DequantizeF32, Some(5e-4f32)), (GgufWeights::RequantizeQ8_0, None), (GgufWeights::Native, None)]
+    {
         let engine = load(&path, weights);
         let (mut worst, mut agree, mut rows, mut greedy_min) = (0f32, 0, 0, usize::MAX);
         for (i, p) in prompts.iter().enumerate() {
@@ -188,10 +186,13 @@ fn smollm2_gguf_matches_transformers() {
             let greedy = ids(&result["sequences"][i]["greedy"]);
             greedy_min = greedy_min.min(own.iter().zip(&greedy).take_while(|(a, b)| a == b).count());
         }
-        summary.insert(weights.name().into(), json!({
-            "max_abs_logit_diff": worst, "top1_agreement": format!("{agree}/{rows}"),
-            "greedy_tokens_equal_min": greedy_min, "tolerance": tol,
-        }));
+        summary.insert(
+            weights.name().into(),
+            json!({
+                "max_abs_logit_diff": worst, "top1_agreement": format!("{agree}/{rows}"),
+                "greedy_tokens_equal_min": greedy_min, "tolerance": tol,
+            }),
+        );
         println!("smollm2 {}: max |diff| {worst}, top-1 {agree}/{rows}, greedy equal for {greedy_min}", weights.name());
         match weights {
             // The dequantized path is the same arithmetic as transformers': exact greedy.

@@ -15,7 +15,10 @@ pub fn out_dir() -> Result<PathBuf> {
     let dir = std::env::var_os("CHRYSALIS_OUT").map(PathBuf::from).unwrap_or_else(|| root().join("out"));
     for f in ["vmlinuz", "initramfs.cpio.gz", "cmdline", "manifest.json"] {
         if !dir.join(f).exists() {
-            bail!("{} has no {f}: build the image first (`cargo xtask image`, or run the suite with `cargo xtask test`)", dir.display());
+            bail!(
+                "{} has no {f}: build the image first (`cargo xtask image`, or run the suite with `cargo xtask test`)",
+                dir.display()
+            );
         }
     }
     Ok(dir)

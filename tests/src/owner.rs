@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use chrysalis_attest::cli::release::{ReleaseArgs, ReleaseOutcome};
-use chrysalis_attest::cli::seal::{SealArgs, SealSummary};
-use chrysalis_attest::cli::{self, PolicyVerifier};
-use chrysalis_attest::policy::Policy;
-use chrysalis_attest::sim::SimRootPublicKey;
+use chrysalis_attest as cli;
+use chrysalis_attest::release::{ReleaseArgs, ReleaseOutcome};
+use chrysalis_attest::seal::{SealArgs, SealSummary};
+use chrysalis_verify::PolicyVerifier;
+use chrysalis_verify::policy::Policy;
+use chrysalis_verify::sim::SimRootPublicKey;
 
 /// The models folder (`$CHRYSALIS_MODELS`, default `<root>/.cache/models`), which
 /// `cargo xtask test` / `cargo xtask models` fill.

@@ -1,6 +1,11 @@
 //! Boot a Chrysalis image in `qemu-system-x86_64` and talk to it: serial console to a log
 //! file, the API port forwarded to localhost, the HMP monitor on a UNIX socket for the
 //! ACPI power button. KVM is used when it actually boots the image; TCG otherwise.
+//!
+//! [`VmConfig::qemu_args`] is the one place a QEMU launch line is built: for the tests, for
+//! `cargo xtask run` locally, and for providers' SEV-SNP/TDX hosts ([`Confidential`]; those
+//! lines need QEMU >= 9.1 (SNP) or >= 10.1 (TDX) and a host kernel with SNP/TDX enabled, so
+//! they are printed here and run only on such a host).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -60,6 +65,28 @@ pub struct VmConfig {
     pub sim_tee_socket: Option<PathBuf>,
     /// Directory for the serial log and monitor socket.
     pub work_dir: PathBuf,
+    /// Launch as an SEV-SNP or TDX guest (a provider's host; implies KVM).
+    pub confidential: Option<Confidential>,
+    /// PCI address of a GPU to pass through with VFIO (e.g. `0000:41:00.0`).
+    pub gpu: Option<String>,
+}
+
+/// Which hardware TEE a confidential launch uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HardwareTee {
+    /// AMD SEV-SNP (`sev-snp-guest`, OVMF AmdSev build with kernel-hashes).
+    Snp,
+    /// Intel TDX (`tdx-guest`, TDVF).
+    Tdx,
+}
+
+/// A confidential launch: the TEE and the firmware it boots (part of the measurement).
+#[derive(Clone, Debug)]
+pub struct Confidential {
+    /// SEV-SNP or TDX.
+    pub tee: HardwareTee,
+    /// OVMF (SNP) or TDVF (TDX) image.
+    pub firmware: PathBuf,
 }
 
 /// Name of the virtio-serial port the simulated TEE uses.
@@ -68,7 +95,8 @@ pub const SIM_TEE_PORT: &str = "org.chrysalis.simtee";
 impl VmConfig {
     /// Defaults for an image in `out_dir`.
     pub fn for_image(out_dir: &Path, work_dir: &Path) -> Result<Self> {
-        let cmdline = std::fs::read_to_string(out_dir.join("cmdline")).context("reading out/cmdline (run `cargo xtask image`)")?;
+        let cmdline =
+            std::fs::read_to_string(out_dir.join("cmdline")).context("reading out/cmdline (run `cargo xtask image`)")?;
         Ok(VmConfig {
             kernel: out_dir.join("vmlinuz"),
             initrd: out_dir.join("initramfs.cpio.gz"),
@@ -80,55 +108,62 @@ impl VmConfig {
             disk: None,
             sim_tee_socket: None,
             work_dir: work_dir.to_path_buf(),
+            confidential: None,
+            gpu: None,
         })
     }
 
-    /// The QEMU argument list for `accel`, forwarding `host_port` to the guest port.
+    /// The QEMU argument list for `accel` (ignored for a confidential launch, which is always
+    /// KVM), forwarding `host_port` to the guest port.
     pub fn qemu_args(&self, accel: Accel, host_port: u16, serial: &str) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "-machine", "q35", "-nodefaults", "-no-reboot", "-display", "none", "-vga", "none",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(accel.args().iter().map(|s| s.to_string()));
-        a.extend([
-            "-m".into(),
-            self.memory_mib.to_string(),
-            "-smp".into(),
-            self.cpus.to_string(),
-            "-kernel".into(),
-            self.kernel.display().to_string(),
-            "-initrd".into(),
-            self.initrd.display().to_string(),
-            "-append".into(),
-            self.cmdline.clone(),
-            "-serial".into(),
-            serial.into(),
-            "-monitor".into(),
-            format!("unix:{},server=on,wait=off", self.monitor_path().display()),
-            "-netdev".into(),
-            format!("user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{}", self.guest_port),
-            "-device".into(),
-            "virtio-net-pci,netdev=net0,romfile=".into(),
-        ]);
+        let mem = format!("{}M", self.memory_mib);
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        match &self.confidential {
+            None => {
+                push(&["-machine", "q35"]);
+                push(&accel.args());
+            }
+            Some(Confidential { tee: HardwareTee::Snp, firmware }) => {
+                push(&["-accel", "kvm", "-cpu", "EPYC-v4"]);
+                push(&["-machine", "q35,confidential-guest-support=sev0,memory-backend=ram0,vmport=off"]);
+                push(&["-object", &format!("memory-backend-memfd,id=ram0,size={mem},share=true,prealloc=false")]);
+                // cbitpos 51 / reduced-phys-bits 1 hold for Milan, Genoa and Turin; kernel-hashes=on
+                // makes OVMF measure kernel, initrd and cmdline into the launch digest.
+                push(&["-object", "sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on"]);
+                push(&["-bios", &firmware.display().to_string()]);
+            }
+            Some(Confidential { tee: HardwareTee::Tdx, firmware }) => {
+                push(&["-accel", "kvm", "-cpu", "host"]);
+                push(&["-machine", "q35,kernel-irqchip=split,confidential-guest-support=tdx0,memory-backend=ram0"]);
+                push(&["-object", &format!("memory-backend-ram,id=ram0,size={mem}")]);
+                push(&["-object", "tdx-guest,id=tdx0"]);
+                push(&["-bios", &firmware.display().to_string()]);
+            }
+        }
+        push(&["-nodefaults", "-no-reboot", "-display", "none", "-vga", "none"]);
+        push(&["-m", &mem, "-smp", &self.cpus.to_string()]);
+        push(&["-kernel", &self.kernel.display().to_string(), "-initrd", &self.initrd.display().to_string()]);
+        push(&["-append", &self.cmdline, "-serial", serial]);
+        push(&["-monitor", &format!("unix:{},server=on,wait=off", self.monitor_path().display())]);
+        push(&["-netdev", &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{}", self.guest_port)]);
+        push(&["-device", "virtio-net-pci,netdev=net0,romfile="]);
         if let Some(disk) = &self.disk {
-            a.extend([
-                "-drive".into(),
-                format!("file={},if=none,id=bundle,format=raw,readonly=on", disk.display()),
-                "-device".into(),
-                "virtio-blk-pci,drive=bundle".into(),
-            ]);
+            push(&["-drive", &format!("file={},if=none,id=bundle,format=raw,readonly=on", disk.display())]);
+            push(&["-device", "virtio-blk-pci,drive=bundle"]);
         }
         if let Some(sock) = &self.sim_tee_socket {
-            a.extend([
-                "-device".into(),
-                "virtio-serial-pci".into(),
-                "-chardev".into(),
-                format!("socket,id=simtee,path={},server=on,wait=off", sock.display()),
-                "-device".into(),
-                format!("virtserialport,chardev=simtee,name={SIM_TEE_PORT}"),
-            ]);
+            push(&["-device", "virtio-serial-pci"]);
+            push(&["-chardev", &format!("socket,id=simtee,path={},server=on,wait=off", sock.display())]);
+            push(&["-device", &format!("virtserialport,chardev=simtee,name={SIM_TEE_PORT}")]);
+        }
+        if let Some(bdf) = &self.gpu {
+            // H100 in CC mode: VFIO through iommufd, and a 64-bit MMIO window large enough for
+            // its BARs (OVMF's default is too small for 80 GB cards).
+            push(&["-object", "iommufd,id=iommufd0"]);
+            push(&["-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1"]);
+            push(&["-device", &format!("vfio-pci,host={bdf},bus=rp0,iommufd=iommufd0")]);
+            push(&["-fw_cfg", "name=opt/ovmf/X-PciMmio64Mb,string=262144"]);
         }
         a
     }
@@ -218,10 +253,8 @@ pub fn kvm_probe(kernel: &Path, redo: bool) -> KvmProbe {
     let key = host_key();
     let cache = kvm_probe_cache();
     let redo = redo || std::env::var_os("CHRYSALIS_KVM_REPROBE").is_some_and(|v| !v.is_empty() && v != "0");
-    if !redo {
-        if let Some(found) = std::fs::read_to_string(&cache).ok().and_then(|t| parse_probe_cache(&t, &key)) {
-            return KvmProbe { usable: found.0, detail: found.1, cached: true };
-        }
+    if !redo && let Some(found) = std::fs::read_to_string(&cache).ok().and_then(|t| parse_probe_cache(&t, &key)) {
+        return KvmProbe { usable: found.0, detail: found.1, cached: true };
     }
     let (usable, detail) = match boot_probe(kernel) {
         Ok(d) => (true, d),
@@ -503,7 +536,10 @@ mod tests {
     fn probe_cache_is_per_host_and_strict() {
         let key = "6.18.44 | AMD EPYC | QEMU emulator version 7.2.22";
         let line = format!("{key}\tunusable\tQEMU exited (signal 6) before the kernel printed anything\n");
-        assert_eq!(parse_probe_cache(&line, key), Some((false, "QEMU exited (signal 6) before the kernel printed anything".into())));
+        assert_eq!(
+            parse_probe_cache(&line, key),
+            Some((false, "QEMU exited (signal 6) before the kernel printed anything".into()))
+        );
         assert_eq!(parse_probe_cache(&format!("{key}\tusable\tok\n"), key), Some((true, "ok".into())));
         // Another host (kernel, CPU or QEMU changed): probe again.
         assert_eq!(parse_probe_cache(&line, "6.19.0 | AMD EPYC | QEMU emulator version 7.2.22"), None);

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use chrysalis_attest::sim::{SimPsp, SimRoot, sim_launch_measurement};
+use chrysalis_verify::sim::{SimPsp, SimRoot, sim_launch_measurement};
 
 use crate::qemu::{Vm, VmConfig};
 

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use chrysalis_attest::sim_transport::{self, REQUEST_LEN};
+use chrysalis_proto::sim_transport::{self, REQUEST_LEN};
 
 /// Produces a report for REPORT_DATA, or a refusal message.
 pub type Signer = Box<dyn Fn(&[u8; 64]) -> Result<Vec<u8>, String> + Send>;

@@ -3,16 +3,18 @@
 //! verifies the evidence and releases the key, and the runtime serves the model. And the
 //! negative twins: a policy with another measurement, a one-byte change to the initramfs,
 //! a tampered bundle, and evidence replayed from an earlier boot.
+// Helper functions of this test file fail the test on error, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use chrysalis_attest::evidence::Evidence;
-use chrysalis_attest::sim::SimRoot;
 use chrysalis_e2e::image::{out_dir, scratch};
 use chrysalis_e2e::qemu::{Vm, VmConfig};
 use chrysalis_e2e::{owner, sim};
+use chrysalis_proto::evidence::Evidence;
+use chrysalis_verify::sim::SimRoot;
 
 const BOOT: Duration = Duration::from_secs(300);
 
@@ -75,7 +77,8 @@ fn complete(vm: &Vm, model: &str) -> serde_json::Value {
 fn owner_releases_key_and_runtime_serves_the_model() {
     let s = setup("release");
     let measurement = sim::measurement(&s.cfg).unwrap();
-    let policy = owner::write_policy(&s.dir, &owner::sim_policy(&s.root.public_key(), &measurement, Some(&s.header_sha384))).unwrap();
+    let policy =
+        owner::write_policy(&s.dir, &owner::sim_policy(&s.root.public_key(), &measurement, Some(&s.header_sha384))).unwrap();
     let mut vm = sim::boot(s.cfg.clone(), s.root, |_| {}).unwrap();
     vm.wait_for("READY", BOOT).unwrap();
     let h = health(&vm);
@@ -83,11 +86,15 @@ fn owner_releases_key_and_runtime_serves_the_model() {
     assert!(h["tee"].as_str().unwrap().contains("SIMULATED"), "{h}");
     // Before the key: inference answers 503 model not unsealed.
     let (status, body) = get(&format!("{}/v1/models", vm.url()));
-    assert!(status == 503 || String::from_utf8_lossy(&body).contains("\"data\":[]"), "{status} {}", String::from_utf8_lossy(&body));
+    assert!(
+        status == 503 || String::from_utf8_lossy(&body).contains("\"data\":[]"),
+        "{status} {}",
+        String::from_utf8_lossy(&body)
+    );
 
     let out = owner::release(&vm.url(), &policy, &s.key).unwrap();
     assert_eq!(out.runtime_status, 200, "{}", out.runtime_answer);
-    let names: Vec<&str> = out.checks.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> = out.steps.iter().map(|c| c.name.as_str()).collect();
     assert!(names.iter().any(|n| n.contains("binding") || n.contains("report_data")), "{names:?}");
     let h = health(&vm);
     assert_eq!(h["stage"]["state"], "serving", "{h}");
@@ -114,7 +121,7 @@ fn policy_with_another_measurement_refuses_and_runtime_gets_no_key() {
     let err = owner::release(&vm.url(), &policy, &s.key).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("measurement"), "refusal does not name the measurement: {msg}");
-    assert_eq!(chrysalis_attest::cli::exit_code(&err), chrysalis_attest::cli::EXIT_REFUSED, "{msg}");
+    assert_eq!(chrysalis_attest::exit_code(&err), chrysalis_attest::EXIT_REFUSED, "{msg}");
     let h = health(&vm);
     assert_eq!(h["stage"]["state"], "waiting_for_key", "{h}");
     assert!(h["milestones"]["key_received"].is_null(), "{h}");
@@ -171,7 +178,12 @@ fn tampered_bundle_is_reported_and_attestation_keeps_working() {
     let (status, body) = get(&format!("{}/v1/attestation?nonce={}", vm.url(), hex::encode(nonce)));
     assert_eq!(status, 200);
     let ev = Evidence::from_bytes(&body).unwrap();
-    let report = chrysalis_attest::verify_evidence(&ev, &chrysalis_attest::Policy::load(&policy).unwrap(), &nonce, std::time::SystemTime::now());
+    let report = chrysalis_verify::verify_evidence(
+        &ev,
+        &chrysalis_verify::Policy::load(&policy).unwrap(),
+        &nonce,
+        std::time::SystemTime::now(),
+    );
     assert!(report.is_ok(), "{report}");
     let (status, _) = get(&format!("{}/v1/models/tiny-llama", vm.url()));
     assert_ne!(status, 200);
@@ -210,5 +222,5 @@ fn evidence_replayed_from_an_earlier_boot_is_refused() {
     let err = owner::release(&url, &policy, &s.key).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("nonce"), "replay not refused for its nonce: {msg}");
-    assert_eq!(chrysalis_attest::cli::exit_code(&err), chrysalis_attest::cli::EXIT_REFUSED, "{msg}");
+    assert_eq!(chrysalis_attest::exit_code(&err), chrysalis_attest::EXIT_REFUSED, "{msg}");
 }

@@ -10,6 +10,8 @@
 //!
 //! and the runtime itself refuses an unencrypted request with 403. One boot serves all
 //! scenarios (QEMU under TCG is slow); generated lengths are a few tokens.
+// Helper functions of this test file fail the test on error, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,18 +21,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrysalis_attest::cli::proxy::{self, ProxyArgs};
-use chrysalis_attest::cli::release::{self, ReleaseArgs};
-use chrysalis_attest::cli::seal::{self, SealArgs};
-use chrysalis_attest::cli::verify_receipt::{self, VerifyReceiptArgs};
-use chrysalis_attest::cli::{Outcome, PolicyVerifier};
-use chrysalis_attest::eventlog::EventKind;
-use chrysalis_attest::evidence::Evidence;
-use chrysalis_attest::keyrelease::RuntimeKeyPair;
-use chrysalis_attest::Policy;
+use chrysalis_attest::Outcome;
+use chrysalis_attest::proxy::{self, ProxyArgs};
+use chrysalis_attest::release::{self, ReleaseArgs};
+use chrysalis_attest::seal::{self, SealArgs};
+use chrysalis_attest::verify_receipt::{self, VerifyReceiptArgs};
 use chrysalis_e2e::image::{out_dir, root, scratch};
 use chrysalis_e2e::qemu::VmConfig;
 use chrysalis_e2e::sim;
+use chrysalis_proto::eventlog::EventKind;
+use chrysalis_proto::evidence::Evidence;
+use chrysalis_proto::keyrelease::RuntimeKeyPair;
+use chrysalis_verify::Policy;
+use chrysalis_verify::PolicyVerifier;
 
 const BOOT: Duration = Duration::from_secs(240);
 const SETUP: &str = "run `cargo xtask test`, or by hand: python3 -m venv .venv && .venv/bin/pip install -r \
@@ -38,18 +41,21 @@ const SETUP: &str = "run `cargo xtask test`, or by hand: python3 -m venv .venv &
     (the tiny Llama needs runtime/tests/reference/requirements.txt)";
 
 fn python() -> PathBuf {
-    let p = std::env::var_os("CHRYSALIS_PYTHON").map(PathBuf::from).unwrap_or_else(|| panic!("CHRYSALIS_PYTHON is not set: {SETUP}"));
+    let p =
+        std::env::var_os("CHRYSALIS_PYTHON").map(PathBuf::from).unwrap_or_else(|| panic!("CHRYSALIS_PYTHON is not set: {SETUP}"));
     assert!(p.exists(), "CHRYSALIS_PYTHON={} does not exist: {SETUP}", p.display());
     p
 }
 
 /// The tiny seeded Llama (made once by the reference script, cached).
 fn tiny_llama() -> PathBuf {
-    let models = std::env::var_os("CHRYSALIS_MODELS").map(PathBuf::from).unwrap_or_else(|| panic!("CHRYSALIS_MODELS is not set: {SETUP}"));
+    let models =
+        std::env::var_os("CHRYSALIS_MODELS").map(PathBuf::from).unwrap_or_else(|| panic!("CHRYSALIS_MODELS is not set: {SETUP}"));
     let dir = models.join("tiny-llama");
     if !dir.join("model.safetensors").exists() {
         let script = root().join("runtime/tests/reference/make_tiny_model.py");
-        let out = Command::new(python()).arg(&script).args(["--arch", "llama"]).env("CHRYSALIS_MODELS", &models).output().unwrap();
+        let out =
+            Command::new(python()).arg(&script).args(["--arch", "llama"]).env("CHRYSALIS_MODELS", &models).output().unwrap();
         assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
     }
     dir
@@ -183,10 +189,11 @@ fn relay(upstream: SocketAddr, tamper: Tamper) -> Relay {
             std::thread::spawn(move || {
                 let Some((head, mut body)) = read_request(&mut client) else { return };
                 let inference = head.contains(" /v1/chat/") || head.contains(" /v1/completions");
-                if tamper == Tamper::FlipRequest && inference {
-                    if let Some(b) = body.last_mut() {
-                        *b ^= 0x01;
-                    }
+                if tamper == Tamper::FlipRequest
+                    && inference
+                    && let Some(b) = body.last_mut()
+                {
+                    *b ^= 0x01;
                 }
                 let Ok(mut up) = TcpStream::connect(upstream) else { return };
                 let _ = up.write_all(with_content_length(&head, body.len()).as_bytes());
@@ -196,19 +203,20 @@ fn relay(upstream: SocketAddr, tamper: Tamper) -> Relay {
                 let split = find(&resp, b"\r\n\r\n").map_or(resp.len(), |i| i + 4);
                 let (rhead, rbody) = resp.split_at(split);
                 let (rhead, mut rbody) = (String::from_utf8_lossy(rhead).into_owned(), rbody.to_vec());
-                if tamper == Tamper::SwapKey && head.starts_with("GET /v1/attestation") {
-                    if let Ok(mut ev) = Evidence::from_bytes(&rbody) {
-                        let mallory = RuntimeKeyPair::generate().unwrap();
-                        for e in &mut ev.event_log.events {
-                            if e.kind == EventKind::PublicKey {
-                                *e = mallory.public_key_event();
-                            }
+                if tamper == Tamper::SwapKey
+                    && head.starts_with("GET /v1/attestation")
+                    && let Ok(mut ev) = Evidence::from_bytes(&rbody)
+                {
+                    let mallory = RuntimeKeyPair::generate().unwrap();
+                    for e in &mut ev.event_log.events {
+                        if e.kind == EventKind::PublicKey {
+                            *e = mallory.public_key_event();
                         }
-                        rbody = ev.to_bytes();
-                        let _ = client.write_all(with_content_length(&rhead, rbody.len()).as_bytes());
-                        let _ = client.write_all(&rbody);
-                        return;
                     }
+                    rbody = ev.to_bytes();
+                    let _ = client.write_all(with_content_length(&rhead, rbody.len()).as_bytes());
+                    let _ = client.write_all(&rbody);
+                    return;
                 }
                 if tamper == Tamper::FlipResponse && inference && !rbody.is_empty() {
                     if let Some(i) = find(&rbody, b"data: ") {
@@ -265,7 +273,15 @@ fn openai_client_through_the_verifying_proxy_and_attacks_on_the_channel() {
     let url = vm.url();
     let verifier = PolicyVerifier::new(Policy::load(&policy).unwrap());
     release::run(
-        &ReleaseArgs { url: url.clone(), policy: policy.clone(), key, bundle: Some(bundle), timeout_s: 600, json: false, inputs: Default::default() },
+        &ReleaseArgs {
+            url: url.clone(),
+            policy: policy.clone(),
+            key,
+            bundle: Some(bundle),
+            timeout_s: 600,
+            json: false,
+            inputs: Default::default(),
+        },
         &verifier,
     )
     .unwrap_or_else(|e| panic!("key release: {e:#}\n{}", vm.serial()));

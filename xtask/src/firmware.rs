@@ -14,6 +14,9 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::apt::{PrivateApt, Source};
+use crate::util::{run, sha256_file};
+
 /// Where the pinned firmware images are, after [`ensure_firmware`].
 #[derive(Debug, Clone)]
 pub struct FirmwarePaths {
@@ -105,18 +108,6 @@ pub fn read_pins(root: &Path) -> Result<Pins> {
     toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
 
-fn sha256_file(p: &Path) -> Result<String> {
-    let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(hex::encode(Sha256::digest(&data)))
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let st = cmd.status().with_context(|| format!("starting {shown}"))?;
-    ensure!(st.success(), "{shown} failed with {st}");
-    Ok(())
-}
-
 /// Returns pinned firmware images, building them on a cache miss. Looks in
 /// `.cache/firmware/out/<name>.fd`, then in the committed `image/firmware/bin/<name>.fd`, and
 /// only then builds from source; every image returned has the pinned SHA-256.
@@ -126,20 +117,14 @@ pub fn ensure_firmware(root: &Path) -> Result<FirmwarePaths> {
     let mut found = Vec::new();
     let mut missing = false;
     for fw in &pins.firmware {
-        let hit = [
-            cache.join(format!("out/{}.fd", fw.name)),
-            root.join(format!("image/firmware/bin/{}.fd", fw.name)),
-        ]
-        .into_iter()
-        .find(|p| p.is_file() && sha256_file(p).is_ok_and(|h| h == fw.sha256));
+        let hit = [cache.join(format!("out/{}.fd", fw.name)), root.join(format!("image/firmware/bin/{}.fd", fw.name))]
+            .into_iter()
+            .find(|p| p.is_file() && sha256_file(p).is_ok_and(|h| h == fw.sha256));
         missing |= hit.is_none();
         found.push(hit);
     }
     if missing {
-        found = build_all(root, &pins, true)?
-            .into_iter()
-            .map(Some)
-            .collect();
+        found = build_all(root, &pins, true)?.into_iter().map(Some).collect();
     }
     let path_of = |name: &str| -> Result<PathBuf> {
         pins.firmware
@@ -149,10 +134,7 @@ pub fn ensure_firmware(root: &Path) -> Result<FirmwarePaths> {
             .and_then(|(_, p)| p.clone())
             .with_context(|| format!("firmware.toml has no {name} entry"))
     };
-    Ok(FirmwarePaths {
-        amd_sev: path_of("ovmf-amdsev")?,
-        intel_tdx: path_of("ovmf-inteltdx")?,
-    })
+    Ok(FirmwarePaths { amd_sev: path_of("ovmf-amdsev")?, intel_tdx: path_of("ovmf-inteltdx")? })
 }
 
 /// Rebuilds everything from source in a fresh directory and compares with the pins
@@ -168,19 +150,10 @@ pub fn verify_firmware(root: &Path) -> Result<u64> {
 fn ensure_tools(pins: &Pins) -> Result<()> {
     let mut missing = Vec::new();
     for t in &pins.build.tools {
-        let out = Command::new("dpkg-query")
-            .args(["-W", "-f", "${Status} ${Version}", &t.package])
-            .output();
+        let out = Command::new("dpkg-query").args(["-W", "-f", "${Status} ${Version}", &t.package]).output();
         match out {
-            Ok(o)
-                if o.status.success()
-                    && String::from_utf8_lossy(&o.stdout).starts_with("install ok installed") =>
-            {
-                let v = String::from_utf8_lossy(&o.stdout)
-                    .rsplit(' ')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+            Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("install ok installed") => {
+                let v = String::from_utf8_lossy(&o.stdout).rsplit(' ').next().unwrap_or_default().to_owned();
                 if v != t.version {
                     eprintln!(
                         "firmware: warning: {} is {v}, pins were built with {}; the output hash may differ",
@@ -192,19 +165,9 @@ fn ensure_tools(pins: &Pins) -> Result<()> {
         }
     }
     if !missing.is_empty() {
-        eprintln!(
-            "firmware: installing build tools from Debian: {}",
-            missing.join(" ")
-        );
-        run(Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing))
-        .with_context(|| {
-            format!(
-                "installing {} (run as root, or install them)",
-                missing.join(" ")
-            )
-        })?;
+        eprintln!("firmware: installing build tools from Debian: {}", missing.join(" "));
+        run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing))
+            .with_context(|| format!("installing {} (run as root, or install them)", missing.join(" ")))?;
     }
     Ok(())
 }
@@ -218,42 +181,13 @@ fn fetch_source(pins: &Pins, dir: &Path) -> Result<Vec<PathBuf>> {
     if paths.iter().zip(&src.files).all(|(p, f)| ok(p, f)) {
         return Ok(paths);
     }
-    let apt = dir.join("apt");
-    std::fs::create_dir_all(apt.join("lists/partial"))?;
-    std::fs::create_dir_all(apt.join("archives/partial"))?;
-    std::fs::write(
-        apt.join("sources.list"),
-        format!(
-            "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {} main\n",
-            src.archive, src.suite
-        ),
-    )?;
-    let opts = [
-        format!(
-            "-oDir::Etc::sourcelist={}",
-            apt.join("sources.list").display()
-        ),
-        "-oDir::Etc::sourceparts=/nonexistent".to_owned(),
-        format!("-oDir::State::Lists={}", apt.join("lists").display()),
-        format!("-oDir::Cache::archives={}", apt.join("archives").display()),
-        "-oAPT::Sandbox::User=root".to_owned(),
-    ];
-    run(Command::new("apt-get").args(&opts).args(["-q", "update"]))?;
+    let apt = PrivateApt::new(&dir.join("apt"), &[Source::deb_src(&src.archive, &src.suite, "main")])?;
+    apt.update()?;
     // `source --download-only` also wants the .dsc, which some mirrors do not serve; the
     // tarballs are what we pin, so its exit status is not what decides.
-    let st = Command::new("apt-get")
-        .args(&opts)
-        .args(["-q", "source", "--download-only"])
-        .arg(format!("{}={}", src.package, src.version))
-        .current_dir(dir)
-        .status()
-        .context("running apt-get source")?;
+    let st = apt.source_download(&format!("{}={}", src.package, src.version), dir)?;
     for (p, f) in paths.iter().zip(&src.files) {
-        ensure!(
-            p.is_file(),
-            "apt-get source ({st}) did not fetch {}",
-            f.name
-        );
+        ensure!(p.is_file(), "apt-get source ({st}) did not fetch {}", f.name);
         let h = sha256_file(p)?;
         ensure!(h == f.sha256, "{}: sha256 {h}, pinned {}", f.name, f.sha256);
     }
@@ -297,9 +231,7 @@ fn build_all(root: &Path, pins: &Pins, check: bool) -> Result<Vec<PathBuf>> {
     eprintln!("firmware: building in {}", work.display());
     let tree = work.join(&pins.source.dir);
     let started = Instant::now();
-    let [orig, debian] = tarballs.as_slice() else {
-        bail!("firmware.toml must pin exactly two tarballs")
-    };
+    let [orig, debian] = tarballs.as_slice() else { bail!("firmware.toml must pin exactly two tarballs") };
     run(Command::new("tar").arg("xf").arg(orig).current_dir(work))?;
     run(Command::new("tar").arg("xf").arg(debian).current_dir(&tree))?;
     apply_debian_patches(&tree)?;
@@ -308,25 +240,14 @@ fn build_all(root: &Path, pins: &Pins, check: bool) -> Result<Vec<PathBuf>> {
     // own escape hatch): a fixed stub keeps grub (never used for direct boot) out.
     let g = tree.join("OvmfPkg/AmdSev/Grub");
     std::fs::write(g.join("grub.efi"), &pins.build.grub_stub)?;
-    let epoch = SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_secs(pins.build.source_date_epoch.unsigned_abs());
-    for (f, t) in [
-        ("grub.cfg", epoch),
-        ("grub.sh", epoch),
-        ("grub.efi", epoch + std::time::Duration::from_secs(1)),
-    ] {
-        std::fs::File::options()
-            .write(true)
-            .open(g.join(f))?
-            .set_modified(t)?;
+    let epoch = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(pins.build.source_date_epoch.unsigned_abs());
+    for (f, t) in [("grub.cfg", epoch), ("grub.sh", epoch), ("grub.efi", epoch + std::time::Duration::from_secs(1))] {
+        std::fs::File::options().write(true).open(g.join(f))?.set_modified(t)?;
     }
 
     let envs = |c: &mut Command| {
         c.current_dir(&tree)
-            .env(
-                "SOURCE_DATE_EPOCH",
-                pins.build.source_date_epoch.to_string(),
-            )
+            .env("SOURCE_DATE_EPOCH", pins.build.source_date_epoch.to_string())
             .env("PYTHONHASHSEED", "0")
             .env("LC_ALL", "C")
             .env("TZ", "UTC")
@@ -344,10 +265,7 @@ fn build_all(root: &Path, pins: &Pins, check: bool) -> Result<Vec<PathBuf>> {
             );
     };
     let t_tools = Instant::now();
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .to_string();
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string();
     let mut make = Command::new("make");
     make.args(["-s", "-C", "BaseTools", "-j", &jobs]);
     envs(&mut make);
@@ -355,10 +273,7 @@ fn build_all(root: &Path, pins: &Pins, check: bool) -> Result<Vec<PathBuf>> {
     let tools_secs = t_tools.elapsed().as_secs();
     std::fs::create_dir_all(tree.join("Conf"))?;
     for f in ["target", "tools_def", "build_rule"] {
-        std::fs::copy(
-            tree.join(format!("BaseTools/Conf/{f}.template")),
-            tree.join(format!("Conf/{f}.txt")),
-        )?;
+        std::fs::copy(tree.join(format!("BaseTools/Conf/{f}.template")), tree.join(format!("Conf/{f}.txt")))?;
     }
     let out_dir = root.join(".cache/firmware/out");
     std::fs::create_dir_all(&out_dir)?;
@@ -367,19 +282,7 @@ fn build_all(root: &Path, pins: &Pins, check: bool) -> Result<Vec<PathBuf>> {
     for fw in &pins.firmware {
         let t = Instant::now();
         let mut b = Command::new("build");
-        b.args([
-            "-q",
-            "-a",
-            "X64",
-            "-t",
-            &pins.build.toolchain,
-            "-b",
-            "RELEASE",
-            "-n",
-            &jobs,
-            "-p",
-            &fw.dsc,
-        ]);
+        b.args(["-q", "-a", "X64", "-t", &pins.build.toolchain, "-b", "RELEASE", "-n", &jobs, "-p", &fw.dsc]);
         b.args(&fw.flags);
         envs(&mut b);
         run(&mut b).with_context(|| format!("building {}", fw.dsc))?;
@@ -410,11 +313,7 @@ fn build_all(root: &Path, pins: &Pins, check: bool) -> Result<Vec<PathBuf>> {
 /// Applies `debian/patches/series` in order, as dpkg-source would.
 fn apply_debian_patches(tree: &Path) -> Result<()> {
     let series = std::fs::read_to_string(tree.join("debian/patches/series"))?;
-    for p in series
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    for p in series.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         run(Command::new("patch")
             .args(["-p1", "-s", "--no-backup-if-mismatch", "-i"])
             .arg(tree.join("debian/patches").join(p))
@@ -429,29 +328,16 @@ mod tests {
     use super::*;
 
     fn root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
     #[test]
     fn pin_file_is_complete() -> Result<()> {
         let p = read_pins(&root())?;
         assert_eq!(p.source.files.len(), 2);
-        for h in p
-            .source
-            .files
-            .iter()
-            .map(|f| &f.sha256)
-            .chain(p.firmware.iter().map(|f| &f.sha256))
-        {
+        for h in p.source.files.iter().map(|f| &f.sha256).chain(p.firmware.iter().map(|f| &f.sha256)) {
             assert_eq!(h.len(), 64, "{h}");
-            assert!(
-                h.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
-                "{h}"
-            );
+            assert!(h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{h}");
         }
         let names: Vec<&str> = p.firmware.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["ovmf-amdsev", "ovmf-inteltdx"]);

@@ -135,22 +135,16 @@ fn index_modules(dir: &Path, out: &mut BTreeMap<String, PathBuf>) -> Result<()> 
         let path = entry?.path();
         if path.is_dir() {
             index_modules(&path, out)?;
-        } else if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            if let Some(stem) = name.strip_suffix(".ko.xz").or_else(|| name.strip_suffix(".ko")) {
-                out.insert(kmod::canonical(stem), path.clone());
-            }
+        } else if let Some(name) = path.file_name().and_then(|n| n.to_str())
+            && let Some(stem) = name.strip_suffix(".ko.xz").or_else(|| name.strip_suffix(".ko"))
+        {
+            out.insert(kmod::canonical(stem), path.clone());
         }
     }
     Ok(())
 }
 
-fn inputs(
-    root: &Path,
-    pin: &pins::KernelPackage,
-    deb: &Path,
-    settings: &pins::BuildSettings,
-    sde: u64,
-) -> Result<Vec<Input>> {
+fn inputs(root: &Path, pin: &pins::KernelPackage, deb: &Path, settings: &pins::BuildSettings, sde: u64) -> Result<Vec<Input>> {
     let rustc = output(Command::new("rustc").arg("-V").current_dir(root)).unwrap_or_default();
     Ok(vec![
         Input {

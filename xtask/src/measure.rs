@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use chrysalis_attest::measure::{snp, tdx};
-use chrysalis_attest::sim::sim_launch_measurement;
+use chrysalis_measure::{snp, tdx};
+use chrysalis_verify::sim::sim_launch_measurement;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha384};
 
@@ -23,7 +23,9 @@ pub const GUEST_FEATURES: &[u64] = &[0x1, 0x21];
 
 /// Compute every published value for the image in `out` (kernel, initramfs, cmdline).
 pub fn compute(root: &Path, out: &Path) -> Result<Value> {
-    let read = |n: &str| std::fs::read(out.join(n)).with_context(|| format!("reading {} (run `cargo xtask image`)", out.join(n).display()));
+    let read = |n: &str| {
+        std::fs::read(out.join(n)).with_context(|| format!("reading {} (run `cargo xtask image`)", out.join(n).display()))
+    };
     let kernel = read(KERNEL)?;
     let initrd = read(INITRAMFS)?;
     let cmdline = String::from_utf8(read(CMDLINE)?).context("cmdline is not UTF-8")?;

@@ -81,12 +81,7 @@ pub fn source_date_epoch(settings: &BuildSettings) -> Result<u64> {
 pub fn modules(root: &Path) -> Result<Vec<String>> {
     let path = root.join("kernel/modules.txt");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect())
+    Ok(text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(str::to_owned).collect())
 }
 
 /// The kernel command line from `kernel/cmdline.txt` (one line, whitespace normalised).

@@ -118,7 +118,11 @@ fn independent_build(src: &Path, base: &Path, opts: &image::Options) -> Result<M
         .env("LANG", "de_DE.UTF-8")
         .env("TZ", "Pacific/Kiritimati");
     // The rustup proxies in the usual cargo home stay on PATH; only cargo's own home moves.
-    say(format!("build 2: cargo xtask image in {} (CARGO_HOME {}, -j1, umask 077, TZ Pacific/Kiritimati)", src.display(), cargo_home.display()));
+    say(format!(
+        "build 2: cargo xtask image in {} (CARGO_HOME {}, -j1, umask 077, TZ Pacific/Kiritimati)",
+        src.display(),
+        cargo_home.display()
+    ));
     crate::util::run(&mut cmd).context("the independent build (build 2)")?;
     let bytes = std::fs::read(opts.out_dir.join(image::MANIFEST)).context("reading build 2's manifest")?;
     serde_json::from_slice(&bytes).context("parsing build 2's manifest")
@@ -127,9 +131,13 @@ fn independent_build(src: &Path, base: &Path, opts: &image::Options) -> Result<M
 /// Copy the committed and untracked-but-not-ignored files of the tree (what a clean clone
 /// would have, plus local edits) to `dst`.
 fn copy_tree(root: &Path, dst: &Path) -> Result<()> {
-    let files = crate::util::output(
-        Command::new("git").arg("-C").arg(root).args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"]),
-    )
+    let files = crate::util::output(Command::new("git").arg("-C").arg(root).args([
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+    ]))
     .context("listing source files with git")?;
     for rel in files.split('\0').filter(|f| !f.is_empty()) {
         let from = root.join(rel);
@@ -147,7 +155,7 @@ fn copy_tree(root: &Path, dst: &Path) -> Result<()> {
 
 fn compare(a: &Manifest, b: &Manifest, out_a: &Path, out_b: &Path) -> Result<()> {
     let mut differ = Vec::new();
-    println!("{:<32} {:<64}  {}", "artifact", "sha256 (build 1)", "build 2");
+    println!("{:<32} {:<64}  build 2", "artifact", "sha256 (build 1)");
     for art in &a.artifacts {
         let other = b.artifact(&art.name);
         let same = other.map(|o| o.hashes == art.hashes).unwrap_or(false);

@@ -7,11 +7,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use chrysalis_e2e::qemu::{self, Accel, VmConfig};
+use chrysalis_e2e::qemu::{self, Accel, Confidential, HardwareTee, VmConfig};
 use clap::Args;
 
-use crate::launch::{Launch, Tee, confidential_args};
 use crate::util::say;
+
+/// Which TEE `cargo xtask run` launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tee {
+    /// AMD SEV-SNP (print the provider's launch line).
+    Snp,
+    /// Intel TDX (print the provider's launch line).
+    Tdx,
+    /// The labelled simulated TEE (any QEMU, TCG or KVM).
+    Sim,
+    /// No TEE and no evidence (boot and health only).
+    None,
+}
 
 /// Options of `cargo xtask run`.
 #[derive(Args)]
@@ -64,17 +76,15 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
 fn provider(root: &Path, args: &RunArgs) -> Result<()> {
     let fw = crate::firmware::ensure_firmware(root)?;
     let firmware = if args.tee == Tee::Snp { fw.amd_sev } else { fw.intel_tdx };
-    let out = root.join("out");
-    let l = Launch {
-        out: &out,
-        firmware: Some(&firmware),
-        bundle: args.bundle.as_deref(),
-        vcpus: args.vcpus,
-        memory_mib: args.memory,
-        port: args.port,
-        gpu: args.gpu.as_deref(),
-    };
-    let qargs = confidential_args(args.tee, &l);
+    let work = root.join("out/run");
+    let mut cfg = VmConfig::for_image(&root.join("out"), &work)?;
+    cfg.confidential =
+        Some(Confidential { tee: if args.tee == Tee::Snp { HardwareTee::Snp } else { HardwareTee::Tdx }, firmware });
+    cfg.disk = args.bundle.clone();
+    cfg.cpus = args.vcpus;
+    cfg.memory_mib = args.memory;
+    cfg.gpu = args.gpu.clone();
+    let qargs = cfg.qemu_args(Accel::Kvm, args.port, "stdio");
     let (what, needs) = match args.tee {
         Tee::Snp => ("AMD SEV-SNP", "an SEV-SNP host (Linux >= 6.11 KVM, SNP firmware), QEMU >= 9.1"),
         _ => ("Intel TDX", "a TDX host (Linux >= 6.16 KVM, TDX module), QEMU >= 10.1"),
@@ -82,6 +92,7 @@ fn provider(root: &Path, args: &RunArgs) -> Result<()> {
     say(format!("{what} launch line (needs {needs}); expected measurements: cargo xtask measure"));
     println!("{}", qemu::shell_line("qemu-system-x86_64", &qargs));
     if args.exec {
+        std::fs::create_dir_all(&work)?;
         let status = Command::new("qemu-system-x86_64").args(&qargs).status().context("running QEMU")?;
         say(format!("QEMU exited with {status}"));
     }
@@ -128,7 +139,7 @@ fn local(root: &Path, args: &RunArgs) -> Result<()> {
         let root_key = chrysalis_e2e::sim::root(&root.join("out/sim"))?;
         let measurement = chrysalis_e2e::sim::measurement(&cfg)?;
         say(format!("simulated launch measurement {}", hex::encode(measurement)));
-        let psp = chrysalis_attest::sim::SimPsp::new(root_key, measurement);
+        let psp = chrysalis_verify::sim::SimPsp::new(root_key, measurement);
         psp_thread = Some(chrysalis_e2e::simtee::serve(sock, Box::new(move |rd| Ok(psp.report(rd))))?);
     }
     let status = child.wait().context("waiting for QEMU")?;

@@ -32,7 +32,7 @@ pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
     let stage = Stage::start("cargo test --workspace");
     run(cargo()
         .current_dir(root)
-        .args(["test", "--workspace", "--locked", "--no-fail-fast", "--features", "chrysalis-attest/cli,chrysalis-runtime/dev-server"])
+        .args(["test", "--workspace", "--locked", "--no-fail-fast", "--features", "chrysalis-runtime/dev-server"])
         .env("CHRYSALIS_OUT", root.join("out"))
         .env("CHRYSALIS_PYTHON", &python)
         .env("CHRYSALIS_MODELS", &models))

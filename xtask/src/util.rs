@@ -36,10 +36,12 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Hex SHA-256 of a file.
+/// Hex SHA-256 of a file, streamed (packages and images can be large).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex::encode(Sha256::digest(&data)))
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// The `cargo` that runs xtask (so builds use the pinned toolchain).
@@ -123,3 +125,24 @@ pub fn is_root() -> bool {
         || output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_file_streams_the_whole_file() -> Result<()> {
+        let p = std::env::temp_dir().join(format!("chrysalis-sha256-test-{}", std::process::id()));
+        // More than one `io::copy` buffer (8 KiB), so the streaming path is exercised.
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data)?;
+        let got = sha256_file(&p);
+        std::fs::remove_file(&p)?;
+        assert_eq!(got?, hex::encode(Sha256::digest(&data)));
+        std::fs::write(&p, b"abc")?;
+        let got = sha256_file(&p);
+        std::fs::remove_file(&p)?;
+        assert_eq!(got?, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert!(sha256_file(&p).is_err());
+        Ok(())
+    }
+}

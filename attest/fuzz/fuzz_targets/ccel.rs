@@ -2,7 +2,7 @@
 //! human-readable listing (which decodes event data): Ok or a typed error, never a panic.
 #![no_main]
 
-use chrysalis_attest::ccel;
+use chrysalis_verify::ccel;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

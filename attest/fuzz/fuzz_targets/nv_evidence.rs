@@ -7,12 +7,12 @@
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
-use chrysalis_attest::evidence::GpuEvidence;
-use chrysalis_attest::nvidia::{self, Rim, RimBundle, SpdmReport, x509, xml};
+use chrysalis_proto::evidence::GpuEvidence;
+use chrysalis_verify::nvidia::{self, Rim, RimBundle, SpdmReport, x509, xml};
 use libfuzzer_sys::fuzz_target;
 
 const CASE1: &str =
-    include_str!("../../tests/data/nvidia/trustee-hopper/hopper_cert_chain_case1.txt");
+    include_str!("../../testdata/nvidia/trustee-hopper/hopper_cert_chain_case1.txt");
 
 fn chain() -> &'static Vec<Vec<u8>> {
     static C: OnceLock<Vec<Vec<u8>>> = OnceLock::new();

@@ -5,7 +5,7 @@
 
 use std::num::NonZeroUsize;
 
-use chrysalis_attest::seal::{DataKey, UnsealOptions, read_header, unseal_with};
+use chrysalis_proto::seal::{DataKey, UnsealOptions, read_header, unseal_with};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use chrysalis_attest::snp::{self, AmdCert};
+use chrysalis_verify::snp::{self, AmdCert};
 use libfuzzer_sys::fuzz_target;
 
-const REPORT: &[u8] = include_bytes!("../../tests/data/snp/trustee-milan/test-report.bin");
+const REPORT: &[u8] = include_bytes!("../../testdata/snp/trustee-milan/test-report.bin");
 
 fuzz_target!(|data: &[u8]| {
     let at = UNIX_EPOCH + Duration::from_secs(1_767_225_600);

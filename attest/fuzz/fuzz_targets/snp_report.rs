@@ -6,11 +6,11 @@
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
-use chrysalis_attest::sim::{verify_sim, SimRootPublicKey};
-use chrysalis_attest::snp::{self, kds::VcekId, SnpReport, VerifiedChain};
+use chrysalis_verify::sim::{verify_sim, SimRootPublicKey};
+use chrysalis_verify::snp::{self, kds::VcekId, SnpReport, VerifiedChain};
 use libfuzzer_sys::fuzz_target;
 
-const VCEK: &[u8] = include_bytes!("../../tests/data/snp/trustee-milan/test-vcek.der");
+const VCEK: &[u8] = include_bytes!("../../testdata/snp/trustee-milan/test-vcek.der");
 /// A fixed P-384 point (the generator's SEC1 encoding) standing in for a simulation root.
 const SIM_ROOT: &str = "04aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab73617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f";
 

@@ -2,8 +2,8 @@
 //! give Ok or a typed error, never a panic; a parsed quote's ranges must lie inside the input.
 #![no_main]
 
-use chrysalis_attest::tdx;
-use chrysalis_attest::wire::tdx::TdxQuote;
+use chrysalis_verify::tdx;
+use chrysalis_proto::wire::tdx::TdxQuote;
 use libfuzzer_sys::fuzz_target;
 
 /// 2026-02-03T01:00:00Z, inside the validity of every seed's PCK certificate.

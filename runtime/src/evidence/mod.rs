@@ -16,9 +16,9 @@
 //! Input: kernel files and devices; the outputs are untrusted until a verifier checks them.
 //! Nothing here is secret (REPORT_DATA is a hash of public values).
 
-pub mod cert_table;
 pub mod snp;
 pub mod tdx;
+#[allow(unsafe_code)]
 pub mod tdx_ioctl;
 pub mod tsm;
 
@@ -26,14 +26,14 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use chrysalis_attest::evidence::PlatformEvidence;
+use chrysalis_proto::evidence::PlatformEvidence;
 
 use self::tsm::{ConfigFs, RealFs, Tsm};
 
 /// Why no evidence could be collected. Each message names what is missing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum EvidenceError {
+pub enum CollectError {
     /// Nothing that could produce a report exists.
     #[error("no TEE detected: no {tsm} (tsm module not loaded / configfs not mounted), no {sev}, no {tdx}")]
     NoTee {
@@ -235,9 +235,12 @@ pub fn detect_with<F: ConfigFs>(paths: &Paths, fs: F) -> Detection {
     let cpu_flags = std::fs::read_to_string(&paths.cpuinfo)
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("flags"))
-                .map(|l| l.split_whitespace().filter(|f| matches!(*f, "tdx_guest" | "sev" | "sev_es" | "sev_snp")).map(String::from).collect())
+            s.lines().find(|l| l.starts_with("flags")).map(|l| {
+                l.split_whitespace()
+                    .filter(|f| matches!(*f, "tdx_guest" | "sev" | "sev_es" | "sev_snp"))
+                    .map(String::from)
+                    .collect()
+            })
         })
         .unwrap_or_default();
     Detection {
@@ -275,12 +278,12 @@ pub struct Collected {
 }
 
 /// Get a report or quote binding `report_data` from whatever TEE interface exists.
-pub fn collect(paths: &Paths, report_data: &[u8; 64]) -> Result<Collected, EvidenceError> {
+pub fn collect(paths: &Paths, report_data: &[u8; 64]) -> Result<Collected, CollectError> {
     collect_with(paths, RealFs, report_data)
 }
 
 /// [`collect`] with an explicit file system for configfs.
-pub fn collect_with<F: ConfigFs>(paths: &Paths, fs: F, report_data: &[u8; 64]) -> Result<Collected, EvidenceError> {
+pub fn collect_with<F: ConfigFs>(paths: &Paths, fs: F, report_data: &[u8; 64]) -> Result<Collected, CollectError> {
     match Tsm::open(&paths.tsm_report, fs) {
         Ok(tsm) => return from_tsm(&tsm, paths, report_data),
         Err(e) => log::info!("evidence: {e}; trying the guest devices"),
@@ -293,14 +296,14 @@ pub fn collect_with<F: ConfigFs>(paths: &Paths, fs: F, report_data: &[u8; 64]) -
     if paths.tdx_guest.exists() {
         return Err(tdx::report_only(&paths.tdx_guest, report_data));
     }
-    Err(EvidenceError::NoTee {
+    Err(CollectError::NoTee {
         tsm: paths.tsm_report.display().to_string(),
         sev: paths.sev_guest.display().to_string(),
         tdx: paths.tdx_guest.display().to_string(),
     })
 }
 
-fn from_tsm<F: ConfigFs>(tsm: &Tsm<F>, paths: &Paths, report_data: &[u8; 64]) -> Result<Collected, EvidenceError> {
+fn from_tsm<F: ConfigFs>(tsm: &Tsm<F>, paths: &Paths, report_data: &[u8; 64]) -> Result<Collected, CollectError> {
     let r = tsm.request(report_data)?;
     let source = Source::ConfigfsTsm { provider: r.provider.clone(), generation: r.generation };
     let platform = match r.provider.as_str() {
@@ -308,37 +311,34 @@ fn from_tsm<F: ConfigFs>(tsm: &Tsm<F>, paths: &Paths, report_data: &[u8; 64]) ->
             check_snp_report_data(&r.outblob, report_data)?;
             let certs = match &r.auxblob {
                 Some(table) => {
-                    let entries = cert_table::parse(table)
-                        .map_err(|e| EvidenceError::Malformed { what: "snp certificate table", detail: e.to_string() })?;
-                    cert_table::certificates(&entries)
+                    let entries = chrysalis_proto::wire::cert_table::parse(table)
+                        .map_err(|e| CollectError::Malformed { what: "snp certificate table", detail: e.to_string() })?;
+                    chrysalis_proto::wire::cert_table::certificates(&entries)
                 }
                 None => Vec::new(),
             };
             PlatformEvidence::Snp { report: r.outblob, certs }
         }
         "tdx_guest" => {
-            let q = chrysalis_attest::wire::tdx::TdxQuote::parse(&r.outblob)
-                .map_err(|e| EvidenceError::Malformed { what: "tdx quote", detail: e.to_string() })?;
+            let q = chrysalis_proto::wire::tdx::TdxQuote::parse(&r.outblob)
+                .map_err(|e| CollectError::Malformed { what: "tdx quote", detail: e.to_string() })?;
             if &q.body.report_data != report_data {
-                return Err(EvidenceError::ReportDataMismatch("tdx"));
+                return Err(CollectError::ReportDataMismatch("tdx"));
             }
             PlatformEvidence::Tdx { quote: r.outblob, ccel_log: tdx::read_ccel(&paths.ccel_log)? }
         }
-        other => return Err(EvidenceError::UnknownProvider(other.to_string())),
+        other => return Err(CollectError::UnknownProvider(other.to_string())),
     };
     Ok(Collected { platform, source })
 }
 
 /// SNP ATTESTATION_REPORT: REPORT_DATA at 0x50..0x90 of a 1184-byte report.
-fn check_snp_report_data(report: &[u8], report_data: &[u8; 64]) -> Result<(), EvidenceError> {
+fn check_snp_report_data(report: &[u8], report_data: &[u8; 64]) -> Result<(), CollectError> {
     if report.len() != 1184 {
-        return Err(EvidenceError::Malformed {
-            what: "snp report",
-            detail: format!("expected 1184 bytes, got {}", report.len()),
-        });
+        return Err(CollectError::Malformed { what: "snp report", detail: format!("expected 1184 bytes, got {}", report.len()) });
     }
     if report.get(0x50..0x90) != Some(report_data.as_slice()) {
-        return Err(EvidenceError::ReportDataMismatch("snp"));
+        return Err(CollectError::ReportDataMismatch("snp"));
     }
     Ok(())
 }
@@ -349,7 +349,7 @@ mod tests {
     use super::*;
 
     fn vector(rel: &str) -> Vec<u8> {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../attest/tests/data").join(rel);
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../attest/testdata").join(rel);
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
@@ -360,10 +360,14 @@ mod tests {
     #[test]
     fn tdx_quote_through_fake_configfs_with_ccel() {
         let quote = vector("tdx/trustee/tdx_quote_5.dat");
-        let q = chrysalis_attest::wire::tdx::TdxQuote::parse(&quote).unwrap_or_else(|e| panic!("{e}"));
+        let q = chrysalis_proto::wire::tdx::TdxQuote::parse(&quote).unwrap_or_else(|e| panic!("{e}"));
         let want = q.body.report_data;
         let served = quote.clone();
-        let fake = FakeTsm::new("tdx", "tdx_guest", Box::new(move |inblob| if inblob == want { Ok(served.clone()) } else { Ok(vec![0; 10]) }));
+        let fake = FakeTsm::new(
+            "tdx",
+            "tdx_guest",
+            Box::new(move |inblob| if inblob == want { Ok(served.clone()) } else { Ok(vec![0; 10]) }),
+        );
         let paths = Paths::under(&fake.root);
         let ccel = vector("tdx-eventlog/trustee/CCEL_data_ovmf");
         std::fs::create_dir_all(paths.ccel_log.parent().unwrap_or(&fake.root)).unwrap_or_else(|e| panic!("{e}"));
@@ -391,8 +395,9 @@ mod tests {
         let want = rd(&report[0x50..0x90]);
         let served = report.clone();
         let mut fake = FakeTsm::new("snp", "sev_guest", Box::new(move |_| Ok(served.clone())));
-        let vcek_guid = cert_table::guid(0x63da758d, 0xe664, 0x4564, [0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd]);
-        fake.auxblob = Some(cert_table::build(&[(vcek_guid, &vcek)]));
+        let vcek_guid =
+            chrysalis_proto::wire::cert_table::guid(0x63da758d, 0xe664, 0x4564, [0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd]);
+        fake.auxblob = Some(chrysalis_proto::wire::cert_table::build(&[(vcek_guid, &vcek)]));
         let paths = Paths::under(&fake.root);
         assert_eq!(detect_with(&paths, &fake).tee(), Some(Tee::Snp));
         let c = collect_with(&paths, &fake, &want).unwrap_or_else(|e| panic!("{e}"));
@@ -436,6 +441,9 @@ mod tests {
         std::fs::write(&paths.tdx_guest, b"").unwrap_or_else(|e| panic!("{e}"));
         let err = collect_with(&paths, &fake, &[0; 64]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.starts_with("TDX_CMD_GET_REPORT0 on "), "{err}");
-        assert_eq!(EvidenceError::TdxReportOnly.to_string().split(':').next(), Some("/dev/tdx_guest gives only a TDREPORT (MAC'd for this CPU, not a quote)"));
+        assert_eq!(
+            CollectError::TdxReportOnly.to_string().split(':').next(),
+            Some("/dev/tdx_guest gives only a TDREPORT (MAC'd for this CPU, not a quote)")
+        );
     }
 }

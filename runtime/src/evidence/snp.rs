@@ -2,14 +2,14 @@
 //! fallback when configfs-tsm is not available; uses the `sev` crate's guest firmware API.
 //! Input: the report and the host-provided certificates, passed on unverified.
 
-use super::cert_table::{self, CertKind};
-use super::EvidenceError;
+use super::CollectError;
+use chrysalis_proto::wire::cert_table::{self, CertKind};
 
 /// The report from `/dev/sev-guest` at VMPL 0 with the host's certificates (DER, VCEK/VLEK
 /// first), if the host provides any.
-pub fn get_report(report_data: &[u8; 64]) -> Result<(Vec<u8>, Vec<Vec<u8>>), EvidenceError> {
-    let mut fw = sev::firmware::guest::Firmware::open()
-        .map_err(|e| EvidenceError::SevGuest(format!("open /dev/sev-guest: {e}")))?;
+pub fn get_report(report_data: &[u8; 64]) -> Result<(Vec<u8>, Vec<Vec<u8>>), CollectError> {
+    let mut fw =
+        sev::firmware::guest::Firmware::open().map_err(|e| CollectError::SevGuest(format!("open /dev/sev-guest: {e}")))?;
     match fw.get_ext_report(None, Some(*report_data), Some(0)) {
         Ok((report, certs)) => {
             let entries: Vec<cert_table::CertEntry> = certs
@@ -23,7 +23,7 @@ pub fn get_report(report_data: &[u8; 64]) -> Result<(Vec<u8>, Vec<Vec<u8>>), Evi
             log::info!("evidence: SNP_GET_EXT_REPORT failed ({ext}), trying SNP_GET_REPORT without certificates");
             let report = fw
                 .get_report(None, Some(*report_data), Some(0))
-                .map_err(|e| EvidenceError::SevGuest(format!("SNP_GET_EXT_REPORT: {ext}; SNP_GET_REPORT: {e}")))?;
+                .map_err(|e| CollectError::SevGuest(format!("SNP_GET_EXT_REPORT: {ext}; SNP_GET_REPORT: {e}")))?;
             Ok((report, Vec::new()))
         }
     }

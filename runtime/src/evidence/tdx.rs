@@ -1,12 +1,12 @@
 //! TDX specifics inside the guest: the firmware's CCEL event log, which the verifier replays
-//! into RTMR0..3 (`chrysalis_attest::ccel`), and the TDREPORT-only fallback of
+//! into RTMR0..3 (`chrysalis_verify::ccel`), and the TDREPORT-only fallback of
 //! `/dev/tdx_guest`. Input: kernel-provided files; passed on unverified.
 
 use std::io;
 use std::path::Path;
 
+use super::CollectError;
 use super::tdx_ioctl;
-use super::EvidenceError;
 
 /// Where Linux exposes the CCEL log area (the ACPI table itself is at `../CCEL`).
 pub const CCEL_LOG: &str = "/sys/firmware/acpi/tables/data/CCEL";
@@ -15,19 +15,19 @@ pub const CCEL_LOG: &str = "/sys/firmware/acpi/tables/data/CCEL";
 pub const MAX_CCEL_LEN: u64 = 4 << 20;
 
 /// The CCEL log area, or `None` when the firmware did not publish one.
-pub fn read_ccel(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
+pub fn read_ccel(path: &Path) -> Result<Option<Vec<u8>>, CollectError> {
     use std::io::Read as _;
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(EvidenceError::Ccel { path: path.to_path_buf(), source }),
+        Err(source) => return Err(CollectError::Ccel { path: path.to_path_buf(), source }),
     };
     let mut log = Vec::new();
     file.take(MAX_CCEL_LEN + 1)
         .read_to_end(&mut log)
-        .map_err(|source| EvidenceError::Ccel { path: path.to_path_buf(), source })?;
+        .map_err(|source| CollectError::Ccel { path: path.to_path_buf(), source })?;
     if log.len() as u64 > MAX_CCEL_LEN {
-        return Err(EvidenceError::Ccel {
+        return Err(CollectError::Ccel {
             path: path.to_path_buf(),
             source: io::Error::new(io::ErrorKind::InvalidData, format!("larger than {MAX_CCEL_LEN} bytes")),
         });
@@ -37,10 +37,10 @@ pub fn read_ccel(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
 
 /// Through `/dev/tdx_guest` only a TDREPORT can be had: check that the device answers, then
 /// say why that is not enough.
-pub fn report_only(device: &Path, report_data: &[u8; 64]) -> EvidenceError {
+pub fn report_only(device: &Path, report_data: &[u8; 64]) -> CollectError {
     match tdx_ioctl::get_report0(device, report_data) {
-        Ok(_) => EvidenceError::TdxReportOnly,
-        Err(source) => EvidenceError::TdxIoctl { path: device.to_path_buf(), source },
+        Ok(_) => CollectError::TdxReportOnly,
+        Err(source) => CollectError::TdxIoctl { path: device.to_path_buf(), source },
     }
 }
 

@@ -13,7 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::EvidenceError;
+use super::CollectError;
 
 /// Where configfs-tsm reports live.
 pub const TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
@@ -78,7 +78,7 @@ static ENTRY_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Tsm<RealFs> {
     /// The real `/sys/kernel/config/tsm/report`.
-    pub fn open_default() -> Result<Self, EvidenceError> {
+    pub fn open_default() -> Result<Self, CollectError> {
         Tsm::open(Path::new(TSM_REPORT_DIR), RealFs)
     }
 }
@@ -86,15 +86,15 @@ impl Tsm<RealFs> {
 impl<F: ConfigFs> Tsm<F> {
     /// Use `base` as the report directory; fails if it is missing (tsm.ko not loaded or
     /// configfs not mounted).
-    pub fn open(base: &Path, fs: F) -> Result<Self, EvidenceError> {
+    pub fn open(base: &Path, fs: F) -> Result<Self, CollectError> {
         if !fs.exists(base) {
-            return Err(EvidenceError::TsmUnavailable { path: base.to_path_buf() });
+            return Err(CollectError::TsmUnavailable { path: base.to_path_buf() });
         }
         Ok(Tsm { base: base.to_path_buf(), fs })
     }
 
     /// Create an entry of our own (a name no other process uses), retrying past stale ones.
-    fn create_entry(&self) -> Result<Entry<'_, F>, EvidenceError> {
+    fn create_entry(&self) -> Result<Entry<'_, F>, CollectError> {
         for _ in 0..16 {
             let n = ENTRY_COUNTER.fetch_add(1, Ordering::Relaxed);
             let path = self.base.join(format!("chrysalis-{}-{n}", std::process::id()));
@@ -102,12 +102,12 @@ impl<F: ConfigFs> Tsm<F> {
                 Ok(()) => return Ok(Entry { fs: &self.fs, path }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(EvidenceError::TsmUnavailable { path: self.base.clone() })
+                    return Err(CollectError::TsmUnavailable { path: self.base.clone() });
                 }
-                Err(source) => return Err(EvidenceError::Tsm { step: "mkdir", path, source }),
+                Err(source) => return Err(CollectError::Tsm { step: "mkdir", path, source }),
             }
         }
-        Err(EvidenceError::Tsm {
+        Err(CollectError::Tsm {
             step: "mkdir",
             path: self.base.clone(),
             source: io::Error::new(io::ErrorKind::AlreadyExists, "16 entry names already taken"),
@@ -115,41 +115,38 @@ impl<F: ConfigFs> Tsm<F> {
     }
 
     /// The provider name, by creating and removing an entry.
-    pub fn provider(&self) -> Result<String, EvidenceError> {
+    pub fn provider(&self) -> Result<String, CollectError> {
         let entry = self.create_entry()?;
         entry.read_text("provider")
     }
 
     /// Request a report binding `report_data`.
-    pub fn request(&self, report_data: &[u8; 64]) -> Result<TsmReport, EvidenceError> {
+    pub fn request(&self, report_data: &[u8; 64]) -> Result<TsmReport, CollectError> {
         let entry = self.create_entry()?;
         entry.write("inblob", report_data)?;
         let before = entry.generation()?;
         let provider = entry.read_text("provider")?;
         let outblob = entry.fs.read(&entry.path.join("outblob")).map_err(|e| quote_service_error(&provider, e))?;
         if outblob.is_empty() {
-            return Err(EvidenceError::QuoteService {
-                provider,
-                cause: "an empty outblob".into(),
-            });
+            return Err(CollectError::QuoteService { provider, cause: "an empty outblob".into() });
         }
         let auxblob = match entry.fs.read(&entry.path.join("auxblob")) {
             Ok(b) if b.is_empty() => None,
             Ok(b) => Some(b),
             // Providers without auxiliary data hide the attribute.
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(source) => return Err(EvidenceError::Tsm { step: "read", path: entry.path.join("auxblob"), source }),
+            Err(source) => return Err(CollectError::Tsm { step: "read", path: entry.path.join("auxblob"), source }),
         };
         let after = entry.generation()?;
         if after != before {
-            return Err(EvidenceError::GenerationRace { before, after });
+            return Err(CollectError::GenerationRace { before, after });
         }
         Ok(TsmReport { provider, outblob, auxblob, generation: after })
     }
 }
 
 /// Name the errno a provider returned, with what it usually means.
-fn quote_service_error(provider: &str, e: io::Error) -> EvidenceError {
+fn quote_service_error(provider: &str, e: io::Error) -> CollectError {
     let errno = match e.raw_os_error() {
         Some(5) => "EIO (the host's quote generation service did not answer)".to_string(),
         Some(95) => "EOPNOTSUPP/ENOTSUP (no quote generation service configured for this guest)".to_string(),
@@ -159,7 +156,7 @@ fn quote_service_error(provider: &str, e: io::Error) -> EvidenceError {
         Some(n) => format!("errno {n}: {e}"),
         None => e.to_string(),
     };
-    EvidenceError::QuoteService { provider: provider.to_string(), cause: errno }
+    CollectError::QuoteService { provider: provider.to_string(), cause: errno }
 }
 
 /// An entry; removed again when dropped.
@@ -169,20 +166,20 @@ struct Entry<'a, F: ConfigFs> {
 }
 
 impl<F: ConfigFs> Entry<'_, F> {
-    fn write(&self, attr: &str, data: &[u8]) -> Result<(), EvidenceError> {
+    fn write(&self, attr: &str, data: &[u8]) -> Result<(), CollectError> {
         let path = self.path.join(attr);
-        self.fs.write(&path, data).map_err(|source| EvidenceError::Tsm { step: "write", path, source })
+        self.fs.write(&path, data).map_err(|source| CollectError::Tsm { step: "write", path, source })
     }
 
-    fn read_text(&self, attr: &str) -> Result<String, EvidenceError> {
+    fn read_text(&self, attr: &str) -> Result<String, CollectError> {
         let path = self.path.join(attr);
-        let b = self.fs.read(&path).map_err(|source| EvidenceError::Tsm { step: "read", path, source })?;
+        let b = self.fs.read(&path).map_err(|source| CollectError::Tsm { step: "read", path, source })?;
         Ok(String::from_utf8_lossy(&b).trim().to_string())
     }
 
-    fn generation(&self) -> Result<u64, EvidenceError> {
+    fn generation(&self) -> Result<u64, CollectError> {
         let text = self.read_text("generation")?;
-        text.parse().map_err(|_| EvidenceError::Tsm {
+        text.parse().map_err(|_| CollectError::Tsm {
             step: "parse",
             path: self.path.join("generation"),
             source: io::Error::new(io::ErrorKind::InvalidData, format!("generation {text:?} is not a number")),
@@ -337,6 +334,6 @@ mod tests {
         let fake = FakeTsm::new("race", "sev_guest", Box::new(|i| Ok(i.to_vec())));
         fake.race.set(true);
         let tsm = Tsm::open(&fake.base(), &fake).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(tsm.request(&[1; 64]), Err(EvidenceError::GenerationRace { before: 1, after: 2 })));
+        assert!(matches!(tsm.request(&[1; 64]), Err(CollectError::GenerationRace { before: 1, after: 2 })));
     }
 }

@@ -83,7 +83,8 @@ mod tests {
         let info = "Model: \t\t NVIDIA H100 PCIe\nIRQ:   \t\t 42\nDevice Minor: \t 3\nBus Location: \t 0000:01:00.0\n";
         assert_eq!(device_minor(info), Some(3));
         assert_eq!(device_minor("Model: x\n"), None);
-        let devices = "Character devices:\n  1 mem\n195 nvidia\n195 nvidia-modeset\n509 nvidia-uvm\n\nBlock devices:\n509 nvidia-uvm-blk\n";
+        let devices =
+            "Character devices:\n  1 mem\n195 nvidia\n195 nvidia-modeset\n509 nvidia-uvm\n\nBlock devices:\n509 nvidia-uvm-blk\n";
         assert_eq!(char_major(devices, "nvidia-uvm"), Some(509));
         assert_eq!(char_major(devices, "nvidia"), Some(195));
         assert_eq!(char_major(devices, "nvidia-uvm-blk"), None);

@@ -2,7 +2,7 @@
 //! in confidential-computing mode, ask each one for an SPDM attestation report over the nonce
 //! derived from the event log so far, record the `GpuEvidence` event that commits to all of
 //! them, and only then let the GPUs accept work. Design and exact hashes:
-//! `attest/GPU_BINDING.md` (`chrysalis_attest::gpubind`).
+//! `attest/GPU_BINDING.md` (`chrysalis_proto::gpubind`).
 //!
 //! Trust: what the driver (NVML) says about CC mode is believed (the GPU report itself does
 //! not carry it); the reports and certificates are not verified here (the image carries no
@@ -10,11 +10,12 @@
 //! them, bound to the CPU evidence, before releasing the key.
 
 pub mod devnodes;
+#[allow(unsafe_code)]
 pub mod nvml;
 
-use chrysalis_attest::eventlog::EventLog;
-use chrysalis_attest::evidence::GpuEvidence;
-use chrysalis_attest::gpubind::{self, GPU_NONCE_LEN};
+use chrysalis_proto::eventlog::EventLog;
+use chrysalis_proto::evidence::GpuEvidence;
+use chrysalis_proto::gpubind::{self, GPU_NONCE_LEN};
 
 /// NVML's confidential-computing constants (nvml.h, driver 550).
 pub mod cc {
@@ -245,7 +246,7 @@ pub fn pem_chain(gpu: u32, pem: &[u8]) -> Result<Vec<Vec<u8>>, GpuError> {
 mod tests {
     use std::cell::RefCell;
 
-    use chrysalis_attest::eventlog::{Event, EventKind};
+    use chrysalis_proto::eventlog::{Event, EventKind};
 
     use super::*;
 

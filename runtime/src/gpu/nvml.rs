@@ -8,8 +8,8 @@
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 
-use chrysalis_attest::evidence::GpuEvidence;
-use chrysalis_attest::gpubind::GPU_NONCE_LEN;
+use chrysalis_proto::evidence::GpuEvidence;
+use chrysalis_proto::gpubind::GPU_NONCE_LEN;
 use libloading::Library;
 
 use super::{CcGpus, CcState, GpuError, pem_chain};
@@ -219,11 +219,12 @@ impl Drop for Nvml {
 
 /// Bytes `[..size]` of `buf`, or an error when NVML reported more than the buffer holds.
 fn filled(gpu: u32, what: &'static str, buf: &[u8], size: c_uint) -> Result<Vec<u8>, GpuError> {
-    usize::try_from(size)
-        .ok()
-        .and_then(|n| buf.get(..n))
-        .map(<[u8]>::to_vec)
-        .ok_or(GpuError::Oversized { gpu, what, size, max: buf.len() })
+    usize::try_from(size).ok().and_then(|n| buf.get(..n)).map(<[u8]>::to_vec).ok_or(GpuError::Oversized {
+        gpu,
+        what,
+        size,
+        max: buf.len(),
+    })
 }
 
 impl CcGpus for Nvml {
@@ -261,9 +262,7 @@ impl CcGpus for Nvml {
 
     fn set_ready(&self) -> Result<(), GpuError> {
         // SAFETY: plain integer argument.
-        self.check("nvmlSystemSetConfComputeGpusReadyState", unsafe {
-            (self.fns.ready_set)(ACCEPTING_CLIENT_REQUESTS_TRUE)
-        })
+        self.check("nvmlSystemSetConfComputeGpusReadyState", unsafe { (self.fns.ready_set)(ACCEPTING_CLIENT_REQUESTS_TRUE) })
     }
 
     fn count(&self) -> Result<u32, GpuError> {
@@ -278,15 +277,12 @@ impl CcGpus for Nvml {
         let mut rep = GpuAttestationReport::with_nonce(nonce);
         // SAFETY: `dev` came from NVML; `rep` is a valid, boxed nvmlConfComputeGpuAttestationReport_t
         // with the nonce set, as the call expects.
-        self.check("nvmlDeviceGetConfComputeGpuAttestationReport", unsafe {
-            (self.fns.report)(dev, &raw mut *rep)
-        })?;
+        self.check("nvmlDeviceGetConfComputeGpuAttestationReport", unsafe { (self.fns.report)(dev, &raw mut *rep) })?;
         let report = filled(index, "attestation report", &rep.attestation_report, rep.attestation_report_size)?;
         let mut cert = GpuCertificate::zeroed();
         // SAFETY: `dev` came from NVML; `cert` is a valid, boxed nvmlConfComputeGpuCertificate_t.
         self.check("nvmlDeviceGetConfComputeGpuCertificate", unsafe { (self.fns.certificate)(dev, &raw mut *cert) })?;
-        let pem =
-            filled(index, "certificate chain", &cert.attestation_cert_chain, cert.attestation_cert_chain_size)?;
+        let pem = filled(index, "certificate chain", &cert.attestation_cert_chain, cert.attestation_cert_chain_size)?;
         Ok(GpuEvidence { report, cert_chain: pem_chain(index, &pem)? })
     }
 }
@@ -316,10 +312,7 @@ mod tests {
         let buf = [7u8; 8];
         assert_eq!(filled(0, "x", &buf, 3).ok(), Some(vec![7; 3]));
         let e = filled(2, "attestation report", &buf, 9).err().map(|e| e.to_string());
-        assert_eq!(
-            e.as_deref(),
-            Some("GPU 2: NVML reported 9 bytes of attestation report, more than its 8-byte buffer")
-        );
+        assert_eq!(e.as_deref(), Some("GPU 2: NVML reported 9 bytes of attestation report, more than its 8-byte buffer"));
     }
 
     #[test]

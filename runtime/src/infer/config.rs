@@ -35,10 +35,7 @@ impl ArchConfig {
     pub fn eos_ids(&self, raw: &Value) -> Vec<u32> {
         match raw.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()).into_iter().collect(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
-                .collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok())).collect(),
             _ => Vec::new(),
         }
     }
@@ -93,8 +90,7 @@ pub fn parse(bytes: &[u8]) -> Result<(ArchConfig, Value), InferError> {
             if obj.get("sliding_window").is_some_and(|v| !v.is_null()) && model_type == "mistral" {
                 return Err(InferError::Unsupported("mistral sliding-window attention".into()));
             }
-            let c: llama::LlamaConfig =
-                serde_json::from_value(raw.clone()).map_err(|e| invalid(e.to_string()))?;
+            let c: llama::LlamaConfig = serde_json::from_value(raw.clone()).map_err(|e| invalid(e.to_string()))?;
             ArchConfig::Llama(c.into_config(false))
         }
         "qwen2" => {
@@ -113,8 +109,7 @@ pub fn parse(bytes: &[u8]) -> Result<(ArchConfig, Value), InferError> {
             if obj.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
                 return Err(InferError::Unsupported("qwen2 sliding-window attention".into()));
             }
-            let c: qwen2::Config =
-                serde_json::from_value(raw.clone()).map_err(|e| invalid(e.to_string()))?;
+            let c: qwen2::Config = serde_json::from_value(raw.clone()).map_err(|e| invalid(e.to_string()))?;
             ArchConfig::Qwen2(c)
         }
         other => {

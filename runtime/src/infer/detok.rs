@@ -76,13 +76,7 @@ impl<'a> TextStream<'a> {
             from -= 1;
         }
         let tail = self.text.get(from..).unwrap_or_default();
-        let hit = self
-            .stops
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| tail.find(s.as_str()))
-            .min()
-            .map(|i| from + i);
+        let hit = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| tail.find(s.as_str())).min().map(|i| from + i);
         if let Some(at) = hit {
             let out = self.text.get(self.sent.min(at)..at).unwrap_or_default().to_owned();
             self.sent = self.text.len();
@@ -116,20 +110,22 @@ mod tests {
     /// A byte-level tokenizer where every byte is its own token, so multi-byte characters
     /// span several tokens.
     fn bytes_tokenizer() -> Tokenizer {
-        let byte_chars: Vec<String> = (0u8..=255).map(|b| {
-            // GPT-2's bytes_to_unicode mapping.
-            let c = match b {
-                b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF => char::from(b),
-                _ => {
-                    let extra = (0u8..=255)
-                        .filter(|x| !matches!(x, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF))
-                        .position(|x| x == b)
-                        .unwrap_or(0);
-                    char::from_u32(256 + extra as u32).unwrap_or('?')
-                }
-            };
-            c.to_string()
-        }).collect();
+        let byte_chars: Vec<String> = (0u8..=255)
+            .map(|b| {
+                // GPT-2's bytes_to_unicode mapping.
+                let c = match b {
+                    b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF => char::from(b),
+                    _ => {
+                        let extra = (0u8..=255)
+                            .filter(|x| !matches!(x, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF))
+                            .position(|x| x == b)
+                            .unwrap_or(0);
+                        char::from_u32(256 + extra as u32).unwrap_or('?')
+                    }
+                };
+                c.to_string()
+            })
+            .collect();
         let vocab: serde_json::Map<String, serde_json::Value> =
             byte_chars.iter().enumerate().map(|(i, c)| (c.clone(), json!(i))).collect();
         let doc = json!({

@@ -180,18 +180,12 @@ fn tokenizer_err(e: impl std::fmt::Display) -> InferError {
 fn json_file(files: &ModelFiles, name: &str) -> Result<Option<serde_json::Value>, InferError> {
     files
         .get(name)
-        .map(|b| {
-            serde_json::from_slice(b)
-                .map_err(|e| InferError::InvalidFile { file: name.into(), reason: e.to_string() })
-        })
+        .map(|b| serde_json::from_slice(b).map_err(|e| InferError::InvalidFile { file: name.into(), reason: e.to_string() }))
         .transpose()
 }
 
 fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Engine {
@@ -202,8 +196,7 @@ impl Engine {
         let gen_config = json_file(&files, "generation_config.json")?;
         let tokenizer_json = files.remove("tokenizer.json");
         let ggufs: Vec<String> = files.keys().filter(|k| k.ends_with(".gguf")).cloned().collect();
-        let (mut tpl_src, mut bos, mut eos) =
-            tok_config.as_ref().map(template::from_tokenizer_config).unwrap_or_default();
+        let (mut tpl_src, mut bos, mut eos) = tok_config.as_ref().map(template::from_tokenizer_config).unwrap_or_default();
         let mut eos_ids = Vec::new();
         let (model, tokenizer, info) = match ggufs.as_slice() {
             [name] => {
@@ -245,16 +238,15 @@ impl Engine {
                         (Model::QLlama(m), ctx)
                     }
                     "qwen2" => {
-                        let ctx = declared.ok_or_else(|| InferError::InvalidFile { file: name.clone(), reason: format!("no {ctx_key}") })?;
+                        let ctx = declared
+                            .ok_or_else(|| InferError::InvalidFile { file: name.clone(), reason: format!("no {ctx_key}") })?;
                         let m = guarded("building the quantized qwen2 model", || {
                             Ok(quantized_qwen2::ModelWeights::from_gguf(content, &mut data, &device)?)
                         })?;
                         (Model::QQwen2(m), ctx)
                     }
                     other => {
-                        return Err(InferError::Unsupported(format!(
-                            "GGUF architecture {other:?} (supported: llama, qwen2)"
-                        )));
+                        return Err(InferError::Unsupported(format!("GGUF architecture {other:?} (supported: llama, qwen2)")));
                     }
                 };
                 let info = ModelInfo {
@@ -419,10 +411,10 @@ impl Engine {
 
     /// Locks the model for direct use (reference tests, benchmarks). Serving uses
     /// [`Engine::generate`], which takes the same lock.
-    pub fn session(&self) -> Session<'_> {
+    pub fn sequence(&self) -> Sequence<'_> {
         let mut guard = self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.reset();
-        Session { model: guard, device: &self.device, pos: 0 }
+        Sequence { model: guard, device: &self.device, pos: 0 }
     }
 
     /// Generates a completion for `prompt`, calling `sink` with each new piece of text.
@@ -451,8 +443,8 @@ impl Engine {
             outcome.finish_reason = FinishReason::Cancelled;
             return Ok(outcome);
         }
-        let mut session = self.session();
-        let mut logits = session.feed(prompt)?;
+        let mut sequence = self.sequence();
+        let mut logits = sequence.feed(prompt)?;
         let mut sampler = params.sampling.processor();
         let mut stream = TextStream::new(&self.tokenizer, &params.stop);
         let mut first_at = None;
@@ -482,7 +474,7 @@ impl Engine {
             if outcome.completion_tokens >= budget {
                 break;
             }
-            logits = session.feed(&[next])?;
+            logits = sequence.feed(&[next])?;
         }
         if outcome.finish_reason != FinishReason::Cancelled {
             let rest = stream.finish();
@@ -498,13 +490,13 @@ impl Engine {
 }
 
 /// Exclusive access to the model's state: feed tokens, read logits.
-pub struct Session<'a> {
+pub struct Sequence<'a> {
     model: MutexGuard<'a, Model>,
     device: &'a Device,
     pos: usize,
 }
 
-impl Session<'_> {
+impl Sequence<'_> {
     /// Runs `ids` after everything fed so far; returns the logits of the last one.
     pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>, InferError> {
         let mut logits = Vec::new();
@@ -533,9 +525,7 @@ impl Session<'_> {
 fn config_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
         Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()).into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok())).collect()
-        }
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok())).collect(),
         _ => Vec::new(),
     }
 }

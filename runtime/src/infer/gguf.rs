@@ -125,17 +125,10 @@ pub fn read(file: &str, bytes: &[u8], policy: GgufWeights, device: &Device) -> R
                 to
             }
         };
-        infos.insert(
-            name.clone(),
-            gguf_file::TensorInfo { ggml_dtype: dtype, shape: info.shape.clone(), offset },
-        );
+        infos.insert(name.clone(), gguf_file::TensorInfo { ggml_dtype: dtype, shape: info.shape.clone(), offset });
     }
-    let content = gguf_file::Content {
-        magic: content.magic,
-        metadata: content.metadata,
-        tensor_infos: infos,
-        tensor_data_offset: 0,
-    };
+    let content =
+        gguf_file::Content { magic: content.magic, metadata: content.metadata, tensor_infos: infos, tensor_data_offset: 0 };
     Ok(Gguf { content, data: Cursor::new(out) })
 }
 

@@ -15,9 +15,11 @@ const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 
 /// Llama 3's pre-tokenizer split (tokenizer.json of Meta-Llama-3).
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's pre-tokenizer split (tokenizer.json of Qwen2).
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A tokenizer plus the special tokens GGUF metadata names.
 pub struct GgufTokenizer {
@@ -34,9 +36,8 @@ fn bad(file: &str, reason: impl Into<String>) -> InferError {
 }
 
 fn pre_tokenizer(pre: &str) -> Value {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
+    let byte_level =
+        |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split = |pattern: &str| {
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
@@ -67,9 +68,7 @@ pub fn build(meta: &Meta<'_>) -> Result<GgufTokenizer, InferError> {
         }
         None => return Err(bad(file, "no tokenizer.ggml.model and no tokenizer.json")),
     }
-    let tokens = meta
-        .array("tokenizer.ggml.tokens")?
-        .ok_or_else(|| bad(file, "no tokenizer.ggml.tokens"))?;
+    let tokens = meta.array("tokenizer.ggml.tokens")?.ok_or_else(|| bad(file, "no tokenizer.ggml.tokens"))?;
     let tokens: Vec<&str> = tokens
         .iter()
         .map(|t| t.to_string().map(String::as_str))
@@ -89,10 +88,7 @@ pub fn build(meta: &Meta<'_>) -> Result<GgufTokenizer, InferError> {
             .collect::<Result<_, _>>()?,
     };
     if types.len() != tokens.len() {
-        return Err(bad(
-            file,
-            format!("{} token types for {} tokens", types.len(), tokens.len()),
-        ));
+        return Err(bad(file, format!("{} token types for {} tokens", types.len(), tokens.len())));
     }
     let merges: Vec<&str> = match meta.array("tokenizer.ggml.merges")? {
         None => Vec::new(),
@@ -152,11 +148,7 @@ pub fn build(meta: &Meta<'_>) -> Result<GgufTokenizer, InferError> {
     });
     let bytes = serde_json::to_vec(&doc).map_err(|e| InferError::Tokenizer(e.to_string()))?;
     let tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| InferError::Tokenizer(e.to_string()))?;
-    Ok(GgufTokenizer {
-        tokenizer,
-        bos: bos.map(|(_, t)| t),
-        eos: eos.map(|(_, t)| t),
-    })
+    Ok(GgufTokenizer { tokenizer, bos: bos.map(|(_, t)| t), eos: eos.map(|(_, t)| t) })
 }
 
 #[cfg(test)]

@@ -16,9 +16,7 @@ mod sampling;
 mod template;
 
 pub use config::ArchConfig;
-pub use engine::{
-    DeviceChoice, Engine, FinishReason, GenerateParams, LoadOptions, ModelFiles, ModelInfo, Outcome, Session,
-};
+pub use engine::{DeviceChoice, Engine, FinishReason, GenerateParams, LoadOptions, ModelFiles, ModelInfo, Outcome, Sequence};
 pub use error::InferError;
 pub use gguf::GgufWeights;
 pub use sampling::SamplingParams;

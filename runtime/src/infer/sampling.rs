@@ -33,10 +33,7 @@ impl SamplingParams {
             });
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(InferError::InvalidParam {
-                param: "top_p",
-                reason: format!("{} is not in (0, 1]", self.top_p),
-            });
+            return Err(InferError::InvalidParam { param: "top_p", reason: format!("{} is not in (0, 1]", self.top_p) });
         }
         if self.top_k == Some(0) {
             return Err(InferError::InvalidParam { param: "top_k", reason: "must be at least 1".into() });

@@ -37,10 +37,7 @@ fn raise_exception(msg: String) -> Result<Value, Error> {
 /// `strftime_now(fmt)` as transformers provides it (Llama 3.1+ templates print the date).
 /// Supports the `%d %b %Y %m %B` directives those templates use.
 fn strftime_now(fmt: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     // Civil-from-days (H. Hinnant), proleptic Gregorian, UTC.
     let z = days + 719_468;
@@ -53,8 +50,18 @@ fn strftime_now(fmt: String) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     const NAMES: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let name = usize::try_from(month - 1).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("");
     fmt.replace("%d", &format!("{day:02}"))
@@ -77,8 +84,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned("chat", source.to_owned())
-            .map_err(|e| InferError::Template(e.to_string()))?;
+        env.add_template_owned("chat", source.to_owned()).map_err(|e| InferError::Template(e.to_string()))?;
         Ok(Self { env, bos: bos.unwrap_or_default(), eos: eos.unwrap_or_default() })
     }
 
@@ -102,9 +108,7 @@ impl ChatTemplate {
 
 /// Reads `chat_template` (a string, or a list of `{name, template}` where `default` wins)
 /// and the BOS/EOS strings from tokenizer_config.json.
-pub fn from_tokenizer_config(
-    raw: &serde_json::Value,
-) -> (Option<String>, Option<String>, Option<String>) {
+pub fn from_tokenizer_config(raw: &serde_json::Value) -> (Option<String>, Option<String>, Option<String>) {
     use serde_json::Value as J;
     let template = match raw.get("chat_template") {
         Some(J::String(s)) => Some(s.clone()),

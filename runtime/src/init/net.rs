@@ -24,12 +24,7 @@ pub fn configure(cfg: &Config) -> Result<()> {
     if let Some(gw) = cfg.gateway {
         sys::add_default_route(gw).with_context(|| format!("adding default route via {gw}"))?;
     }
-    log::info!(
-        "network: {IFACE} {}/{}{}",
-        ip.addr,
-        ip.prefix,
-        cfg.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
-    );
+    log::info!("network: {IFACE} {}/{}{}", ip.addr, ip.prefix, cfg.gateway.map(|g| format!(" via {g}")).unwrap_or_default());
     Ok(())
 }
 

@@ -114,11 +114,9 @@ impl From<InferError> for ApiError {
     fn from(e: InferError) -> Self {
         match e {
             InferError::InvalidParam { param, reason } => Self::invalid(Some(param), reason),
-            InferError::ContextLength { .. } => Self {
-                code: Some("context_length_exceeded"),
-                param: Some("messages"),
-                ..Self::invalid(None, e.to_string())
-            },
+            InferError::ContextLength { .. } => {
+                Self { code: Some("context_length_exceeded"), param: Some("messages"), ..Self::invalid(None, e.to_string()) }
+            }
             InferError::Tokenizer(_) | InferError::Template(_) => Self::invalid(None, e.to_string()),
             other => {
                 log::error!("inference: {other}");

@@ -2,9 +2,9 @@
 //! generation at a time on a blocking thread, and the JSON or server-sent-event response.
 //! Trusts nothing from clients. Logs only method, path, status, timings and token counts.
 
+use super::InferenceState;
 use super::error::ApiError;
 use super::types::{ChatRequest, CompletionRequest, PromptInput, Usage, Validated, random_u64};
-use super::InferenceState;
 use crate::infer::{Engine, FinishReason, GenerateParams, Outcome};
 use axum::extract::{Path, Request, State};
 use axum::http::header;
@@ -52,10 +52,7 @@ pub(super) async fn list_models(State(state): State<Arc<InferenceState>>) -> Res
     Ok(axum::Json(json!({"object": "list", "data": [model_json(&engine)]})).into_response())
 }
 
-pub(super) async fn get_model(
-    State(state): State<Arc<InferenceState>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub(super) async fn get_model(State(state): State<Arc<InferenceState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let engine = engine(&state)?;
     if id != engine.info().id {
         return Err(ApiError::unknown_model(&id));
@@ -77,11 +74,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 /// Reads and parses a JSON body of at most `max_body_bytes`.
 async fn read_json<T: DeserializeOwned>(state: &InferenceState, req: Request) -> Result<T, ApiError> {
     let limit = state.config().max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
@@ -255,10 +248,7 @@ async fn run(state: Arc<InferenceState>, job: Job) -> Response {
     let kind = job.kind;
     let model = job.engine.info().id.clone();
     let validated = job.validated.clone();
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let id = match kind {
         Kind::Completion => format!("cmpl-{:016x}", random_u64()),
         Kind::Chat => format!("chatcmpl-{:016x}", random_u64()),
@@ -351,11 +341,7 @@ fn event(v: &Value) -> Event {
 
 /// OpenAI's stream: a role chunk (chat), content chunks, a finish chunk, an optional usage
 /// chunk, then `data: [DONE]`. Errors after the headers are sent as an `error` object.
-fn sse_stream(
-    rx: mpsc::Receiver<Msg>,
-    meta: Meta,
-    include_usage: bool,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+fn sse_stream(rx: mpsc::Receiver<Msg>, meta: Meta, include_usage: bool) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     let mut pending = VecDeque::new();
     if meta.kind == Kind::Chat {
         pending.push_back(event(&meta.chunk(Some(""), true, None)));

@@ -29,12 +29,7 @@ pub struct HttpLimits {
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self {
-            max_header_bytes: 16 * 1024,
-            max_headers: 64,
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 256,
-        }
+        Self { max_header_bytes: 16 * 1024, max_headers: 64, header_read_timeout: Duration::from_secs(10), max_connections: 256 }
     }
 }
 

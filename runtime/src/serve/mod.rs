@@ -1,7 +1,7 @@
 //! The OpenAI-compatible HTTP API (`/v1/models`, `/v1/completions`,
 //! `/v1/chat/completions`, streaming as server-sent events) in front of the inference
 //! engine, with a bounded request queue, body and header limits and cancellation when a
-//! client goes away. The lead mounts [`router`] next to the runtime's own endpoints and
+//! client goes away. `main` mounts [`router`] next to the runtime's own endpoints and
 //! calls [`InferenceState::install`] once the model is unsealed.
 //! Trusts nothing from clients; never logs prompts or completions (only sizes, counts,
 //! status codes and timings).
@@ -19,6 +19,7 @@ use crate::infer::Engine;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use chrysalis_proto::routes;
 use std::sync::{Arc, RwLock};
 use tokio::sync::Semaphore;
 
@@ -54,10 +55,7 @@ pub struct InferenceState {
 
 impl std::fmt::Debug for InferenceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InferenceState")
-            .field("loaded", &self.engine().is_some())
-            .field("config", &self.config)
-            .finish()
+        f.debug_struct("InferenceState").field("loaded", &self.engine().is_some()).field("config", &self.config).finish()
     }
 }
 
@@ -96,10 +94,10 @@ impl InferenceState {
 /// errors for unknown routes and methods; a panicking handler answers 500 ([`panic_guard`]).
 pub fn router(state: Arc<InferenceState>) -> Router {
     let routes = Router::new()
-        .route("/v1/models", get(handlers::list_models))
-        .route("/v1/models/{id}", get(handlers::get_model))
-        .route("/v1/completions", post(handlers::completions))
-        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route(routes::MODELS, get(handlers::list_models))
+        .route(routes::MODEL, get(handlers::get_model))
+        .route(routes::COMPLETIONS, post(handlers::completions))
+        .route(routes::CHAT_COMPLETIONS, post(handlers::chat_completions))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(uri.path()) })
         // The handlers read the body themselves with the configured limit.

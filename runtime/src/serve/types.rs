@@ -121,12 +121,8 @@ impl Common {
             Some(s) => s as u64,
             None => random_u64(),
         };
-        let sampling = SamplingParams {
-            temperature: self.temperature.unwrap_or(1.0),
-            top_p: self.top_p.unwrap_or(1.0),
-            top_k,
-            seed,
-        };
+        let sampling =
+            SamplingParams { temperature: self.temperature.unwrap_or(1.0), top_p: self.top_p.unwrap_or(1.0), top_k, seed };
         sampling.validate().map_err(ApiError::from)?;
         let stop = match &self.stop {
             None => Vec::new(),

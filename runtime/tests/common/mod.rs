@@ -16,12 +16,10 @@ pub const SETUP: &str = "run `cargo xtask test`, or by hand from the repository 
 /// The reference interpreter and the models folder, from CHRYSALIS_PYTHON / CHRYSALIS_MODELS.
 /// Panics with the setup command when they are missing: these tests must not silently skip.
 pub fn env() -> (PathBuf, PathBuf) {
-    let python = std::env::var_os("CHRYSALIS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("CHRYSALIS_PYTHON is not set: {SETUP}"));
-    let models = std::env::var_os("CHRYSALIS_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("CHRYSALIS_MODELS is not set: {SETUP}"));
+    let python =
+        std::env::var_os("CHRYSALIS_PYTHON").map(PathBuf::from).unwrap_or_else(|| panic!("CHRYSALIS_PYTHON is not set: {SETUP}"));
+    let models =
+        std::env::var_os("CHRYSALIS_MODELS").map(PathBuf::from).unwrap_or_else(|| panic!("CHRYSALIS_MODELS is not set: {SETUP}"));
     assert!(python.exists(), "CHRYSALIS_PYTHON={} does not exist: {SETUP}", python.display());
     (python, models)
 }

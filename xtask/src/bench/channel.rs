@@ -10,11 +10,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use chrysalis_attest::cli::PolicyVerifier;
-use chrysalis_attest::cli::proxy::{self, ProxyArgs};
-use chrysalis_attest::policy::Policy;
+use chrysalis_attest::proxy::{self, ProxyArgs};
 use chrysalis_e2e::qemu::VmConfig;
 use chrysalis_e2e::{owner, sim};
+use chrysalis_verify::PolicyVerifier;
+use chrysalis_verify::policy::Policy;
 use serde_json::json;
 
 use super::{median, write_result};
@@ -47,7 +47,7 @@ pub fn run(root: &Path, runs: usize, max_tokens: u32, tiny: bool) -> Result<()> 
     let mut cfg = VmConfig::for_image(&out, &dir.join("vm"))?;
     cfg.disk = Some(sealed.bundle.clone());
     cfg.cmdline.push_str(" chrysalis.plaintext=1");
-    let sim_root = chrysalis_attest::sim::SimRoot::generate();
+    let sim_root = chrysalis_verify::sim::SimRoot::generate();
     let policy_path = owner::write_policy(&dir, &owner::sim_policy(&sim_root.public_key(), &sim::measurement(&cfg)?, None))?;
     let mut vm = sim::boot(cfg, sim_root, |_| {})?;
     let accel = vm.accel.name().to_owned();

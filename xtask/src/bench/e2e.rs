@@ -26,7 +26,7 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
         let mut cfg = VmConfig::for_image(&out, &dir.join("vm"))?;
         cfg.disk = Some(sealed.bundle.clone());
         cfg.cmdline.push_str(" chrysalis.plaintext=1");
-        let root_key = chrysalis_attest::sim::SimRoot::generate();
+        let root_key = chrysalis_verify::sim::SimRoot::generate();
         let policy = owner::write_policy(&dir, &owner::sim_policy(&root_key.public_key(), &sim::measurement(&cfg)?, None))?;
         let mut vm = sim::boot(cfg, root_key, |_| {})?;
         accel = vm.accel.name().to_owned();

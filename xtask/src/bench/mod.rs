@@ -82,7 +82,10 @@ pub fn write_result(root: &Path, name: &str, value: &serde_json::Value) -> Resul
 /// What the QEMU benchmarks share: QEMU and the demo venv installed, the image built, and
 /// SmolLM2-135M-Instruct sealed into `out/bench/<name>/`. Returns (out/, that folder, the
 /// sealed bundle).
-pub fn image_and_sealed_smollm2(root: &Path, name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf, chrysalis_attest::cli::seal::SealSummary)> {
+pub fn image_and_sealed_smollm2(
+    root: &Path,
+    name: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, chrysalis_attest::seal::SealSummary)> {
     crate::deps::ensure_qemu()?;
     let python = crate::deps::ensure_venv_with(root, &[crate::demo::DEMO_REQUIREMENTS])?;
     crate::image::build(root, &crate::image::Options::defaults(root))?;

@@ -4,7 +4,7 @@
 //! Call as `bench::unseal::run(&args)` where `args` are the words after `bench unseal`:
 //! `[--size-mib N] [--runs N] [--skip-openssl]` (defaults: 1024 MiB, best of 3). It seals a
 //! synthetic model (one large weights file plus a config) in memory, then times
-//! `chrysalis_attest::seal::unseal_with` on 1 thread and on all cores, with and without the
+//! `chrysalis_proto::seal::unseal_with` on 1 thread and on all cores, with and without the
 //! per-file SHA-256 check, and `unseal_file` from a bundle file in the page cache; runs `openssl speed -evp aes-256-gcm -bytes
 //! 16384 -seconds 3` (and `-multi $(nproc)`); prints the ratios and writes
 //! `out/bench/unseal.json`. Use a release build for numbers you report:
@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use chrysalis_attest::seal::{DataKey, SealOptions, UnsealOptions, seal_to_vec, unseal_file, unseal_with};
+use chrysalis_proto::seal::{DataKey, SealOptions, UnsealOptions, seal_to_vec, unseal_file, unseal_with};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -29,7 +29,7 @@ struct Measurement {
 }
 
 #[derive(Serialize)]
-struct Report {
+struct UnsealReport {
     plaintext_bytes: u64,
     bundle_bytes: u64,
     chunk_size: u32,
@@ -130,8 +130,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let mut all = Vec::new();
         for _ in 0..runs {
             let t = Instant::now();
-            let files = if from_file { unseal_file(&file, &key, &o) } else { unseal_with(&bundle, &key, &o) }
-                .context("unsealing")?;
+            let files =
+                if from_file { unseal_file(&file, &key, &o) } else { unseal_with(&bundle, &key, &o) }.context("unsealing")?;
             let secs = t.elapsed().as_secs_f64();
             if files.total_bytes() != plaintext {
                 bail!("unsealed {} bytes, expected {plaintext}", files.total_bytes());
@@ -200,7 +200,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{n:<62} {:>6.1}%", r * 100.0);
         }
     }
-    let report = Report {
+    let report = UnsealReport {
         plaintext_bytes: plaintext,
         bundle_bytes: bundle.len() as u64,
         chunk_size: opts.chunk_size,

@@ -1,0 +1,37 @@
+//! Sealed weights: the encrypted bundle format a model owner produces (`attest seal`) and
+//! the runtime decrypts in memory after an attested key release.
+//!
+//! A bundle is `preamble || header || body`: the header (postcard) names the model, lists
+//! every file with its size and plaintext SHA-256, and fixes the chunk size and a random
+//! nonce prefix; the body is AES-256-GCM in the STREAM construction over fixed-size chunks,
+//! with SHA-384 of the header as associated data. Normative description, threat model and
+//! error list: `attest/SEALED_FORMAT.md`.
+//!
+//! ```
+//! use chrysalis_proto::seal::{DataKey, SealOptions, read_header, seal_to_vec, unseal};
+//! let key = DataKey::generate().unwrap();
+//! let bundle = seal_to_vec("tiny", &[("config.json", b"{}"), ("model.gguf", b"GGUF...")],
+//!                          &key, &SealOptions::default()).unwrap();
+//! // The runtime measures the header before it has the key.
+//! let header = read_header(&bundle).unwrap();
+//! assert_eq!(header.header.files.len(), 2);
+//! let files = unseal(&bundle, &key).unwrap();
+//! assert_eq!(files.get("model.gguf"), Some(&b"GGUF..."[..]));
+//! ```
+//!
+//! Trust: bundle bytes are untrusted; the data key is the secret.
+
+pub mod cipher;
+pub mod format;
+pub mod key;
+pub mod keyfile;
+pub mod sealer;
+pub mod unseal;
+
+pub use format::{BundleHeader, FileEntry, HeaderError, Layout, SealedHeader, read_header};
+pub use key::DataKey;
+pub use keyfile::{KeyFile, KeyFileError};
+pub use sealer::{SealError, SealOptions, SealSource, model_files, seal, seal_to_vec};
+pub use unseal::{
+    UnsealError, UnsealOptions, UnsealedFile, UnsealedFiles, read_header_from, unseal, unseal_file, unseal_reader, unseal_with,
+};

@@ -1,0 +1,231 @@
+//! `verify_evidence` end to end on genuine SNP vectors and on the simulated TEE: what the
+//! policy accepts, what it refuses, and that each refusal is the expected check.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrysalis_proto::eventlog::{Event, EventKind, EventLog};
+use chrysalis_proto::evidence::{EVIDENCE_VERSION, Evidence, PlatformEvidence};
+use chrysalis_verify::sim::{SimPsp, SimRoot, sim_launch_measurement};
+use chrysalis_verify::verify::{Claims, SIMULATED_WARNING, VerifyContext, verify_evidence, verify_evidence_with};
+use chrysalis_verify::{Policy, Report};
+
+const VIRTEE_MEASUREMENT: &str =
+    "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
+const VIRTEE_REPORT_DATA: &str = "d447b55d197491bfe15cf298f9de9986b7a7c4be2468b4f6e2d53b71d7c645810b0f2cdfca0040433be063fc1a8293f0f3f8dae7b79fecb3d1cd82bd6a93ebfd";
+const JAN_2026: u64 = 1_767_225_600;
+
+fn data(path: &str) -> Vec<u8> {
+    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/snp").join(path)).unwrap()
+}
+
+fn virtee_evidence() -> Evidence {
+    Evidence {
+        version: EVIDENCE_VERSION,
+        nonce: vec![],
+        platform: PlatformEvidence::Snp {
+            report: data("virtee-sev-milan/report_milan.bin"),
+            certs: vec![data("virtee-sev-milan/vcek_milan.der"), data("virtee-sev-milan/cert_chain_milan.pem")],
+        },
+        event_log: EventLog::default(),
+        gpus: vec![],
+    }
+}
+
+fn policy(measurement: &str, extra: &str) -> Policy {
+    Policy::from_toml(&format!(
+        "[measurements]\nsnp = [\"{measurement}\"]\n[report_data]\nbinding = \"fixed\"\nexpected = \"{VIRTEE_REPORT_DATA}\"\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn failed(r: &Report) -> Vec<String> {
+    r.failures().map(|c| c.name.clone()).collect()
+}
+
+fn jan_2026() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(JAN_2026)
+}
+
+#[test]
+fn genuine_milan_report_passes_a_matching_policy() {
+    let ev = Evidence::from_bytes(&virtee_evidence().to_bytes()).unwrap();
+    let p = policy(VIRTEE_MEASUREMENT, "[snp.min_tcb]\nbootloader = 3\nsnp = 8\nmicrocode = 115");
+    let r = verify_evidence(&ev, &p, &[], jan_2026());
+    assert!(r.is_ok(), "{r}");
+    for name in ["snp.cert_chain", "snp.report_signature", "snp.vcek_tcb", "snp.vcek_hwid", "snp.measurement", "report_data"] {
+        assert!(r.checks.iter().any(|c| c.name == name && c.passed), "{name} missing:\n{r}");
+    }
+    assert!(matches!(&r.claims, Some(Claims::Snp(v)) if !v.claims().simulated));
+    assert!(r.warnings.is_empty());
+    let text = r.to_string();
+    assert!(text.starts_with("attestation: OK"), "{text}");
+    assert!(text.contains("CN=SEV-VCEK <- CN=SEV-Milan <- CN=ARK-Milan"), "{text}");
+}
+
+#[test]
+fn wrong_measurement_fails_only_that_check() {
+    let p = policy(&"00".repeat(48), "");
+    let r = verify_evidence(&virtee_evidence(), &p, &[], jan_2026());
+    assert_eq!(failed(&r), ["snp.measurement"]);
+    assert!(
+        Policy::default()
+            .check_snp(match &r.claims {
+                Some(Claims::Snp(v)) => v,
+                _ => panic!("no claims"),
+            })
+            .iter()
+            .any(|c| c.name == "snp.measurement" && !c.passed)
+    );
+}
+
+#[test]
+fn policy_minimums_and_bindings_fail_as_expected() {
+    let r = verify_evidence(&virtee_evidence(), &policy(VIRTEE_MEASUREMENT, "[snp.min_tcb]\nmicrocode = 200"), &[], jan_2026());
+    assert_eq!(failed(&r), ["snp.tcb.microcode"]);
+    let r = verify_evidence(
+        &virtee_evidence(),
+        &policy(VIRTEE_MEASUREMENT, &format!("[snp]\nhost_data = \"{}\"", "11".repeat(32))),
+        &[],
+        jan_2026(),
+    );
+    assert_eq!(failed(&r), ["snp.host_data"]);
+    // The default binding needs the runtime's event log and a nonce: a foreign report fails it.
+    let p = Policy::from_toml(&format!("[measurements]\nsnp = [\"{VIRTEE_MEASUREMENT}\"]")).unwrap();
+    let r = verify_evidence(&virtee_evidence(), &p, &[], jan_2026());
+    assert_eq!(failed(&r), ["report_data"]);
+    // Runtime expectations cannot pass when the log is not bound.
+    let r = verify_evidence(
+        &virtee_evidence(),
+        &policy(VIRTEE_MEASUREMENT, &format!("[runtime]\nbinary_sha384 = [\"{}\"]", "22".repeat(48))),
+        &[],
+        jan_2026(),
+    );
+    assert_eq!(failed(&r), ["runtime.binary"]);
+    // Certificates from a cache directory work like certificates in the bundle.
+    let mut bare = virtee_evidence();
+    bare.platform = PlatformEvidence::Snp { report: data("virtee-sev-milan/report_milan.bin"), certs: vec![] };
+    let r = verify_evidence(&bare, &policy(VIRTEE_MEASUREMENT, ""), &[], jan_2026());
+    assert_eq!(failed(&r), ["snp.cert_chain"]);
+    let cache = vec![data("virtee-sev-milan/vcek_milan.der")];
+    let ctx = VerifyContext { extra_snp_certs: &cache, ..VerifyContext::new(&[], jan_2026()) };
+    assert!(verify_evidence_with(&bare, &policy(VIRTEE_MEASUREMENT, ""), &ctx).is_ok());
+}
+
+#[test]
+fn tampered_genuine_report_fails_at_the_signature() {
+    let mut ev = virtee_evidence();
+    if let PlatformEvidence::Snp { report, .. } = &mut ev.platform {
+        report[0x90] ^= 1;
+    }
+    let r = verify_evidence(&ev, &policy(VIRTEE_MEASUREMENT, ""), &[], jan_2026());
+    assert_eq!(failed(&r), ["snp.report_signature"]);
+    assert!(r.claims.is_none());
+    let detail = &r.failures().next().unwrap().detail;
+    assert!(detail.contains("report signature does not verify under the VCEK key CN=SEV-VCEK"), "{detail}");
+}
+
+fn runtime_log() -> EventLog {
+    let mut log = EventLog::default();
+    log.extend(Event::digest_of(EventKind::RuntimeBinary, b"chrysalis-runtime"));
+    log.extend(Event::with_data(EventKind::KernelCmdline, b"console=ttyS0".to_vec()));
+    log.extend(Event::with_data(EventKind::PublicKey, vec![9; 32]));
+    log
+}
+
+fn sim_policy(root_hex: &str, measurement: &[u8; 48], allow: bool, extra: &str) -> Policy {
+    Policy::from_toml(&format!(
+        "[simulation]\nallow_simulated = {allow}\nroot_public_key = \"{root_hex}\"\nmeasurements = [\"{}\"]\n{extra}",
+        hex::encode(measurement)
+    ))
+    .unwrap()
+}
+
+#[test]
+fn simulated_evidence_rejected_by_default_accepted_with_warning_when_allowed() {
+    let m = sim_launch_measurement(b"vmlinuz", b"initrd", "console=ttyS0");
+    let psp = SimPsp::new(SimRoot::generate(), m);
+    let nonce = [0x42u8; 32];
+    let ev = Evidence::from_bytes(&psp.evidence(runtime_log(), &nonce).to_bytes()).unwrap();
+    let now = SystemTime::now();
+
+    let r = verify_evidence(&ev, &Policy::default(), &nonce, now);
+    assert_eq!(failed(&r), ["simulation"]);
+    assert_eq!(r.warnings, [SIMULATED_WARNING]);
+
+    let bin = hex::encode(runtime_log().find(EventKind::RuntimeBinary).unwrap().digest);
+    let root = psp.root.public_key().to_hex();
+    let p = sim_policy(&root, &m, true, &format!("[runtime]\nbinary_sha384 = [\"{bin}\"]"));
+    let r = verify_evidence(&ev, &p, &nonce, now);
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.warnings, [SIMULATED_WARNING]);
+    assert!(r.checks.iter().any(|c| c.name == "simulation" && c.passed && c.detail.contains("WARNING")));
+    assert!(r.checks.iter().any(|c| c.name == "runtime.binary" && c.passed));
+    assert!(r.to_string().contains("!!! WARNING: SIMULATED TEE"));
+    assert!(r.to_json().contains("\"simulated\": true"));
+
+    // A sim report signed by a different root fails.
+    let other = SimPsp::new(SimRoot::generate(), m);
+    let r = verify_evidence(&other.evidence(runtime_log(), &nonce), &p, &nonce, now);
+    assert_eq!(failed(&r), ["sim.signature"]);
+
+    // A tampered event log no longer matches REPORT_DATA.
+    let mut t = ev.clone();
+    t.event_log.extend(Event::with_data(EventKind::Config, b"{}".to_vec()));
+    assert_eq!(failed(&verify_evidence(&t, &p, &nonce, now)), ["report_data", "runtime.binary"]);
+}
+
+#[test]
+fn debug_enabled_report_fails_under_the_default_policy() {
+    let m = [7u8; 48];
+    let mut psp = SimPsp::new(SimRoot::generate(), m);
+    psp.set_debug(true);
+    let nonce = [1u8; 16];
+    let ev = psp.evidence(runtime_log(), &nonce);
+    let root = psp.root.public_key().to_hex();
+    let r = verify_evidence(&ev, &sim_policy(&root, &m, true, ""), &nonce, SystemTime::now());
+    assert_eq!(failed(&r), ["snp.debug"]);
+    let p = Policy::from_toml(&format!(
+        "allow_debug = true\n[simulation]\nallow_simulated = true\nroot_public_key = \"{root}\"\nmeasurements = [\"{}\"]",
+        hex::encode(m)
+    ))
+    .unwrap();
+    assert!(verify_evidence(&ev, &p, &nonce, SystemTime::now()).is_ok());
+    // Migration agent and SMT policy bits.
+    psp.set_debug(false);
+    psp.policy |= chrysalis_verify::snp::policy_bits::MIGRATE_MA;
+    psp.platform_info = chrysalis_verify::snp::platform_info_bits::SMT_EN;
+    let ev = psp.evidence(runtime_log(), &nonce);
+    let r = verify_evidence(&ev, &sim_policy(&root, &m, true, "[snp]\nrequire_smt_disabled = true"), &nonce, SystemTime::now());
+    assert_eq!(failed(&r), ["snp.migration_agent", "snp.smt"]);
+}
+
+#[test]
+fn freshness_uses_the_nonce_issue_time() {
+    let m = [7u8; 48];
+    let psp = SimPsp::new(SimRoot::generate(), m);
+    let nonce = [1u8; 32];
+    let ev = psp.evidence(runtime_log(), &nonce);
+    let root = psp.root.public_key().to_hex();
+    let p = sim_policy(&root, &m, true, "[freshness]\nmax_evidence_age_secs = 60");
+    let now = SystemTime::now();
+    let ctx = VerifyContext { nonce_issued_at: Some(now - Duration::from_secs(5)), ..VerifyContext::new(&nonce, now) };
+    assert!(verify_evidence_with(&ev, &p, &ctx).is_ok());
+    let ctx = VerifyContext { nonce_issued_at: Some(now - Duration::from_secs(120)), ..VerifyContext::new(&nonce, now) };
+    assert_eq!(failed(&verify_evidence_with(&ev, &p, &ctx)), ["freshness"]);
+    assert_eq!(failed(&verify_evidence(&ev, &p, &nonce, now)), ["freshness"]);
+}
+
+#[test]
+fn gpu_evidence_not_committed_to_by_the_event_log_fails_closed() {
+    // Full GPU verification is covered by tests/gpu_binding.rs; here: GPU evidence the
+    // (bound) event log does not commit to is refused before it is even parsed.
+    let m = [7u8; 48];
+    let psp = SimPsp::new(SimRoot::generate(), m);
+    let mut ev = psp.evidence(runtime_log(), &[1]);
+    ev.gpus.push(chrysalis_proto::evidence::GpuEvidence { report: vec![1], cert_chain: vec![] });
+    let p = sim_policy(&psp.root.public_key().to_hex(), &m, true, "");
+    let r = verify_evidence(&ev, &p, &[1], SystemTime::now());
+    assert_eq!(failed(&r), ["gpu.event"]);
+}

@@ -1,0 +1,452 @@
+//! The attested session of one boot, as three parts with one job each:
+//!
+//! - [`Identity`]: what this boot is — the event log measured at boot and its digest, the
+//!   X25519 key pair requests and data keys are sealed to, the receipt signer, and the
+//!   launch measurement its own evidence reported. The private keys never leave it.
+//! - [`Attestation`]: evidence for a verifier's nonce, and the nonce book a released key is
+//!   checked against.
+//! - [`Unsealer`]: the stage machine from a released key to a served model (unseal → load),
+//!   with typed errors; plaintext weights go from the unsealer straight to the model loader.
+//!
+//! [`Session`] ties them together for the HTTP endpoints and pull mode.
+
+mod attestation;
+mod identity;
+mod unseal;
+
+use chrysalis_proto::channel::ChannelError;
+use chrysalis_proto::channel::crypto::{ResponseSealer, Target};
+use chrysalis_proto::channel::receipt::{Receipt, ReceiptSigner};
+use chrysalis_proto::eventlog::{Digest384, EventLog};
+use chrysalis_proto::evidence::{Evidence, GpuEvidence};
+use chrysalis_proto::keyrelease::{KeyRelease, KeyReleaseError, PUBLIC_KEY_LEN, RuntimeKeyPair};
+use chrysalis_proto::seal::UnsealedFiles;
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::tee::EvidenceSource;
+
+pub use attestation::{Attestation, NONCE_LEN_RANGE};
+pub use identity::Identity;
+pub use unseal::{Milestones, Stage, UnsealError, Unsealer};
+
+/// Loads unsealed files into the inference engine; returns the served model's id.
+pub trait ModelSink: Send + Sync {
+    /// Load and install the model. The files are dropped (and zeroized) afterwards.
+    fn load(&self, files: UnsealedFiles) -> anyhow::Result<String>;
+}
+
+/// Why a session request failed; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The nonce is missing, not hex, or of a length outside 16..=64 bytes.
+    #[error("bad nonce: {0}")]
+    BadNonce(String),
+    /// No evidence can be produced (no TEE, or the TEE failed).
+    #[error("evidence unavailable: {0:#}")]
+    NoEvidence(#[source] anyhow::Error),
+    /// The key release message was refused.
+    #[error("key refused: {0}")]
+    Key(#[from] KeyReleaseError),
+    /// Unsealing or loading is already running.
+    #[error("a key is already being processed (unsealing or loading)")]
+    Busy,
+    /// The model is already served: this boot takes no further key. (The wording keeps
+    /// "already unsealed", which owners' scripts and tests/tests/attest.rs look for.)
+    #[error("model already unsealed (serving {0}): refusing another key")]
+    AlreadyServing(String),
+    /// Every nonce slot holds a live nonce: evidence for a new 32-byte nonce is refused
+    /// until the oldest expires.
+    #[error("too many outstanding nonces: retry in {retry_after_s} s")]
+    TooManyNonces {
+        /// Seconds until a slot frees.
+        retry_after_s: u64,
+    },
+    /// There is no bundle to unseal.
+    #[error("no sealed bundle: {0}")]
+    NoBundle(String),
+    /// The key opened but the bundle did not unseal (tampered, truncated, wrong bundle).
+    #[error("unsealing failed: {0}")]
+    Unseal(#[from] UnsealError),
+    /// The bundle unsealed but the model did not load.
+    #[error("loading the model failed: {0:#}")]
+    Load(#[source] anyhow::Error),
+}
+
+impl SessionError {
+    /// A short, fixed name for the kind of failure: what `/v1/health` shows to anyone, while
+    /// the details (file names, chunk numbers, loader messages) stay on the console log.
+    pub fn class(&self) -> &'static str {
+        match self {
+            SessionError::BadNonce(_) => "bad_nonce",
+            SessionError::NoEvidence(_) => "no_evidence",
+            SessionError::Key(_) => "key_refused",
+            SessionError::Busy => "busy",
+            SessionError::AlreadyServing(_) => "already_serving",
+            SessionError::TooManyNonces { .. } => "too_many_nonces",
+            SessionError::NoBundle(_) => "no_bundle",
+            SessionError::Unseal(_) => "unseal_failed",
+            SessionError::Load(_) => "load_failed",
+        }
+    }
+}
+
+/// Snapshot for /v1/health (unauthenticated: it carries no error details).
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Current stage.
+    pub stage: Stage,
+    /// The class of the last unseal/load failure, if any ([`SessionError::class`], e.g.
+    /// `unseal_failed`); the runtime keeps serving attestation.
+    pub last_error: Option<&'static str>,
+    /// Milestone timings.
+    pub milestones: Milestones,
+    /// The evidence backend.
+    pub tee: String,
+}
+
+/// The session of this boot.
+pub struct Session {
+    identity: Identity,
+    attestation: Attestation,
+    unsealer: Unsealer,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("events", &self.identity.log().events.len())
+            .field("tee", &self.attestation.describe())
+            .finish()
+    }
+}
+
+impl Session {
+    /// A session over what boot measured.
+    pub fn new(
+        log: EventLog,
+        keys: RuntimeKeyPair,
+        source: EvidenceSource,
+        bundle: Result<Bundle, String>,
+        sink: Box<dyn ModelSink>,
+    ) -> Self {
+        Session {
+            identity: Identity::new(log, keys),
+            attestation: Attestation::new(source),
+            unsealer: Unsealer::new(bundle, sink),
+        }
+    }
+
+    /// The session with a receipt signer whose `ReceiptKey` event is already in the log.
+    pub fn with_receipt_signer(mut self, signer: ReceiptSigner) -> Self {
+        self.identity = self.identity.with_receipt_signer(signer);
+        self
+    }
+
+    /// Serve `gpus` with every evidence bundle (the GPU evidence whose `GpuEvidence` event
+    /// is in the log).
+    pub fn with_gpus(mut self, gpus: Vec<GpuEvidence>) -> Self {
+        self.attestation = self.attestation.with_gpus(gpus);
+        self
+    }
+
+    /// The event log measured at boot.
+    pub fn log(&self) -> &EventLog {
+        self.identity.log()
+    }
+
+    /// This boot's event-log digest `D_n` (the channel's key id).
+    pub fn log_digest(&self) -> Digest384 {
+        self.identity.log_digest()
+    }
+
+    /// Open a request sealed to this runtime's key for `target` (the encrypted channel).
+    pub fn open_request(
+        &self,
+        target: &Target,
+        enc: &[u8; PUBLIC_KEY_LEN],
+        ciphertext: &[u8],
+    ) -> Result<(zeroize::Zeroizing<Vec<u8>>, ResponseSealer), ChannelError> {
+        self.identity.open_request(target, enc, ciphertext)
+    }
+
+    /// Sign the receipt of one response, naming the served model (if any).
+    pub fn sign_receipt(&self, target: String, request_sha384: Digest384, status: u16, response_sha384: Digest384) -> Receipt {
+        let model = self.unsealer.serving().unwrap_or_default();
+        self.identity.sign_receipt(model, target, request_sha384, status, response_sha384)
+    }
+
+    /// Current status.
+    pub fn status(&self) -> Status {
+        let (stage, last_error, milestones) = self.unsealer.snapshot();
+        Status { stage, last_error, milestones, tee: self.attestation.describe() }
+    }
+
+    /// Evidence for a verifier's nonce (blocking: talks to the TEE); see
+    /// [`Attestation::evidence`].
+    pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, SessionError> {
+        let evidence = self.attestation.evidence(&self.identity, nonce)?;
+        self.unsealer.record_evidence_served();
+        Ok(evidence)
+    }
+
+    /// Accept a released key, unseal the bundle and load the model (blocking). On failure
+    /// nothing decrypted is kept and the runtime keeps serving attestation.
+    ///
+    /// `POST /v1/key` is unauthenticated, so a key that does not open changes nothing: the
+    /// stage moves to unsealing only once the key has opened under a nonce this runtime
+    /// issued (checked while holding the stage, so no junk key can make the owner's key find
+    /// the runtime busy), and a key posted while unsealing, loading or serving is refused
+    /// before anything else is looked at.
+    pub fn release(&self, msg: &KeyRelease) -> Result<String, SessionError> {
+        let measured = self.identity.bundle_header();
+        self.unsealer.run(measured, || self.attestation.accept(msg, &self.identity), || self.attestation.close())
+    }
+}
+
+/// A session over a real sealed bundle in a temporary directory, with a stand-in for the
+/// simulated TEE's port (for this crate's tests).
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod fixture {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use chrysalis_proto::eventlog::{Event, EventKind, EventLog};
+    use chrysalis_proto::keyrelease::{KeyRelease, Nonce, RuntimeKeyPair, Transcript, wrap_key};
+    use chrysalis_proto::seal::{DataKey, SealOptions, UnsealedFiles, seal_to_vec};
+    use chrysalis_proto::sim_transport;
+
+    use super::{ModelSink, Session};
+    use crate::bundle::Bundle;
+    use crate::tee::EvidenceSource;
+
+    /// Serves the bundle's model name.
+    pub struct NameSink;
+    impl ModelSink for NameSink {
+        fn load(&self, files: UnsealedFiles) -> anyhow::Result<String> {
+            Ok(files.model_name.clone())
+        }
+    }
+
+    /// A fresh directory under the system's temporary directory.
+    pub fn temp_dir(name: &str) -> PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "chrysalis-runtime-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A file that answers like the simulated TEE's port: `simtee::report` writes its request
+    /// over the first bytes and reads the canned answer that follows.
+    pub fn fake_tee_port(dir: &Path) -> EvidenceSource {
+        let port = dir.join("vport");
+        let mut bytes = vec![0u8; sim_transport::REQUEST_LEN];
+        bytes.extend(sim_transport::encode_response(Ok(&[0x5a; 64])));
+        std::fs::write(&port, bytes).unwrap();
+        EvidenceSource::Simulated { port }
+    }
+
+    /// A bundle of one file sealed under `key`.
+    pub fn sealed(model: &str, data: &[u8], key: &DataKey) -> Vec<u8> {
+        seal_to_vec(model, &[("weights.bin", data)], key, &SealOptions::default()).unwrap()
+    }
+
+    pub struct Fixture {
+        pub session: Arc<Session>,
+        pub dir: PathBuf,
+        pub bundle_path: PathBuf,
+        pub key: DataKey,
+        pub public_key: [u8; 32],
+    }
+
+    impl Fixture {
+        /// A session waiting for the key of the bundle "Test Model".
+        pub fn new(name: &str) -> Self {
+            let dir = temp_dir(name);
+            let key = DataKey::generate().unwrap();
+            let bundle_path = dir.join("bundle.sealed");
+            std::fs::write(&bundle_path, sealed("Test Model", b"weights A", &key)).unwrap();
+            let bundle = Bundle::open(&bundle_path).unwrap();
+            let keys = RuntimeKeyPair::generate().unwrap();
+            let public_key = keys.public_key();
+            let mut log = EventLog::default();
+            log.extend(Event::digest_of(EventKind::RuntimeBinary, b"init"));
+            log.extend(Event::digest_of(EventKind::BundleHeader, &bundle.header.raw));
+            log.extend(keys.public_key_event());
+            let session = Session::new(log, keys, fake_tee_port(&dir), Ok(bundle), Box::new(NameSink));
+            Fixture { session: Arc::new(session), dir, bundle_path, key, public_key }
+        }
+
+        /// What the owner sends after verifying evidence for `nonce`.
+        pub fn owner_release(&self, nonce: Nonce) -> KeyRelease {
+            let w = wrap_key(&self.key, &self.public_key, &Transcript::for_log(&nonce, self.session.log())).unwrap();
+            KeyRelease::new(nonce, &w)
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// The 32-byte nonce numbered `i`.
+    pub fn nonce(i: u32) -> Nonce {
+        let mut n = [0xeeu8; 32];
+        n[..4].copy_from_slice(&i.to_le_bytes());
+        n
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::fixture::{Fixture, nonce, sealed};
+    use super::*;
+    use chrysalis_proto::eventlog::EventKind;
+    use chrysalis_proto::keyrelease::{Nonce, Transcript, wrap_key};
+
+    /// The provider swaps the bundle file after the runtime measured its header at boot,
+    /// for another bundle sealed under the same key: the released key must not unseal it.
+    #[test]
+    fn a_bundle_swapped_after_boot_is_not_unsealed() {
+        let f = Fixture::new("swap");
+        let measured = f.session.log().find(EventKind::BundleHeader).map(|e| e.digest).unwrap();
+        let other = sealed("Other Model", b"weights B", &f.key);
+        let other_digest = chrysalis_proto::seal::read_header(&other).unwrap().digest();
+        std::fs::write(&f.bundle_path, &other).unwrap();
+        f.session.evidence(&nonce(1)).unwrap();
+        let err = f.session.release(&f.owner_release(nonce(1))).unwrap_err();
+        let want = format!(
+            "the bundle on disk changed since boot: header sha384 {}, measured {}",
+            hex::encode(other_digest),
+            hex::encode(measured)
+        );
+        assert!(matches!(&err, SessionError::Unseal(_)) && err.to_string().contains(&want), "{err}");
+        let st = f.session.status();
+        assert_eq!(st.stage, Stage::WaitingForKey);
+        assert!(st.milestones.unsealed.is_none() && st.milestones.model_loaded.is_none());
+        // /v1/health shows only the class of the failure, not the details.
+        assert_eq!(st.last_error, Some("unseal_failed"));
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(!json.contains("changed since boot") && !json.contains(&hex::encode(measured)), "{json}");
+        assert!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model.is_empty());
+    }
+
+    /// The bundle measured at boot, left in place, unseals and is served.
+    #[test]
+    fn the_measured_bundle_unseals() {
+        let f = Fixture::new("same");
+        f.session.evidence(&nonce(1)).unwrap();
+        assert_eq!(f.session.release(&f.owner_release(nonce(1))).unwrap(), "Test Model");
+        assert_eq!(f.session.status().stage, Stage::Serving { model: "Test Model".into() });
+    }
+
+    fn junk_keys(f: &Fixture, owner_nonce: Nonce) -> Vec<KeyRelease> {
+        let mut garbage = f.owner_release(owner_nonce);
+        garbage.ciphertext = [0x41; chrysalis_proto::keyrelease::WRAPPED_LEN];
+        let mut other_log = f.session.log().clone();
+        other_log.extend(chrysalis_proto::eventlog::Event::digest_of(EventKind::Config, b"x"));
+        let w = wrap_key(&f.key, &f.public_key, &Transcript::for_log(&owner_nonce, &other_log)).unwrap();
+        vec![
+            f.owner_release(nonce(999)),      // never issued
+            garbage,                          // the owner's nonce, a key that does not open
+            KeyRelease::new(owner_nonce, &w), // the right key for another log state
+        ]
+    }
+
+    /// Unauthenticated junk posted to /v1/key before the owner's key changes nothing: no
+    /// stage, no error, no milestone, and the owner's nonce stays usable.
+    #[test]
+    fn junk_keys_change_nothing_and_the_owner_key_still_opens() {
+        let f = Fixture::new("junk");
+        f.session.evidence(&nonce(1)).unwrap();
+        for junk in junk_keys(&f, nonce(1)).iter().cycle().take(30) {
+            assert!(matches!(f.session.release(junk), Err(SessionError::Key(_))));
+            let st = f.session.status();
+            assert_eq!(st.stage, Stage::WaitingForKey);
+            assert_eq!(st.last_error, None, "a junk key left an error");
+            assert!(st.milestones.key_received.is_none());
+        }
+        assert_eq!(f.session.release(&f.owner_release(nonce(1))).unwrap(), "Test Model");
+    }
+
+    /// Junk keys arriving while the owner's key is processed never make it fail.
+    #[test]
+    fn a_burst_of_junk_does_not_make_the_owner_key_find_the_runtime_busy() {
+        for round in 0..20 {
+            let f = Fixture::new("burst");
+            f.session.evidence(&nonce(1)).unwrap();
+            let junk = junk_keys(&f, nonce(1));
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let owner = f.owner_release(nonce(1));
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            for j in &junk {
+                                let _ = f.session.release(j);
+                            }
+                        }
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let r = f.session.release(&owner);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(r.map_err(|e| e.to_string()), Ok("Test Model".to_owned()), "round {round}");
+            });
+            assert_eq!(f.session.status().stage, Stage::Serving { model: "Test Model".into() });
+        }
+    }
+
+    /// Once serving, a further key (even one that would open) is refused as such and changes
+    /// nothing: the stage, and the model named in receipts, stay.
+    #[test]
+    fn a_key_after_serving_is_refused_and_changes_nothing() {
+        let f = Fixture::new("after");
+        f.session.evidence(&nonce(1)).unwrap();
+        f.session.release(&f.owner_release(nonce(1))).unwrap();
+        f.session.evidence(&nonce(2)).unwrap();
+        for msg in [f.owner_release(nonce(1)), f.owner_release(nonce(2)), f.owner_release(nonce(3))] {
+            let err = f.session.release(&msg).unwrap_err();
+            assert!(matches!(&err, SessionError::AlreadyServing(m) if m == "Test Model"), "{err}");
+            let st = f.session.status();
+            assert_eq!(st.stage, Stage::Serving { model: "Test Model".into() });
+            assert_eq!(st.last_error, None);
+            assert_eq!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model, "Test Model");
+        }
+    }
+
+    /// 300 evidence requests after the owner's cannot evict the owner's nonce: the book
+    /// refuses new nonces once full, and the owner's key still opens.
+    #[test]
+    fn a_nonce_flood_cannot_evict_the_owners_nonce() {
+        let f = Fixture::new("flood");
+        f.session.evidence(&nonce(0)).unwrap();
+        let (mut served, mut refused) = (0, 0);
+        for i in 1..=300 {
+            match f.session.evidence(&nonce(i)) {
+                Ok(_) => served += 1,
+                Err(SessionError::TooManyNonces { retry_after_s }) => {
+                    assert!((1..=300).contains(&retry_after_s), "{retry_after_s}");
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let capacity = chrysalis_proto::keyrelease::OnceNonces::<()>::CAPACITY;
+        assert_eq!((served, refused), (capacity - 1, 300 - (capacity - 1)));
+        // Short nonces are never registered, so they are still served.
+        assert!(f.session.evidence(&[1; 16]).is_ok());
+        assert_eq!(f.session.release(&f.owner_release(nonce(0))).unwrap(), "Test Model");
+        // Once serving, no key is taken and no nonce registered: evidence is served again.
+        assert!(f.session.evidence(&nonce(1000)).is_ok());
+    }
+}

@@ -1,0 +1,191 @@
+//! The stage machine from a released key to a served model:
+//!
+//! ```text
+//! NoBundle                      (no sealed bundle: attestation only, forever)
+//! WaitingForKey ──key opens──▶ Unsealing ──▶ Loading ──▶ Serving
+//!       ▲                          │             │
+//!       └──────── failure ─────────┴─────────────┘   (last_error = its class)
+//! ```
+//!
+//! A key is looked at only in `WaitingForKey`, and the stage moves only once the key has
+//! opened (the `accept` step runs while the stage is held), so junk keys change nothing and
+//! cannot make the owner's key find the runtime busy. One boot serves one model.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use chrysalis_proto::eventlog::Digest384;
+use chrysalis_proto::keyrelease::KeyReleaseError;
+use chrysalis_proto::seal::DataKey;
+use serde::Serialize;
+
+use super::{ModelSink, SessionError};
+use crate::bundle::Bundle;
+use crate::sys;
+
+/// Where the runtime is on the way from boot to serving.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Stage {
+    /// No sealed bundle is configured or readable: attestation works, inference never will.
+    NoBundle {
+        /// Why.
+        why: String,
+    },
+    /// Waiting for the owner to verify the evidence and release the key.
+    WaitingForKey,
+    /// Decrypting the bundle into memory.
+    Unsealing,
+    /// Building the model from the unsealed files.
+    Loading,
+    /// The model is served.
+    Serving {
+        /// Its id in the API.
+        model: String,
+    },
+}
+
+/// Seconds since kernel start at each milestone (for `bench e2e`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Milestones {
+    /// First evidence served.
+    pub evidence_served: Option<f64>,
+    /// A key opened.
+    pub key_received: Option<f64>,
+    /// The bundle was decrypted and checked.
+    pub unsealed: Option<f64>,
+    /// The model was loaded and installed.
+    pub model_loaded: Option<f64>,
+}
+
+/// Why an opened key did not unseal the bundle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnsealError {
+    /// The event log measures no bundle header, so nothing could be checked against it.
+    #[error("the event log measures no bundle header")]
+    NotMeasured,
+    /// The bundle on disk does not unseal under the key against the measured header
+    /// (changed since boot, tampered, truncated, or another bundle).
+    #[error("{0:#}")]
+    Bundle(#[source] anyhow::Error),
+}
+
+#[derive(Debug)]
+struct State {
+    stage: Stage,
+    /// The class of the last unseal/load failure ([`SessionError::class`]); the details go
+    /// to the console log only.
+    last_error: Option<&'static str>,
+    milestones: Milestones,
+}
+
+/// The unseal stage machine over this boot's bundle and model loader.
+pub struct Unsealer {
+    bundle: Result<Bundle, String>,
+    state: Mutex<State>,
+    sink: Box<dyn ModelSink>,
+}
+
+impl Unsealer {
+    /// Waiting for a key for `bundle` (or for nothing, when there is no bundle).
+    pub fn new(bundle: Result<Bundle, String>, sink: Box<dyn ModelSink>) -> Self {
+        let stage = match &bundle {
+            Ok(_) => Stage::WaitingForKey,
+            Err(why) => Stage::NoBundle { why: why.clone() },
+        };
+        Unsealer { bundle, state: Mutex::new(State { stage, last_error: None, milestones: Milestones::default() }), sink }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stage, last error class and milestones.
+    pub fn snapshot(&self) -> (Stage, Option<&'static str>, Milestones) {
+        let s = self.state();
+        (s.stage.clone(), s.last_error, s.milestones.clone())
+    }
+
+    /// The served model's id, once serving.
+    pub fn serving(&self) -> Option<String> {
+        match &self.state().stage {
+            Stage::Serving { model } => Some(model.clone()),
+            _ => None,
+        }
+    }
+
+    /// Note the first evidence served.
+    pub fn record_evidence_served(&self) {
+        self.state().milestones.evidence_served.get_or_insert_with(sys::uptime);
+    }
+
+    /// Take a key: `accept` opens it (run while the stage is held, only in `WaitingForKey`),
+    /// then unseal against the `measured` header and load; `close` runs once the model is
+    /// served. On failure the stage returns to `WaitingForKey` with the failure's class.
+    pub fn run(
+        &self,
+        measured: Option<Digest384>,
+        accept: impl FnOnce() -> Result<DataKey, KeyReleaseError>,
+        close: impl FnOnce(),
+    ) -> Result<String, SessionError> {
+        let bundle = self.bundle.as_ref().map_err(|why| SessionError::NoBundle(why.clone()))?;
+        let key = {
+            let mut s = self.state();
+            match &s.stage {
+                Stage::Unsealing | Stage::Loading => return Err(SessionError::Busy),
+                Stage::Serving { model } => return Err(SessionError::AlreadyServing(model.clone())),
+                Stage::NoBundle { why } => return Err(SessionError::NoBundle(why.clone())),
+                Stage::WaitingForKey => {}
+            }
+            // Lock order: state, then the nonce book inside `accept` (nothing takes them the
+            // other way round).
+            let key = accept()?;
+            s.milestones.key_received = Some(sys::uptime());
+            s.stage = Stage::Unsealing;
+            key
+        };
+        let result = self.unseal_and_load(bundle, measured, key, close);
+        let mut s = self.state();
+        match &result {
+            Ok(model) => {
+                s.stage = Stage::Serving { model: model.clone() };
+                s.last_error = None;
+            }
+            Err(e) => {
+                // /v1/health shows only the class; the callers (`POST /v1/key`, pull mode) log
+                // the details to the console.
+                s.stage = Stage::WaitingForKey;
+                s.last_error = Some(e.class());
+            }
+        }
+        result
+    }
+
+    fn unseal_and_load(
+        &self,
+        bundle: &Bundle,
+        measured: Option<Digest384>,
+        key: DataKey,
+        close: impl FnOnce(),
+    ) -> Result<String, SessionError> {
+        let measured = measured.ok_or(UnsealError::NotMeasured)?;
+        let start = Instant::now();
+        let files = bundle.unseal(&key, &measured).map_err(UnsealError::Bundle)?;
+        drop(key);
+        let bytes: usize = files.files.iter().map(|f| f.data.len()).sum();
+        log::info!("unseal: {} files, {bytes} B in {} ms (memory only)", files.files.len(), start.elapsed().as_millis());
+        {
+            let mut s = self.state();
+            s.milestones.unsealed = Some(sys::uptime());
+            s.stage = Stage::Loading;
+        }
+        let start = Instant::now();
+        let model = self.sink.load(files).map_err(SessionError::Load)?;
+        // From now on every further key is refused: one boot serves one model.
+        close();
+        log::info!("model {model} loaded in {} ms", start.elapsed().as_millis());
+        self.state().milestones.model_loaded = Some(sys::uptime());
+        Ok(model)
+    }
+}

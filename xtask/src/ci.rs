@@ -1,0 +1,61 @@
+//! `cargo xtask ci`: everything CI checks, in the order that fails fastest — formatting,
+//! lints, rustdoc, the fuzz targets' build — then the whole test suite ([`crate::test`]).
+//! `.ci/run` runs exactly this from a clean clone; the README's test command is this.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::util::{Stage, cargo, run, say};
+use crate::{deps, test};
+
+/// Features the workspace is checked with: everything that builds without a GPU toolchain
+/// (`cuda` needs nvcc; `cargo xtask gpu build-cuda` covers it).
+const FEATURES: &str = "chrysalis-runtime/dev-server,chrysalis-runtime/gpu-evidence";
+
+/// The fuzz crate (its own workspace and lock file, so fuzzing dependencies stay out of
+/// the main lock file).
+const FUZZ_MANIFEST: &str = "attest/fuzz/Cargo.toml";
+
+/// Run every check, then the test suite.
+pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
+    let total = Stage::start("ci");
+    lint(root)?;
+    test::run_all(root, skip_repro)?;
+    let secs = total.done();
+    say(format!("ci passed in {:.1} min", secs / 60.0));
+    Ok(())
+}
+
+/// The static checks: fmt, clippy, rustdoc, fuzz build.
+pub fn lint(root: &Path) -> Result<()> {
+    // libFuzzer (built by libfuzzer-sys) is C++.
+    deps::ensure_packages(&["g++"])?;
+    step(root, "cargo fmt --check", &["fmt", "--all", "--check"], &[]).context("formatting differs: run `cargo fmt --all`")?;
+    step(
+        root,
+        "cargo clippy -D warnings",
+        &["clippy", "--workspace", "--all-targets", "--locked", "--features", FEATURES, "--", "-D", "warnings"],
+        &[],
+    )?;
+    step(
+        root,
+        "cargo doc (warnings denied)",
+        &["doc", "--workspace", "--no-deps", "--locked", "--features", FEATURES],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    step(root, "fuzz targets build", &["build", "--manifest-path", FUZZ_MANIFEST, "--locked", "--bins"], &[])?;
+    Ok(())
+}
+
+fn step(root: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let stage = Stage::start(name);
+    let mut cmd = cargo();
+    cmd.current_dir(root).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd).with_context(|| format!("{name} failed (see above)"))?;
+    stage.done();
+    Ok(())
+}

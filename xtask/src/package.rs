@@ -1,0 +1,141 @@
+//! `cargo xtask package`: one folder with everything a model owner needs to check a
+//! provider's VM against this source: the image, its manifest, the published measurements,
+//! an SBOM of what went into the image, and SHA256SUMS over all of it.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::image::{CMDLINE, INITRAMFS, KERNEL, MANIFEST};
+use crate::util::{cargo, output, say, sha256_file};
+
+/// Build (if needed), measure and package.
+pub fn run(root: &Path) -> Result<()> {
+    let manifest = crate::image::build(root, &crate::image::Options::defaults(root))?;
+    let out = root.join("out");
+    let measurements = crate::measure::compute(root, &out)?;
+    let dir = out.join(format!("release/chrysalis-{}", env!("CARGO_PKG_VERSION")));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    for f in [KERNEL, INITRAMFS, CMDLINE, MANIFEST] {
+        std::fs::copy(out.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
+    }
+    std::fs::write(dir.join("measurements.json"), serde_json::to_string_pretty(&measurements)? + "\n")?;
+    // The published expected values must describe exactly this build.
+    crate::expected::check(root, &out)?;
+    std::fs::copy(crate::expected::path(root), dir.join("expected.json")).context("copying image/expected.json")?;
+    let fw = crate::firmware::ensure_firmware(root)?;
+    std::fs::copy(&fw.amd_sev, dir.join("ovmf-amdsev.fd"))?;
+    std::fs::copy(&fw.intel_tdx, dir.join("ovmf-inteltdx.fd"))?;
+    let sbom = sbom(root, &manifest)?;
+    std::fs::write(dir.join("sbom.cdx.json"), serde_json::to_string_pretty(&sbom)? + "\n")?;
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let mut sums = String::new();
+    for n in &names {
+        sums.push_str(&format!("{}  {n}\n", sha256_file(&dir.join(n))?));
+    }
+    std::fs::write(dir.join("SHA256SUMS"), &sums)?;
+    print!("{sums}");
+    say(format!("release folder: {} (verify with: cd {0} && sha256sum -c SHA256SUMS)", dir.display()));
+    Ok(())
+}
+
+/// A CycloneDX 1.5 SBOM: the runtime's Rust dependencies as resolved for the image (target,
+/// features and Cargo.lock), the kernel package, its modules and the firmware.
+fn sbom(root: &Path, manifest: &chrysalis_image::manifest::Manifest) -> Result<Value> {
+    let settings = crate::pins::image(root)?;
+    let tree = output(
+        cargo()
+            .current_dir(root)
+            .args(["tree", "--locked", "-p", "chrysalis-runtime", "--target", &settings.target, "-e", "normal"])
+            .args(["--prefix", "none", "--no-dedupe", "-f", "{p}\t{l}"]),
+    )
+    .context("cargo tree for the SBOM")?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut components = Vec::new();
+    for line in tree.lines() {
+        let (pkg, license) = line.split_once('\t').unwrap_or((line, ""));
+        let mut parts = pkg.split_whitespace();
+        let (Some(name), Some(version)) = (parts.next(), parts.next()) else { continue };
+        let version = version.trim_start_matches('v');
+        if !seen.insert((name.to_owned(), version.to_owned())) {
+            continue;
+        }
+        let local = pkg.contains('(');
+        let mut c = json!({
+            "type": if local { "application" } else { "library" },
+            "name": name, "version": version,
+            "purl": format!("pkg:cargo/{name}@{version}"),
+        });
+        if !license.trim().is_empty() {
+            c["licenses"] = json!([{ "expression": license.trim() }]);
+        }
+        components.push(c);
+    }
+    for input in &manifest.inputs {
+        if input.kind == "kernel-package" {
+            components.push(json!({
+                "type": "operating-system", "name": input.name, "version": input.version,
+                "purl": format!("pkg:deb/debian/{}@{}?arch=amd64", input.name, input.version),
+                "hashes": [{ "alg": "SHA-256", "content": input.sha256 }],
+            }));
+        }
+    }
+    for m in &manifest.modules {
+        components.push(
+            json!({ "type": "file", "name": format!("{m}.ko"), "description": "kernel module from the pinned kernel package" }),
+        );
+    }
+    let fw = crate::firmware::read_pins(root)?;
+    for f in &fw.firmware {
+        components.push(json!({
+            "type": "firmware", "name": f.name, "version": fw.source.version,
+            "description": format!("edk2 {} built from Debian's source package", f.dsc),
+            "hashes": [{ "alg": "SHA-256", "content": f.sha256 }],
+        }));
+    }
+    let rustc = output(Command::new("rustc").arg("-V").current_dir(root)).unwrap_or_default();
+    Ok(json!({
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "version": 1,
+        "metadata": {
+            "timestamp": humantime_epoch(manifest.source_date_epoch),
+            "component": { "type": "operating-system", "name": "chrysalis-image", "version": env!("CARGO_PKG_VERSION"),
+                           "hashes": manifest.artifacts.iter().map(|a| json!({"alg": "SHA-256", "content": a.hashes.sha256})).collect::<Vec<_>>() },
+            "tools": [{ "name": "cargo xtask package", "version": env!("CARGO_PKG_VERSION") }, { "name": "rustc", "version": rustc.trim() }],
+        },
+        "components": components,
+    }))
+}
+
+/// RFC 3339 for SOURCE_DATE_EPOCH (so the SBOM is as reproducible as the image).
+fn humantime_epoch(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn epoch_formatting() {
+        assert_eq!(super::humantime_epoch(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::humantime_epoch(1_764_201_600), "2025-11-27T00:00:00Z");
+        assert_eq!(super::humantime_epoch(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
