@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use chrysalis_e2e::qemu::{self, Accel, Confidential, HardwareTee, VmConfig};
+use chrysalis_proto::routes;
 use clap::Args;
 
 use crate::util::say;
@@ -132,7 +133,7 @@ fn local(root: &Path, args: &RunArgs) -> Result<()> {
     };
     let qargs = cfg.qemu_args(accel, port, &serial);
     say(format!("accelerator: {}", accel.name()));
-    say(format!("API: http://127.0.0.1:{port}/v1/health"));
+    say(format!("API: http://127.0.0.1:{port}{}", routes::HEALTH));
     println!("{}", qemu::shell_line(qemu_bin, &qargs));
     let mut child = Command::new(qemu_bin).args(&qargs).spawn().context("running QEMU")?;
     if let Some(sock) = &cfg.sim_tee_socket {

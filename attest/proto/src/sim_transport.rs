@@ -8,6 +8,8 @@
 //! response: "CSIM" | status u8 (0 = ok) | length u32 LE | body (report, or UTF-8 error)
 //! ```
 
+use crate::wire::Reader;
+
 /// Frame magic.
 pub const MAGIC: &[u8; 4] = b"CSIM";
 /// Protocol version.
@@ -45,12 +47,12 @@ pub fn encode_request(report_data: &[u8; 64]) -> [u8; REQUEST_LEN] {
 
 /// Decode a request frame.
 pub fn decode_request(frame: &[u8; REQUEST_LEN]) -> Result<[u8; 64], SimTransportError> {
-    if &frame[..4] != MAGIC || frame[4] != VERSION {
-        return Err(SimTransportError::BadFrame);
+    let mut r = Reader::new(frame);
+    let (magic, version) = (r.array::<4>("magic"), r.u8());
+    match (magic, version, r.array::<64>("report data")) {
+        (Ok(m), Some(VERSION), Ok(rd)) if &m == MAGIC => Ok(rd),
+        _ => Err(SimTransportError::BadFrame),
     }
-    let mut rd = [0u8; 64];
-    rd.copy_from_slice(&frame[5..]);
-    Ok(rd)
 }
 
 /// Encode a response: `Ok(report)` or `Err(message)`.
@@ -69,14 +71,17 @@ pub fn encode_response(result: Result<&[u8], &str>) -> Vec<u8> {
 
 /// Decode a response header: returns (ok, body length).
 pub fn decode_response_header(h: &[u8; RESPONSE_HEADER_LEN]) -> Result<(bool, u32), SimTransportError> {
-    if &h[..4] != MAGIC {
+    let mut r = Reader::new(h);
+    let (Ok(magic), Some(status), Some(len)) = (r.array::<4>("magic"), r.u8(), r.u32()) else {
+        return Err(SimTransportError::BadFrame);
+    };
+    if &magic != MAGIC {
         return Err(SimTransportError::BadFrame);
     }
-    let len = u32::from_le_bytes([h[5], h[6], h[7], h[8]]);
     if len > MAX_RESPONSE {
         return Err(SimTransportError::TooLarge(len));
     }
-    Ok((h[4] == 0, len))
+    Ok((status == 0, len))
 }
 
 #[cfg(test)]

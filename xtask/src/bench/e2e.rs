@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrysalis_e2e::qemu::VmConfig;
 use chrysalis_e2e::{owner, sim};
+use chrysalis_proto::routes;
 use serde_json::json;
 
 use super::{median, write_result};
@@ -38,7 +39,7 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
         first_token(&vm.url())?;
         let host_first_token = vm.started.elapsed().as_secs_f64();
         let ttft = t.elapsed().as_secs_f64();
-        let h: serde_json::Value = ureq::get(format!("{}/v1/health", vm.url())).call()?.body_mut().read_json()?;
+        let h: serde_json::Value = ureq::get(format!("{}{}", vm.url(), routes::HEALTH)).call()?.body_mut().read_json()?;
         let g = |p: &str| h.pointer(p).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         let row = [
             g("/boot/init"),
@@ -97,7 +98,7 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
 fn first_token(url: &str) -> Result<()> {
     let body = json!({"model": "smollm2-135m-instruct", "stream": true, "max_tokens": 1, "temperature": 0,
                       "messages": [{"role": "user", "content": "Hello"}]});
-    let resp = ureq::post(format!("{url}/v1/chat/completions")).send_json(body).context("POST /v1/chat/completions")?;
+    let resp = ureq::post(format!("{url}{}", routes::CHAT_COMPLETIONS)).send_json(body).context(routes::CHAT_COMPLETIONS)?;
     for line in BufReader::new(resp.into_body().into_reader()).lines() {
         if line?.contains("\"content\"") {
             return Ok(());
