@@ -83,6 +83,7 @@ fn proxy_args(url: &str, policy: &Path, receipts: Option<PathBuf>) -> ProxyArgs 
         receipts,
         max_body_bytes: 1 << 20,
         timeout_s: 600,
+        any_model: false,
         inputs: Default::default(),
     }
 }

@@ -12,6 +12,7 @@ use chrysalis_attest::proxy::{self, ProxyArgs};
 use chrysalis_e2e::qemu::VmConfig;
 use chrysalis_e2e::{owner, sim};
 use chrysalis_proto::evidence::Evidence;
+use chrysalis_proto::routes;
 use chrysalis_verify::PolicyVerifier;
 use chrysalis_verify::policy::Policy;
 use chrysalis_verify::verify::{VerifyContext, verify_evidence_with};
@@ -92,7 +93,7 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     let policy_path = owner::write_policy(&demo, &policy_text)?;
     let policy = Policy::load(&policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let nonce: [u8; 32] = rand_nonce()?;
-    let mut resp = ureq::get(format!("{}/v1/attestation?nonce={}", vm.url(), hex::encode(nonce))).call()?;
+    let mut resp = ureq::get(format!("{}{}?nonce={}", vm.url(), routes::ATTESTATION, hex::encode(nonce))).call()?;
     let ev = Evidence::from_bytes(&resp.body_mut().with_config().limit(4 << 20).read_to_vec()?)?;
     let report = verify_evidence_with(&ev, &policy, &VerifyContext::new(&nonce, SystemTime::now()));
     println!("{report}");
@@ -117,6 +118,7 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
         save_bodies: false,
         max_body_bytes: 1 << 20,
         timeout_s: 600,
+        any_model: false,
         inputs: Default::default(),
     };
     let proxy = proxy::start(&proxy_args, Box::new(PolicyVerifier::new(policy.clone())))?;
@@ -136,7 +138,7 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     stage.done();
 
     let stage = Stage::start("8/8 where the plaintext lived, and shutdown");
-    let health: serde_json::Value = ureq::get(format!("{}/v1/health", vm.url())).call()?.body_mut().read_json()?;
+    let health: serde_json::Value = ureq::get(format!("{}{}", vm.url(), routes::HEALTH)).call()?.body_mut().read_json()?;
     let console = vm.serial();
     if let Some(l) = console.lines().find(|l| l.contains("(memory only)")) {
         say(format!("    guest: {}", l.trim()));
@@ -192,7 +194,7 @@ fn wait_until_serving(url: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut last = String::new();
     loop {
-        let health: serde_json::Value = ureq::get(format!("{url}/v1/health")).call()?.body_mut().read_json()?;
+        let health: serde_json::Value = ureq::get(format!("{url}{}", routes::HEALTH)).call()?.body_mut().read_json()?;
         let state = health["stage"]["state"].as_str().unwrap_or("unknown").to_owned();
         if state != last {
             say(format!("    runtime stage: {state}"));

@@ -112,7 +112,12 @@ pub fn main() -> ExitCode {
             load_verifier(&a.policy, &a.inputs).and_then(|v| release::run(&a, v.as_ref())).map(|_| Outcome::Ok)
         }
         Command::ServeKeys(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| serve_keys::run(&a, v)).map(|_| Outcome::Ok),
-        Command::Proxy(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| proxy::run(&a, v)).map(|_| Outcome::Ok),
+        Command::Proxy(a) => Policy::load(&a.policy)
+            .map_err(|e| anyhow::anyhow!("policy {}: {e}", a.policy.display()))
+            .and_then(|p| proxy::require_model_pin(&p, a.any_model))
+            .and_then(|()| load_verifier(&a.policy, &a.inputs))
+            .and_then(|v| proxy::run(&a, v))
+            .map(|_| Outcome::Ok),
         Command::VerifyReceipt(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| verify_receipt::run(&a, v.as_ref())),
     };
     match result {

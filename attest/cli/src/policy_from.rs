@@ -30,9 +30,14 @@ pub struct PolicyArgs {
     /// (hex or PEM file, e.g. out/sim/sim-root.pub.hex).
     #[arg(long)]
     pub allow_simulated_with_root: Option<PathBuf>,
-    /// Also pin the sealed bundle the runtime must load (header SHA-384 from `attest seal`).
-    #[arg(long)]
+    /// The model the runtime must serve: its sealed bundle's header SHA-384 (from
+    /// `attest seal`, published by the model owner next to the image measurement).
+    #[arg(long, required_unless_present = "any_model")]
     pub bundle_header_sha384: Option<String>,
+    /// Pin no model: the policy then accepts a runtime serving any sealed bundle (for owners
+    /// releasing keys with `attest release`, which pins the bundle through its key file).
+    #[arg(long, conflicts_with = "bundle_header_sha384")]
+    pub any_model: bool,
     /// Write the policy here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -60,7 +65,10 @@ pub fn policy_text(m: &Value, args: &PolicyArgs) -> Result<String> {
         |p: &str| m.pointer(p).and_then(Value::as_str).map(str::to_owned).with_context(|| format!("measurements.json lacks {p}"));
     let (mrtd, rtmr1, rtmr2) = (s("/tdx/mrtd")?, s("/tdx/rtmr1")?, s("/tdx/rtmr2")?);
     let runtime = s("/runtime/binary_sha384")?;
-    let bundle = args.bundle_header_sha384.as_ref().map(|h| format!("bundle_header_sha384 = [\"{h}\"]\n")).unwrap_or_default();
+    let bundle = match &args.bundle_header_sha384 {
+        Some(h) => format!("# The model: header SHA-384 of the owner's sealed bundle.\nbundle_header_sha384 = [\"{h}\"]\n"),
+        None => "# NO MODEL PINNED (--any-model): a runtime serving any sealed bundle passes.\n".to_owned(),
+    };
     let simulation = match &args.allow_simulated_with_root {
         None => "allow_simulated = false\nmeasurements = []\n".to_owned(),
         Some(path) => {

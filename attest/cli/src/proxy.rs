@@ -12,6 +12,7 @@
 //! are not. Listen on loopback: what the proxy serves is plaintext. Never logs bodies.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ use chrysalis_proto::routes;
 use chrysalis_verify::attested::EvidenceVerifier;
 use chrysalis_verify::attested::{AttestedRuntime, attest_runtime};
 use chrysalis_verify::channel::client::{SealedCall, StreamReader, request_headers, seal_call};
+use chrysalis_verify::policy::Policy;
 
 /// Arguments of `attest proxy`.
 #[derive(clap::Args, Debug, Clone)]
@@ -66,9 +68,32 @@ pub struct ProxyArgs {
     /// Seconds to wait for the runtime's response headers.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// Accept a runtime serving any sealed model: the policy then need not pin the model's
+    /// bundle header (`[runtime] bundle_header_sha384`), and end users trust the provider's
+    /// choice of model. Without it, a policy that pins no model is refused.
+    #[arg(long)]
+    pub any_model: bool,
     /// Certificates and collateral the evidence may lack.
     #[command(flatten)]
     pub inputs: super::EvidenceInputs,
+}
+
+/// Refuse a policy that does not name the model the runtime must serve (unless `any_model`):
+/// otherwise a provider could seal a model of its own and serve it through the genuine runtime.
+pub fn require_model_pin(policy: &Policy, any_model: bool) -> anyhow::Result<()> {
+    let pinned = policy.runtime.bundle_header_sha384.as_ref().is_some_and(|l| !l.is_empty());
+    match (pinned, any_model) {
+        (true, _) => Ok(()),
+        (false, true) => {
+            log::warn!("--any-model: the policy pins no model; the runtime may serve any sealed bundle the provider chose");
+            Ok(())
+        }
+        (false, false) => bail!(
+            "the policy pins no model ([runtime] bundle_header_sha384): a provider could serve a model of its own \
+             through the genuine runtime. Add the bundle header SHA-384 the model owner published (`attest seal` \
+             prints it; `attest policy --bundle-header-sha384`), or pass --any-model to accept any model"
+        ),
+    }
 }
 
 /// The runtime's address, split for a raw HTTP/1.1 client.
@@ -148,11 +173,22 @@ fn error_response(status: StatusCode, kind: &str, code: &str, message: &str) -> 
 
 type Upstreamed = hyper::Response<hyper::body::Incoming>;
 
+/// Write a file only its owner can read: receipts name what was asked, and saved bodies are
+/// prompts and completions in plaintext.
+fn write_private(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    std::io::Write::write_all(&mut f, bytes.as_ref())
+}
+
 impl Proxy {
     /// A proxy for `args` whose runtime must pass `verifier`.
     pub fn new(args: &ProxyArgs, verifier: Box<dyn EvidenceVerifier>) -> anyhow::Result<Self> {
         if let Some(dir) = &args.receipts {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
         Ok(Proxy {
             upstream: Upstream::parse(&args.url)?,
@@ -264,7 +300,7 @@ impl Proxy {
     fn save_evidence(&self, rt: &AttestedRuntime) -> Option<PathBuf> {
         let dir = self.receipts.as_ref()?;
         let path = dir.join(format!("evidence-{}.bin", hex::encode(&rt.nonce)));
-        match std::fs::write(&path, rt.evidence.to_bytes()) {
+        match write_private(&path, rt.evidence.to_bytes()) {
             Ok(()) => Some(path),
             Err(e) => {
                 log::error!("proxy: saving {}: {e}", path.display());
@@ -278,7 +314,7 @@ impl Proxy {
         let evidence = {
             let p = dir.join(format!("evidence-{}.bin", hex::encode(&rt.nonce)));
             if !p.exists() {
-                let _ = std::fs::write(&p, rt.evidence.to_bytes());
+                let _ = write_private(&p, rt.evidence.to_bytes());
             }
             p
         };
@@ -305,15 +341,15 @@ impl Proxy {
         );
         if self.save_bodies {
             let (rq, rs) = (dir.join(format!("{stem}.request")), dir.join(format!("{stem}.response")));
-            let _ = std::fs::write(&rq, request);
-            let _ = std::fs::write(&rs, response);
+            let _ = write_private(&rq, request);
+            let _ = write_private(&rs, response);
             verify.push_str(&format!(" --request {} --response {}", rq.display(), rs.display()));
             meta["request"] = rq.file_name().map(|n| n.to_string_lossy().into_owned()).into();
             meta["response"] = rs.file_name().map(|n| n.to_string_lossy().into_owned()).into();
         }
         meta["verify"] = verify.into();
-        let r1 = std::fs::write(&receipt_path, receipt.to_base64() + "\n");
-        let r2 = std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&meta).unwrap_or_default() + "\n");
+        let r1 = write_private(&receipt_path, receipt.to_base64() + "\n");
+        let r2 = write_private(&dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&meta).unwrap_or_default() + "\n");
         if let Err(e) = r1.and(r2) {
             log::error!("proxy: saving receipt {stem}: {e}");
         }
@@ -649,6 +685,20 @@ pub fn receipt_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Receipts and saved bodies (always new files: their names carry a fresh nonce or a
+    /// sequence number) are readable by their owner only, whatever the umask.
+    #[test]
+    fn saved_files_are_private() {
+        let dir = std::env::temp_dir().join(format!("chrysalis-proxy-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.response");
+        write_private(&p, b"completion").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&p).unwrap(), b"completion");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn upstream_urls() {

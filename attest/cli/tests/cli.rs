@@ -320,3 +320,52 @@ fn fetch_vcek_print_url_and_local_mirror() {
     let o = attest(&["verify", "--policy", &p, "--snp-report", &v2, "--certs", &out, "--time", "2026-01-01T00:00:00Z"]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
 }
+
+/// A measurements.json shaped like `cargo xtask measure` writes it (synthetic values).
+fn measurements_json(dir: &Path) -> String {
+    let h = |b: u8| hex::encode([b; 48]);
+    let m = serde_json::json!({
+        "image": { "vmlinuz_sha256": hex::encode([1u8; 32]), "initramfs_sha256": hex::encode([2u8; 32]), "cmdline": "console=hvc0" },
+        "snp": [{ "vcpus": 1, "vcpu_type": "EPYC-v4", "measurement": h(3) }],
+        "tdx": { "mrtd": h(4), "rtmr1": h(5), "rtmr2": h(6) },
+        "runtime": { "binary_sha384": h(7) },
+    });
+    let p = dir.join("measurements.json");
+    std::fs::write(&p, m.to_string()).unwrap();
+    p.display().to_string()
+}
+
+/// A generated policy names the model (or says loudly that it does not) and pins RTMR1 and
+/// RTMR2 with MRTD; without either model option it is not generated.
+#[test]
+fn generated_policy_pins_the_model_and_the_tdx_rtmrs() {
+    let dir = scratch("policy-from");
+    let m = measurements_json(&dir);
+    let none = attest(&["policy", "--from", &m]);
+    assert_eq!(code(&none), 2, "{}", stderr(&none));
+    assert!(stderr(&none).contains("--bundle-header-sha384"), "{}", stderr(&none));
+
+    let header = hex::encode([9u8; 48]);
+    let pinned = attest(&["policy", "--from", &m, "--bundle-header-sha384", &header]);
+    assert_eq!(code(&pinned), 0, "{}", stderr(&pinned));
+    let p = chrysalis_verify::Policy::from_toml(&stdout(&pinned)).unwrap();
+    assert_eq!(p.runtime.bundle_header_sha384.as_deref().map(|l| hex::encode(&l[0].0)), Some(header));
+    assert_eq!(p.measurements.tdx_rtmr1.as_deref().map(<[_]>::len), Some(1));
+    assert_eq!(p.measurements.tdx_rtmr2.as_deref().map(<[_]>::len), Some(1));
+
+    let any = attest(&["policy", "--from", &m, "--any-model"]);
+    assert_eq!(code(&any), 0, "{}", stderr(&any));
+    assert!(stdout(&any).contains("NO MODEL PINNED"));
+    assert!(chrysalis_verify::Policy::from_toml(&stdout(&any)).unwrap().runtime.bundle_header_sha384.is_none());
+}
+
+/// The proxy refuses a policy that pins no model (a provider could serve its own model
+/// through the genuine runtime) unless told --any-model; it says what to add.
+#[test]
+fn proxy_refuses_a_policy_that_pins_no_model() {
+    let dir = scratch("proxy-model");
+    let policy = virtee_policy(&dir, &"00".repeat(48));
+    let o = attest(&["proxy", "--url", "http://127.0.0.1:9", "--listen", "127.0.0.1:0", "--policy", &policy]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("pins no model") && stderr(&o).contains("bundle_header_sha384"), "{}", stderr(&o));
+}

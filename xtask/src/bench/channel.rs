@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use chrysalis_attest::proxy::{self, ProxyArgs};
 use chrysalis_e2e::qemu::VmConfig;
 use chrysalis_e2e::{owner, sim};
+use chrysalis_proto::routes;
 use chrysalis_verify::PolicyVerifier;
 use chrysalis_verify::policy::Policy;
 use serde_json::json;
@@ -63,6 +64,7 @@ pub fn run(root: &Path, runs: usize, max_tokens: u32, tiny: bool) -> Result<()> 
         save_bodies: false,
         max_body_bytes: 1 << 20,
         timeout_s: 600,
+        any_model: false,
         inputs: Default::default(),
     };
     let running = proxy::start(&args, Box::new(PolicyVerifier::new(policy)))?;
@@ -109,7 +111,7 @@ fn stream(base: &str, model: &str, max_tokens: u32) -> Result<Sample> {
     let body = json!({"model": model, "stream": true, "max_tokens": max_tokens, "temperature": 0,
                       "messages": [{"role": "user", "content": "Write a short poem about the sea."}]});
     let start = Instant::now();
-    let resp = ureq::post(format!("{base}/v1/chat/completions")).send_json(body).context("POST /v1/chat/completions")?;
+    let resp = ureq::post(format!("{base}{}", routes::CHAT_COMPLETIONS)).send_json(body).context(routes::CHAT_COMPLETIONS)?;
     let (mut first, mut last, mut chunks) = (None, start.elapsed(), 0u32);
     for line in BufReader::new(resp.into_body().into_reader()).lines() {
         let line = line?;

@@ -390,9 +390,10 @@ mod tests {
     #[test]
     fn tdx_checks() {
         let p = Policy::from_toml(&format!(
-            "[measurements]\ntdx_mrtd = [\"{}\"]\ntdx_rtmr1 = [\"{}\"]\n[tdx]\nmin_tee_tcb_svn = \"{}\"\nallowed_advisory_ids = [\"INTEL-SA-00837\"]",
+            "[measurements]\ntdx_mrtd = [\"{}\"]\ntdx_rtmr1 = [\"{}\"]\ntdx_rtmr2 = [\"{}\"]\n[tdx]\nmin_tee_tcb_svn = \"{}\"\nallowed_advisory_ids = [\"INTEL-SA-00837\"]",
             hex::encode([1; 48]),
             hex::encode([3; 48]),
+            hex::encode([4; 48]),
             hex::encode([2; 16])
         ))
         .unwrap();

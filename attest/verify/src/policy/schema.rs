@@ -333,6 +333,21 @@ impl Policy {
         ] {
             check_all(name, list.as_deref().unwrap_or(&[]), 48)?;
         }
+        if !m.tdx_mrtd.is_empty() {
+            // MRTD covers only the firmware: without RTMR1 (kernel) and RTMR2 (command line and
+            // initrd, measured by the kernel's EFI stub) any kernel, initrd and command line
+            // would pass. RTMR0 (the VMM's ACPI tables and TD HOB) may stay unpinned.
+            for (name, list) in [("measurements.tdx_rtmr1", &m.tdx_rtmr1), ("measurements.tdx_rtmr2", &m.tdx_rtmr2)] {
+                if list.as_deref().is_none_or(<[HexValue]>::is_empty) {
+                    return Err(PolicyError::Invalid {
+                        field: name.into(),
+                        reason: "a TDX policy (measurements.tdx_mrtd) must pin RTMR1 (kernel) and RTMR2 (command line and \
+                                 initrd): without them any kernel, initrd and command line pass"
+                            .into(),
+                    });
+                }
+            }
+        }
         match (self.report_data.binding, &self.report_data.expected) {
             (Binding::Fixed, Some(v)) => check_len("report_data.expected", v, 64)?,
             (Binding::Fixed, None) => {
@@ -395,6 +410,26 @@ mod tests {
         assert!(!p.allow_debug && !p.simulation.allow_simulated);
         assert_eq!(p.report_data.binding, Binding::ChrysalisEventlog);
         assert_eq!(Policy::from_toml(&p.to_toml().unwrap()).unwrap(), p);
+    }
+
+    /// MRTD alone pins only the firmware: a TDX policy without RTMR1 and RTMR2 would accept
+    /// any kernel, initrd and command line, so it does not load.
+    #[test]
+    fn tdx_policy_without_rtmr1_and_rtmr2_does_not_load() {
+        let h = |b: u8| hex::encode([b; 48]);
+        let load = |extra: &str| Policy::from_toml(&format!("[measurements]\ntdx_mrtd = [\"{}\"]\n{extra}", h(1)));
+        for (extra, missing) in [
+            ("", "measurements.tdx_rtmr1"),
+            (&format!("tdx_rtmr1 = [\"{}\"]\n", h(2)) as &str, "measurements.tdx_rtmr2"),
+            (&format!("tdx_rtmr1 = [\"{}\"]\ntdx_rtmr2 = []\n", h(2)), "measurements.tdx_rtmr2"),
+            (&format!("tdx_rtmr2 = [\"{}\"]\n", h(3)), "measurements.tdx_rtmr1"),
+        ] {
+            let e = load(extra).unwrap_err();
+            assert!(e.to_string().contains(missing) && e.to_string().contains("any kernel"), "{e}");
+        }
+        assert!(load(&format!("tdx_rtmr1 = [\"{}\"]\ntdx_rtmr2 = [\"{}\"]\n", h(2), h(3))).is_ok());
+        // No TDX measurement at all: TDX evidence fails the MRTD check instead.
+        assert!(Policy::from_toml("[measurements]\nsnp = []\n").is_ok());
     }
 
     #[test]
