@@ -35,7 +35,7 @@ use chrysalis_proto::evidence::{Evidence, MAX_EVIDENCE_LEN};
 use chrysalis_proto::keyrelease::fresh_nonce;
 use chrysalis_proto::routes;
 use chrysalis_verify::attested::EvidenceVerifier;
-use chrysalis_verify::attested::{AttestedRuntime, attest_runtime};
+use chrysalis_verify::attested::{AttestedRuntime, Challenge, attest_runtime};
 use chrysalis_verify::channel::client::{SealedCall, StreamReader, request_headers, seal_call};
 use chrysalis_verify::policy::Policy;
 
@@ -228,6 +228,7 @@ impl Proxy {
     /// Fetch fresh evidence and verify it; the pinned runtime on success.
     async fn attest(self: &Arc<Self>) -> Result<Arc<AttestedRuntime>, Failure> {
         let nonce = fresh_nonce().map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let issued_at = std::time::SystemTime::now();
         let uri = format!("{}{}?nonce={}", self.upstream.base_path, routes::ATTESTATION, hex::encode(nonce));
         let req = hyper::Request::get(uri)
             .header(header::HOST, &self.upstream.authority)
@@ -251,9 +252,11 @@ impl Proxy {
         let evidence = Evidence::from_bytes(&body)
             .map_err(|e| Failure::Refused(format!("refusing to forward: the runtime at {} sent bad evidence: {e}", self.url)))?;
         let me = self.clone();
-        let verified = tokio::task::spawn_blocking(move || attest_runtime(evidence, &nonce, me.verifier.as_ref()))
-            .await
-            .map_err(|e| Failure::Unreachable(format!("verification task failed: {e}")))?;
+        let verified = tokio::task::spawn_blocking(move || {
+            attest_runtime(evidence, Challenge::issued(&nonce, issued_at), me.verifier.as_ref())
+        })
+        .await
+        .map_err(|e| Failure::Unreachable(format!("verification task failed: {e}")))?;
         match verified {
             Ok(rt) => {
                 log::info!(

@@ -93,6 +93,7 @@ pub fn run(args: &ReleaseArgs, verifier: &dyn EvidenceVerifier) -> anyhow::Resul
     let base = args.url.trim_end_matches('/');
     let agent = agent(args.timeout_s);
     let nonce = fresh_nonce().context("drawing a nonce")?;
+    let issued_at = std::time::SystemTime::now();
 
     let mut resp = agent
         .get(format!("{base}{}", routes::ATTESTATION))
@@ -110,7 +111,8 @@ pub fn run(args: &ReleaseArgs, verifier: &dyn EvidenceVerifier) -> anyhow::Resul
         bail!("runtime answered {status} to GET {}: {}", routes::ATTESTATION, sanitize(&body));
     }
     let evidence = Evidence::from_bytes(&body).map_err(|e| Refused(format!("runtime evidence: {e}")))?;
-    let grant = grant_key(&evidence, &nonce, verifier, &kf.key, Some(&kf.header_digest)).map_err(Refused::from)?;
+    let grant =
+        grant_key(&evidence, &nonce, Some(issued_at), verifier, &kf.key, Some(&kf.header_digest)).map_err(Refused::from)?;
 
     let mut resp = agent
         .post(format!("{base}{}", routes::KEY))

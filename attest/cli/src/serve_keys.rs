@@ -55,13 +55,14 @@ pub struct KeyService {
     verifier: Box<dyn EvidenceVerifier>,
     key: KeyFile,
     challenges: Mutex<OnceNonces<()>>,
+    nonce_ttl: Duration,
 }
 
 impl KeyService {
     /// A service releasing `key` to runtimes that `verifier` accepts and that loaded the
     /// bundle the key file names.
     pub fn new(verifier: Box<dyn EvidenceVerifier>, key: KeyFile, nonce_ttl: Duration) -> Self {
-        KeyService { verifier, key, challenges: Mutex::new(OnceNonces::new(nonce_ttl)) }
+        KeyService { verifier, key, challenges: Mutex::new(OnceNonces::new(nonce_ttl)), nonce_ttl }
     }
 }
 
@@ -106,7 +107,10 @@ async fn release(State(svc): State<Arc<KeyService>>, body: Bytes) -> Response {
         };
         return refuse(status, e);
     }
-    match grant_key(&evidence, &nonce, svc.verifier.as_ref(), &svc.key.key, Some(&svc.key.header_digest)) {
+    // A redeemed challenge is at most `nonce_ttl` old, so it was issued no earlier than this
+    // (for a policy's `[freshness]`, which then passes only if its bound covers the TTL).
+    let issued_at = std::time::SystemTime::now().checked_sub(svc.nonce_ttl);
+    match grant_key(&evidence, &nonce, issued_at, svc.verifier.as_ref(), &svc.key.key, Some(&svc.key.header_digest)) {
         Ok(r) => {
             eprintln!(
                 "serve-keys: released {:?} to runtime key {} (nonce {})",

@@ -24,13 +24,13 @@ use chrysalis_proto::eventlog::{Event, EventKind, EventLog};
 use chrysalis_proto::evidence::{EVIDENCE_VERSION, Evidence, PlatformEvidence};
 use chrysalis_proto::keyrelease::{KeyRelease, NonceBook, RuntimeKeyPair};
 use chrysalis_proto::seal::{KeyFile, UnsealedFiles, read_header, unseal};
-use chrysalis_verify::attested::{AttestError, EvidenceVerifier, VerifiedRuntime};
+use chrysalis_verify::attested::{AttestError, Challenge, EvidenceVerifier, VerifiedRuntime};
 
 /// Test double: trusts a simulated report whose bytes are the REPORT_DATA.
 struct BindingOnly;
 
 impl EvidenceVerifier for BindingOnly {
-    fn verify(&self, ev: &Evidence, _nonce: &[u8]) -> Result<VerifiedRuntime, AttestError> {
+    fn verify(&self, ev: &Evidence, _: Challenge<'_>) -> Result<VerifiedRuntime, AttestError> {
         match &ev.platform {
             PlatformEvidence::Simulated { report } => Ok(VerifiedRuntime {
                 report_data: report.as_slice().try_into().map_err(|_| AttestError::Refused("report is not 64 bytes".into()))?,

@@ -57,12 +57,34 @@ impl Step {
     }
 }
 
-/// The seam to the hardware verifier and policy: verify `evidence` for `nonce` and return the
-/// verified REPORT_DATA, or a refusal saying why. [`PolicyVerifier`] is the production one;
-/// tests plug in their own.
+/// What the verifier asked: its nonce, and when it issued it (for a policy's `[freshness]`;
+/// `None` when unknown, e.g. evidence saved earlier, which then fails a freshness bound).
+#[derive(Clone, Copy, Debug)]
+pub struct Challenge<'a> {
+    /// The nonce REPORT_DATA must bind.
+    pub nonce: &'a [u8],
+    /// When the nonce was issued, at the latest.
+    pub issued_at: Option<SystemTime>,
+}
+
+impl<'a> Challenge<'a> {
+    /// A nonce issued at `issued_at`.
+    pub fn issued(nonce: &'a [u8], issued_at: SystemTime) -> Self {
+        Challenge { nonce, issued_at: Some(issued_at) }
+    }
+
+    /// A nonce whose issue time is unknown.
+    pub fn undated(nonce: &'a [u8]) -> Self {
+        Challenge { nonce, issued_at: None }
+    }
+}
+
+/// The seam to the hardware verifier and policy: verify `evidence` for the challenge and
+/// return the verified REPORT_DATA, or a refusal saying why. [`PolicyVerifier`] is the
+/// production one; tests plug in their own.
 pub trait EvidenceVerifier: Send + Sync {
     /// Verify signatures, chains, measurements and policy.
-    fn verify(&self, evidence: &Evidence, nonce: &[u8]) -> Result<VerifiedRuntime, AttestError>;
+    fn verify(&self, evidence: &Evidence, challenge: Challenge<'_>) -> Result<VerifiedRuntime, AttestError>;
 }
 
 /// Why a runtime is not trusted.
@@ -142,13 +164,18 @@ fn key32(log: &EventLog, kind: EventKind) -> Result<[u8; 32], AttestError> {
     data.try_into().map_err(|_| AttestError::KeyLength { kind, len: data.len() })
 }
 
-/// Verify `evidence` for `nonce` with `verifier` and pin the keys of its event log (the
+/// Verify `evidence` for `challenge` with `verifier` and pin the keys of its event log (the
 /// steps are listed in the module documentation).
-pub fn attest_runtime(evidence: Evidence, nonce: &[u8], verifier: &dyn EvidenceVerifier) -> Result<AttestedRuntime, AttestError> {
+pub fn attest_runtime(
+    evidence: Evidence,
+    challenge: Challenge<'_>,
+    verifier: &dyn EvidenceVerifier,
+) -> Result<AttestedRuntime, AttestError> {
+    let nonce = challenge.nonce;
     if !bool::from(evidence.nonce.as_slice().ct_eq(nonce)) {
         return Err(AttestError::NonceMismatch { expected: hex::encode(nonce), found: hex::encode(&evidence.nonce) });
     }
-    let verified = verifier.verify(&evidence, nonce)?;
+    let verified = verifier.verify(&evidence, challenge)?;
     let mut steps = verified.steps;
     let log = &evidence.event_log;
     if !bool::from(log.report_data(nonce).ct_eq(&verified.report_data)) {
@@ -206,11 +233,12 @@ impl PolicyVerifier {
 }
 
 impl EvidenceVerifier for PolicyVerifier {
-    fn verify(&self, evidence: &Evidence, nonce: &[u8]) -> Result<VerifiedRuntime, AttestError> {
+    fn verify(&self, evidence: &Evidence, challenge: Challenge<'_>) -> Result<VerifiedRuntime, AttestError> {
         let ctx = VerifyContext {
             tdx_collateral: self.tdx_collateral.as_ref(),
             extra_snp_certs: &self.snp_certs,
-            ..VerifyContext::new(nonce, SystemTime::now())
+            nonce_issued_at: challenge.issued_at,
+            ..VerifyContext::new(challenge.nonce, SystemTime::now())
         };
         let report = verify_evidence_with(evidence, &self.policy, &ctx);
         for w in &report.warnings {
@@ -249,9 +277,12 @@ mod tests {
         let psp = SimPsp::new(SimRoot::generate(), [0x11; 48]);
         let nonce = [8u8; 32];
         let ev = psp.evidence(runtime_log(&keys, &signer), &nonce);
-        let e = attest_runtime(ev.clone(), &nonce, &Refuser).unwrap_err();
+        let e = attest_runtime(ev.clone(), Challenge::undated(&nonce), &Refuser).unwrap_err();
         assert!(e.to_string().contains("sim.measurement"), "{e}");
-        assert!(matches!(attest_runtime(ev.clone(), &[9; 32], &Lenient), Err(AttestError::NonceMismatch { .. })));
+        assert!(matches!(
+            attest_runtime(ev.clone(), Challenge::undated(&[9; 32]), &Lenient),
+            Err(AttestError::NonceMismatch { .. })
+        ));
         // A swapped PublicKey event (a man in the middle's key) breaks the binding.
         let mut swapped = ev.clone();
         let mallory = RuntimeKeyPair::generate().unwrap();
@@ -260,11 +291,39 @@ mod tests {
                 *e = mallory.public_key_event();
             }
         }
-        assert!(matches!(attest_runtime(swapped, &nonce, &Lenient), Err(AttestError::Binding)));
+        assert!(matches!(attest_runtime(swapped, Challenge::undated(&nonce), &Lenient), Err(AttestError::Binding)));
         // A log without a receipt key is refused.
         let mut log = EventLog::default();
         log.extend(keys.public_key_event());
         let ev = psp.evidence(log, &nonce);
-        assert!(matches!(attest_runtime(ev, &nonce, &Lenient), Err(AttestError::Missing(EventKind::ReceiptKey))));
+        assert!(matches!(
+            attest_runtime(ev, Challenge::undated(&nonce), &Lenient),
+            Err(AttestError::Missing(EventKind::ReceiptKey))
+        ));
+    }
+
+    /// The production verifier judges a policy's `[freshness]` by the challenge's issue time:
+    /// recent passes, too old or unknown (saved evidence) fails, naming the check.
+    #[test]
+    fn policy_verifier_judges_freshness_by_the_challenge() {
+        let keys = RuntimeKeyPair::generate().unwrap();
+        let signer = ReceiptSigner::from_seed(&[3; 32]).unwrap();
+        let psp = SimPsp::new(SimRoot::generate(), [0x11; 48]);
+        let nonce = [8u8; 32];
+        let ev = psp.evidence(runtime_log(&keys, &signer), &nonce);
+        let policy = Policy::from_toml(&format!(
+            "[simulation]\nallow_simulated = true\nroot_public_key = \"{}\"\nmeasurements = [\"{}\"]\n[freshness]\nmax_evidence_age_secs = 60\n",
+            psp.root.public_key().to_hex(),
+            hex::encode(psp.measurement)
+        ))
+        .unwrap();
+        let v = PolicyVerifier::new(policy);
+        let now = SystemTime::now();
+        assert!(attest_runtime(ev.clone(), Challenge::issued(&nonce, now), &v).is_ok());
+        let old = now.checked_sub(std::time::Duration::from_secs(120)).unwrap();
+        for challenge in [Challenge::issued(&nonce, old), Challenge::undated(&nonce)] {
+            let e = attest_runtime(ev.clone(), challenge, &v).unwrap_err();
+            assert!(matches!(&e, AttestError::Refused(m) if m.contains("freshness")), "{e}");
+        }
     }
 }

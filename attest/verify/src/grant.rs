@@ -7,6 +7,7 @@
 //! key are trusted.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use subtle::ConstantTimeEq;
 
@@ -15,7 +16,7 @@ use chrysalis_proto::evidence::Evidence;
 use chrysalis_proto::keyrelease::{KeyRelease, KeyReleaseError, Nonce, PUBLIC_KEY_LEN, Transcript, wrap_key};
 use chrysalis_proto::seal::key::DataKey;
 
-use crate::attested::{AttestError, EvidenceVerifier, Step, attest_runtime};
+use crate::attested::{AttestError, Challenge, EvidenceVerifier, Step, attest_runtime};
 
 /// Why the owner refuses to release the key.
 #[derive(Debug, thiserror::Error)]
@@ -64,16 +65,18 @@ impl fmt::Display for KeyGrant {
 
 /// Attest the runtime behind `evidence` for `nonce` and wrap `key` to it.
 ///
+/// `issued_at`: when the owner issued `nonce` (at the latest), for a policy's `[freshness]`.
 /// `expected_header`: the SHA-384 of the bundle header this key seals; when given, the
 /// runtime must have measured exactly that header (`BundleHeader` event).
 pub fn grant_key(
     evidence: &Evidence,
     nonce: &Nonce,
+    issued_at: Option<SystemTime>,
     verifier: &dyn EvidenceVerifier,
     key: &DataKey,
     expected_header: Option<&Digest384>,
 ) -> Result<KeyGrant, GrantError> {
-    let rt = attest_runtime(evidence.clone(), nonce, verifier)?;
+    let rt = attest_runtime(evidence.clone(), Challenge { nonce, issued_at }, verifier)?;
     let mut steps = rt.steps;
     match (expected_header, rt.bundle_header) {
         (Some(want), Some(found)) if bool::from(found.ct_eq(want)) => {
@@ -109,7 +112,7 @@ mod tests {
     /// Test-only: trusts a simulated report whose bytes *are* REPORT_DATA.
     struct BindingOnly;
     impl EvidenceVerifier for BindingOnly {
-        fn verify(&self, ev: &Evidence, _nonce: &[u8]) -> Result<VerifiedRuntime, AttestError> {
+        fn verify(&self, ev: &Evidence, _: Challenge<'_>) -> Result<VerifiedRuntime, AttestError> {
             match &ev.platform {
                 PlatformEvidence::Simulated { report } => Ok(VerifiedRuntime {
                     report_data: report.as_slice().try_into().map_err(|_| AttestError::Refused("bad test report".into()))?,
@@ -146,12 +149,12 @@ mod tests {
         let hdr = b"header bytes";
         let want: Digest384 = <sha2::Sha384 as sha2::Digest>::digest(hdr).into();
         let ev = evidence(&keys, &nonce, Some(hdr));
-        let r = grant_key(&ev, &nonce, &BindingOnly, &key, Some(&want)).expect("releases");
+        let r = grant_key(&ev, &nonce, None, &BindingOnly, &key, Some(&want)).expect("releases");
         let t = Transcript::for_log(&nonce, &ev.event_log);
         assert_eq!(unwrap_key(&r.message.wrapped(), &keys, &t).expect("opens"), key);
         assert!(r.to_string().contains("bundle header"));
 
-        let refuse = |ev: &Evidence, n: &Nonce, h: Option<&Digest384>| grant_key(ev, n, &BindingOnly, &key, h).err();
+        let refuse = |ev: &Evidence, n: &Nonce, h: Option<&Digest384>| grant_key(ev, n, None, &BindingOnly, &key, h).err();
         assert!(matches!(refuse(&ev, &[8; 32], None), Some(GrantError::Attest(AttestError::NonceMismatch { .. }))));
         assert!(matches!(refuse(&ev, &nonce, Some(&[0; 48])), Some(GrantError::BundleMismatch { .. })));
         assert!(matches!(refuse(&evidence(&keys, &nonce, None), &nonce, Some(&want)), Some(GrantError::NoBundleHeader)));

@@ -32,6 +32,6 @@ pub mod tdx;
 pub mod verify;
 pub mod verify_gpu;
 
-pub use attested::{AttestError, AttestedRuntime, EvidenceVerifier, PolicyVerifier, attest_runtime};
+pub use attested::{AttestError, AttestedRuntime, Challenge, EvidenceVerifier, PolicyVerifier, attest_runtime};
 pub use policy::{Check, Policy};
 pub use verify::{Report, VerifyContext, verify_evidence, verify_evidence_with, verify_evidence_with_gpu};

@@ -88,7 +88,7 @@ pub fn check_receipt(receipt: &Receipt, runtime: &AttestedRuntime, expect: &Rece
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::attested::{AttestError, EvidenceVerifier, VerifiedRuntime, attest_runtime};
+    use crate::attested::{AttestError, Challenge, EvidenceVerifier, VerifiedRuntime, attest_runtime};
     use crate::sim::{SimPsp, SimRoot};
     use chrysalis_proto::channel::receipt::{ReceiptBody, ReceiptSigner, request_hash, response_hash};
     use chrysalis_proto::eventlog::{Event, EventKind, EventLog};
@@ -98,7 +98,7 @@ pub(crate) mod tests {
     /// Accepts everything, reporting the REPORT_DATA of the simulated report.
     pub(crate) struct Lenient;
     impl EvidenceVerifier for Lenient {
-        fn verify(&self, evidence: &Evidence, _nonce: &[u8]) -> Result<VerifiedRuntime, AttestError> {
+        fn verify(&self, evidence: &Evidence, _: Challenge<'_>) -> Result<VerifiedRuntime, AttestError> {
             let chrysalis_proto::evidence::PlatformEvidence::Simulated { report } = &evidence.platform else {
                 return Err(AttestError::Refused("not simulated".into()));
             };
@@ -109,7 +109,7 @@ pub(crate) mod tests {
 
     pub(crate) struct Refuser;
     impl EvidenceVerifier for Refuser {
-        fn verify(&self, _: &Evidence, _: &[u8]) -> Result<VerifiedRuntime, AttestError> {
+        fn verify(&self, _: &Evidence, _: Challenge<'_>) -> Result<VerifiedRuntime, AttestError> {
             Err(AttestError::Refused("sim.measurement: found 00, expected 11".into()))
         }
     }
@@ -130,7 +130,7 @@ pub(crate) mod tests {
         let psp = SimPsp::new(SimRoot::generate(), [0x11; 48]);
         let nonce = [8u8; 32];
         let ev = psp.evidence(runtime_log(&keys, &signer), &nonce);
-        let rt = attest_runtime(ev.clone(), &nonce, &Lenient).unwrap();
+        let rt = attest_runtime(ev.clone(), Challenge::undated(&nonce), &Lenient).unwrap();
         assert_eq!(rt.public_key, keys.public_key());
         assert_eq!(rt.receipt_key, signer.public_key());
         assert_eq!(rt.launch_measurement, Some([0x11; 48]));
