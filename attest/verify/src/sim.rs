@@ -242,8 +242,10 @@ pub struct SimPsp {
     pub guest_svn: u32,
     /// VMPL.
     pub vmpl: u32,
-    /// TCB written to every TCB field (Milan/Genoa layout).
+    /// TCB written to every TCB field but LAUNCH_TCB (Milan/Genoa layout).
     pub reported_tcb: u64,
+    /// LAUNCH_TCB; `None` = the same as `reported_tcb`.
+    pub launch_tcb: Option<u64>,
     /// PLATFORM_INFO.
     pub platform_info: u64,
     /// FAMILY_ID.
@@ -267,6 +269,7 @@ impl SimPsp {
             guest_svn: 0,
             vmpl: 0,
             reported_tcb: 0,
+            launch_tcb: None,
             platform_info: 0,
             family_id: [0; 16],
             image_id: [0; 16],
@@ -309,7 +312,7 @@ impl SimPsp {
         put(0x180, &self.reported_tcb.to_le_bytes());
         put(0x1A0, SIM_CHIP_ID_MARKER);
         put(0x1E0, &self.reported_tcb.to_le_bytes());
-        put(0x1F0, &self.reported_tcb.to_le_bytes());
+        put(0x1F0, &self.launch_tcb.unwrap_or(self.reported_tcb).to_le_bytes());
         let sig: Signature = self.root.key.sign(r.get(..SIGNED_LEN).unwrap_or(&[]));
         let mut put = |off: usize, bytes: &[u8]| put_at(&mut r, off, bytes);
         let (rb, sb) = sig.split_bytes();

@@ -83,7 +83,7 @@ fn wrong_measurement_fails_only_that_check() {
 #[test]
 fn policy_minimums_and_bindings_fail_as_expected() {
     let r = verify_evidence(&virtee_evidence(), &policy(VIRTEE_MEASUREMENT, "[snp.min_tcb]\nmicrocode = 200"), &[], jan_2026());
-    assert_eq!(failed(&r), ["snp.tcb.microcode"]);
+    assert_eq!(failed(&r), ["snp.tcb.microcode", "snp.launch_tcb.microcode"]);
     let r = verify_evidence(
         &virtee_evidence(),
         &policy(VIRTEE_MEASUREMENT, &format!("[snp]\nhost_data = \"{}\"", "11".repeat(32))),
@@ -228,4 +228,33 @@ fn gpu_evidence_not_committed_to_by_the_event_log_fails_closed() {
     let p = sim_policy(&psp.root.public_key().to_hex(), &m, true, "");
     let r = verify_evidence(&ev, &p, &[1], SystemTime::now());
     assert_eq!(failed(&r), ["gpu.event"]);
+}
+
+/// A report requested from a VMPL above the policy's (default 0) is refused, and so is a
+/// guest launched under firmware below the minimum TCB even when the TCB it reports now meets
+/// it; each names its field.
+#[test]
+fn vmpl_and_launch_tcb_are_checked() {
+    let mut psp = SimPsp::new(SimRoot::generate(), [7; 48]);
+    // Milan layout: microcode 0x73 = 115, SNP 8, boot loader 3.
+    psp.reported_tcb = 0x7308_0000_0000_0003;
+    let policy = Policy::from_toml(&format!(
+        "[simulation]\nallow_simulated = true\nroot_public_key = \"{}\"\nmeasurements = [\"{}\"]\n[snp.min_tcb]\nmicrocode = 100\n",
+        psp.root.public_key().to_hex(),
+        hex::encode(psp.measurement)
+    ))
+    .unwrap();
+    let nonce = [1u8; 32];
+    let mut log = EventLog::default();
+    log.extend(Event::digest_of(EventKind::RuntimeBinary, b"runtime"));
+    let check = |psp: &SimPsp| {
+        let r = verify_evidence(&psp.evidence(log.clone(), &nonce), &policy, &nonce, SystemTime::now());
+        failed(&r)
+    };
+    assert!(check(&psp).is_empty(), "{:?}", check(&psp));
+    psp.vmpl = 1;
+    assert_eq!(check(&psp), ["snp.vmpl"]);
+    psp.vmpl = 0;
+    psp.launch_tcb = Some(0x6308_0000_0000_0003); // launched under microcode 99
+    assert_eq!(check(&psp), ["snp.launch_tcb.microcode"]);
 }

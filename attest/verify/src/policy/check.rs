@@ -124,22 +124,29 @@ impl Policy {
                     .detail(format!("guest policy SMT bit {}", u8::from(policy_smt))),
             );
         }
+        out.push(
+            Check::new("snp.vmpl", c.vmpl <= self.snp.max_vmpl, c.vmpl.to_string(), format!("<= {}", self.snp.max_vmpl))
+                .detail("the VMPL the report was requested from"),
+        );
         let layout = if c.product == SnpProduct::Turin { SnpProduct::Turin } else { SnpProduct::Milan };
-        let tcb = TcbParts::from_raw(c.reported_tcb, layout);
         let t = &self.snp.min_tcb;
-        for (name, min, have) in [
-            ("snp.tcb.bootloader", t.bootloader, Some(tcb.bootloader)),
-            ("snp.tcb.tee", t.tee, Some(tcb.tee)),
-            ("snp.tcb.snp", t.snp, Some(tcb.snp)),
-            ("snp.tcb.microcode", t.microcode, Some(tcb.microcode)),
-            ("snp.tcb.fmc", t.fmc, tcb.fmc),
-        ] {
-            match (min, have) {
-                (Some(min), Some(have)) => out.push(Check::new(name, have >= min, have.to_string(), format!(">= {min}"))),
-                (Some(min), None) => {
-                    out.push(Check::new(name, true, "n/a", format!(">= {min}")).detail("this product has no FMC SPL"))
+        for (prefix, raw) in [("snp.tcb", c.reported_tcb), ("snp.launch_tcb", c.launch_tcb)] {
+            let tcb = TcbParts::from_raw(raw, layout);
+            for (part, min, have) in [
+                ("bootloader", t.bootloader, Some(tcb.bootloader)),
+                ("tee", t.tee, Some(tcb.tee)),
+                ("snp", t.snp, Some(tcb.snp)),
+                ("microcode", t.microcode, Some(tcb.microcode)),
+                ("fmc", t.fmc, tcb.fmc),
+            ] {
+                let name = format!("{prefix}.{part}");
+                match (min, have) {
+                    (Some(min), Some(have)) => out.push(Check::new(&name, have >= min, have.to_string(), format!(">= {min}"))),
+                    (Some(min), None) => {
+                        out.push(Check::new(&name, true, "n/a", format!(">= {min}")).detail("this product has no FMC SPL"))
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
         if let Some(want) = &self.snp.host_data {

@@ -164,9 +164,15 @@ pub struct SnpPolicy {
     /// Require SMT off: guest policy SMT bit clear, or PLATFORM_INFO SMT_EN clear.
     #[serde(default)]
     pub require_smt_disabled: bool,
-    /// Minimum TCB.
+    /// Minimum TCB, required of both REPORTED_TCB (what the report's VCEK was derived from)
+    /// and LAUNCH_TCB (the firmware the guest was launched under).
     #[serde(default)]
     pub min_tcb: SnpMinTcb,
+    /// Highest VMPL the report may have been requested from. 0 (the default) is the guest's
+    /// most privileged level, where the runtime runs without an SVSM; a report from a higher
+    /// VMPL comes from less privileged code that cannot vouch for VMPL0.
+    #[serde(default)]
+    pub max_vmpl: u32,
     /// Expected HOST_DATA (32 bytes).
     pub host_data: Option<HexValue>,
 }
