@@ -50,9 +50,9 @@ pub(crate) fn run(a: FetchVcekArgs) -> Result<Outcome> {
     let id = VcekId::for_report(&report, product).map_err(|e| anyhow!("{e}"))?;
     let url = id.url(&a.kds_url);
     if a.print_url {
-        println!("{url}");
+        outln!("{url}");
         if let Some(out) = &a.out {
-            println!("save the DER response as {}", out.join(id.cache_file_name()).display());
+            outln!("save the DER response as {}", out.join(id.cache_file_name()).display());
         }
         return Ok(Outcome::Ok);
     }
@@ -71,6 +71,6 @@ pub(crate) fn run(a: FetchVcekArgs) -> Result<Outcome> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join(id.cache_file_name());
     std::fs::write(&path, &der).with_context(|| format!("writing {}", path.display()))?;
-    println!("{} ({:?} VCEK, chains to {}) saved as {}", url, chain.product, chain.root.name(), path.display());
+    outln!("{} ({:?} VCEK, chains to {}) saved as {}", url, chain.product, chain.root.name(), path.display());
     Ok(Outcome::Ok)
 }

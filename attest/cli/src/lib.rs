@@ -8,6 +8,35 @@
 //! Trust: the policy file, key file and command line are the owner's; everything fetched or
 //! read as evidence is untrusted and goes through `chrysalis_verify::verify`.
 
+/// `println!` for results on stdout that exits quietly, as a SIGPIPE would, when the reader
+/// went away (`attest verify … | head`) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::stdout::write(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!` with the same broken-pipe behaviour as [`outln!`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::stdout::write(format_args!($($t)*)) };
+}
+
+mod stdout {
+    use std::io::Write;
+
+    /// Exit status of a process ended by SIGPIPE (128 + 13), what a shell reports for a
+    /// writer whose reader closed the pipe.
+    const EXIT_BROKEN_PIPE: i32 = 141;
+
+    /// Write to stdout; a closed pipe ends the process quietly, another error is reported.
+    pub(crate) fn write(args: std::fmt::Arguments<'_>) {
+        let mut out = std::io::stdout().lock();
+        match out.write_fmt(args).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(EXIT_BROKEN_PIPE),
+            Err(e) => eprintln!("attest: writing to stdout: {e}"),
+        }
+    }
+}
+
 mod fetch_vcek;
 mod http;
 pub mod policy_from;

@@ -108,7 +108,7 @@ pub(crate) fn run(args: PolicyArgs) -> Result<Outcome> {
             std::fs::write(p, &policy).with_context(|| format!("writing {}", p.display()))?;
             eprintln!("attest: policy written to {}", p.display());
         }
-        None => print!("{policy}"),
+        None => out!("{policy}"),
     }
     Ok(Outcome::Ok)
 }

@@ -129,14 +129,14 @@ pub fn run(args: &ReleaseArgs, verifier: &dyn EvidenceVerifier) -> anyhow::Resul
         runtime_answer: sanitize(&answer),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcome).context("encoding JSON")?);
+        outln!("{}", serde_json::to_string_pretty(&outcome).context("encoding JSON")?);
     } else {
-        println!("key release to {} (model {:?})", outcome.url, kf.model_name);
-        println!("  nonce {}", outcome.nonce);
+        outln!("key release to {} (model {:?})", outcome.url, kf.model_name);
+        outln!("  nonce {}", outcome.nonce);
         for c in &outcome.steps {
-            println!("  ok  {:<22} {}", c.name, c.detail);
+            outln!("  ok  {:<22} {}", c.name, c.detail);
         }
-        println!("  runtime answered {}: {}", runtime_status, outcome.runtime_answer);
+        outln!("  runtime answered {}: {}", runtime_status, outcome.runtime_answer);
     }
     if !runtime_status.is_success() {
         return Err(Refused(format!("runtime refused the key ({runtime_status}): {}", outcome.runtime_answer)).into());

@@ -167,9 +167,9 @@ pub fn run(args: &SealArgs) -> anyhow::Result<SealSummary> {
         seconds: started.elapsed().as_secs_f64(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary).context("encoding JSON")?);
+        outln!("{}", serde_json::to_string_pretty(&summary).context("encoding JSON")?);
     } else {
-        print!("{summary}");
+        out!("{summary}");
     }
     Ok(summary)
 }

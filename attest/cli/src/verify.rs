@@ -149,9 +149,9 @@ pub(crate) fn run(a: VerifyArgs) -> Result<Outcome> {
 
 fn print(report: &Report, json: bool) -> Result<Outcome> {
     if json {
-        println!("{}", report.to_json());
+        outln!("{}", report.to_json());
     } else {
-        print!("{report}");
+        out!("{report}");
     }
     Ok(if report.is_ok() { Outcome::Ok } else { Outcome::Failed })
 }

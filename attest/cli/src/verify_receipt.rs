@@ -98,20 +98,20 @@ pub fn run(args: &VerifyReceiptArgs, verifier: &dyn EvidenceVerifier) -> anyhow:
     }
     let report = ReceiptReport { ok: checks.iter().all(|c| c.passed), receipt: statement, checks };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("encoding JSON")?);
+        outln!("{}", serde_json::to_string_pretty(&report).context("encoding JSON")?);
     } else {
-        println!("receipt {}", args.receipt.display());
-        println!("  {} -> {} (model {:?})", b.target, b.status, b.model);
+        outln!("receipt {}", args.receipt.display());
+        outln!("  {} -> {} (model {:?})", b.target, b.status, b.model);
         for c in &report.checks {
             let mark = if c.passed { "ok  " } else { "FAIL" };
             let detail = if c.detail.is_empty() { String::new() } else { format!(" ({})", c.detail) };
             if c.passed {
-                println!("  {mark} {:<22} {}{detail}", c.name, c.found);
+                outln!("  {mark} {:<22} {}{detail}", c.name, c.found);
             } else {
-                println!("  {mark} {:<22} found {}, expected {}{detail}", c.name, c.found, c.expected);
+                outln!("  {mark} {:<22} found {}, expected {}{detail}", c.name, c.found, c.expected);
             }
         }
-        println!("{}", if report.ok { "receipt verified" } else { "receipt NOT verified" });
+        outln!("{}", if report.ok { "receipt verified" } else { "receipt NOT verified" });
     }
     Ok(if report.ok { Outcome::Ok } else { Outcome::Failed })
 }

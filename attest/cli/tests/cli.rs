@@ -369,3 +369,23 @@ fn proxy_refuses_a_policy_that_pins_no_model() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("pins no model") && stderr(&o).contains("bundle_header_sha384"), "{}", stderr(&o));
 }
+
+/// `attest verify … | head -1`: the reader closes the pipe before the table is written; the
+/// tool ends as a SIGPIPE would (status 141), without a panic on stderr.
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    let dir = scratch("pipe");
+    let policy = virtee_policy(&dir, VIRTEE_MEASUREMENT);
+    let report = snp_data("virtee-sev-milan/report_milan.bin").display().to_string();
+    let certs = snp_data("virtee-sev-milan").display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attest"))
+        .args(["verify", "--policy", &policy, "--snp-report", &report, "--certs", &certs, "--time", "2026-01-01T00:00:00Z"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before anything was written
+    let o = child.wait_with_output().unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert_eq!(code(&o), 141, "{}", stderr(&o));
+}
