@@ -166,7 +166,10 @@ fn signature_only_checks_certificate_validity_time() {
     // go-tdx-guest's PCK certificate is valid from 2026-01-27T14:36:27Z.
     let raw = load("go-tdx-guest-v5/quote_v5_sample.dat");
     let err = tdx::verify_quote_signature_only(&raw, 1_769_472_000).unwrap_err(); // 2026-01-27T00:00Z
-    assert!(matches!(&err, TdxError::PckChain(m) if m.contains("NotValidYet")), "{err}");
+    assert!(
+        matches!(&err, TdxError::PckChain(m) if m.contains("valid only from 2026-01-27T14:36:27Z") && m.contains("verification time 2026-01-27T00:00:00Z")),
+        "{err}"
+    );
     assert!(tdx::verify_quote_signature_only(&raw, 1_769_529_600).is_ok()); // 2026-01-27T16:00Z
 }
 
@@ -252,7 +255,7 @@ fn collateral_from_another_platform_is_rejected() {
     }
     // go-tdx-guest's PCK certificate was issued after this collateral expired.
     let e = tdx::verify_quote(&load("go-tdx-guest-v5/quote_v5_sample.dat"), &col, NOW_IN_WINDOW).unwrap_err();
-    assert!(matches!(&e, TdxError::PckChain(m) if m.contains("CertNotValidYet")), "{e}");
+    assert!(matches!(&e, TdxError::PckChain(m) if m.contains("valid only from") && !m.contains("UnixTime")), "{e}");
 }
 
 #[test]
@@ -374,12 +377,12 @@ fn tamper_cases(raw: &[u8]) -> Vec<TamperCase> {
         (
             "pck leaf certificate: subject bit",
             flip_in_certificate(raw, 0, b"Intel SGX PCK Certificate"),
-            |e| matches!(e, TdxError::PckChain(m) if m.contains("InvalidSignatureForPublicKey")),
+            |e| matches!(e, TdxError::PckChain(m) if m.contains("signature does not verify")),
         ),
         (
             "pck platform ca certificate: subject bit",
             flip_in_certificate(raw, 1, b"Intel SGX PCK Platform CA"),
-            |e| matches!(e, TdxError::PckChain(m) if m.contains("InvalidSignatureForPublicKey") || m.contains("UnknownIssuer")),
+            |e| matches!(e, TdxError::PckChain(m) if m.contains("signature does not verify") || m.contains("does not lead to the pinned")),
         ),
         ("root ca copy in the quote: subject bit", flip_in_certificate(raw, 2, b"Intel SGX Root CA"), |e| {
             matches!(e, TdxError::ForeignRoot)

@@ -83,7 +83,7 @@ pub(crate) fn check(raw: &[u8], quote: &TdxQuote, now_unix_secs: u64) -> Result<
     let intermediates: Vec<CertificateDer<'_>> = rest.iter().map(|c| CertificateDer::from_slice(c)).collect();
     let now = UnixTime::since_unix_epoch(Duration::from_secs(now_unix_secs));
     leaf.verify_for_usage(&[sig_alg()], &[anchor], &intermediates, now, webpki::KeyUsage::server_auth(), None, None)
-        .map_err(|e| TdxError::PckChain(format!("{e:?}")))?;
+        .map_err(|e| TdxError::PckChain(chain_error(&e)))?;
 
     // 2. The PCK key signed the QE report.
     let qe_sig = p256::ecdsa::Signature::from_slice(&quote.qe_report_signature).map_err(|_| TdxError::QeReportSignature)?;
@@ -113,4 +113,22 @@ pub(crate) fn check(raw: &[u8], quote: &TdxQuote, now_unix_secs: u64) -> Result<
     let ext = dcap_qvl::intel::parse_pck_extension(leaf_der).map_err(|e| TdxError::PckExtension(format!("{e:#}")))?;
     let subjects = parsed.iter().map(|c| c.tbs_certificate().subject().to_string()).collect();
     Ok(PckInfo { fmspc: ext.fmspc, subjects })
+}
+
+/// Why the PCK chain failed, in words and dates (webpki's `Display` is its `Debug`).
+fn chain_error(e: &webpki::Error) -> String {
+    let date = |t: &UnixTime| crate::snp::cert::rfc3339(t.as_secs());
+    match e {
+        webpki::Error::CertExpired { time, not_after } => {
+            format!("a certificate of the chain expired at {} (verification time {})", date(not_after), date(time))
+        }
+        webpki::Error::CertNotValidYet { time, not_before } => {
+            format!("a certificate of the chain is valid only from {} (verification time {})", date(not_before), date(time))
+        }
+        webpki::Error::UnknownIssuer => "the chain does not lead to the pinned Intel SGX root CA".into(),
+        webpki::Error::InvalidSignatureForPublicKey => {
+            "a certificate's signature does not verify under its issuer's key (altered certificate)".into()
+        }
+        other => format!("certificate chain refused: {other:?}"),
+    }
 }
