@@ -80,7 +80,16 @@ impl Setup {
         ev
     }
 
+    /// A policy for the genuine vector, which has NVDEC0 disabled and stored OCSP responses
+    /// for only part of its chain: unless `gpu` says otherwise, the policy explicitly accepts
+    /// both (the defaults refuse them; see `gpu_defaults_refuse_disabled_nvdec0_and_unchecked_revocation`).
     fn policy(&self, gpu: &str) -> Policy {
+        let mut gpu = gpu.to_owned();
+        for (key, line) in [("allow_nvdec0_disabled", "allow_nvdec0_disabled = true"), ("require_ocsp", "require_ocsp = false")] {
+            if !gpu.contains(key) {
+                gpu = format!("{line}\n{gpu}");
+            }
+        }
         Policy::from_toml(&format!(
             "[simulation]\nallow_simulated = true\nroot_public_key = \"{}\"\nmeasurements = [\"{}\"]\n[gpu]\n{gpu}",
             self.psp.root.public_key().to_hex(),
@@ -364,4 +373,23 @@ fn policy_rim_bundle_is_read_relative_to_the_policy_file() {
     let r = verify(&ev, &p, &a);
     assert_eq!(failed(&r), ["gpu.rim_bundle"], "{r}");
     assert!(row(&r, "gpu.rim_bundle").detail.starts_with("reading the RIM bundle: "), "{r}");
+}
+
+/// Under an empty `[gpu]` section the genuine vector is refused twice, each naming its row:
+/// its NVDEC0 is disabled (a measurement would be skipped) and the bundle holds "good" OCSP
+/// responses for only part of its chain (revocation not fully checked).
+#[test]
+fn gpu_defaults_refuse_disabled_nvdec0_and_unchecked_revocation() {
+    let s = Setup::new();
+    let gpus = vec![genuine_gpu()];
+    let ev = s.evidence(log_with(gpubind::gpu_event(&gpus)), gpus);
+    let defaults = Policy::from_toml(&format!(
+        "[simulation]\nallow_simulated = true\nroot_public_key = \"{}\"\nmeasurements = [\"{}\"]\n",
+        s.psp.root.public_key().to_hex(),
+        hex::encode(MEASUREMENT)
+    ))
+    .unwrap();
+    let r = verify(&ev, &defaults, &appraisal());
+    assert_eq!(failed(&r), ["gpu[0].nvdec0", "gpu[0].ocsp"], "{r}");
+    assert!(verify(&ev, &s.policy(""), &appraisal()).is_ok());
 }

@@ -261,12 +261,14 @@ pub struct GpuPolicy {
     /// Allowed VBIOS versions (e.g. "96.00.9f.00.01", compared ignoring case); absent = not checked.
     pub allowed_vbios_versions: Option<Vec<String>>,
     /// Accept a GPU whose NVDEC0 engine is disabled (its measurement, RIM index 35, is then
-    /// skipped, as NVIDIA's verifier does). Default true.
-    #[serde(default = "yes")]
-    pub allow_nvdec0_disabled: bool,
-    /// Require a fresh "good" OCSP response for every device and RIM certificate in the
-    /// bundle. Default false: without one, revocation is reported as not checked.
+    /// skipped, as NVIDIA's verifier does). Default false: a measurement is skipped only when
+    /// the policy says so.
     #[serde(default)]
+    pub allow_nvdec0_disabled: bool,
+    /// Require a fresh "good" OCSP response for every device and RIM certificate, from the
+    /// bundle's stored responses (verification never fetches). Default true: a revoked GPU
+    /// or RIM must not pass because nobody looked; `false` reports revocation as not checked.
+    #[serde(default = "yes")]
     pub require_ocsp: bool,
 }
 
@@ -282,8 +284,8 @@ impl Default for GpuPolicy {
             allow_rim_not_available: false,
             allowed_driver_versions: None,
             allowed_vbios_versions: None,
-            allow_nvdec0_disabled: true,
-            require_ocsp: false,
+            allow_nvdec0_disabled: false,
+            require_ocsp: true,
         }
     }
 }
@@ -450,9 +452,12 @@ mod tests {
     }
 
     #[test]
-    fn gpu_section_defaults_open_for_cpu_images_and_is_strictly_parsed() {
+    fn gpu_section_defaults_are_closed_and_strictly_parsed() {
         let p = Policy::from_toml("").unwrap();
-        assert!(!p.gpu.require_gpu && p.gpu.allow_nvdec0_disabled && !p.gpu.require_ocsp);
+        // A CPU image carries no GPU evidence; a GPU that is there must be complete and
+        // checked for revocation unless the policy says otherwise.
+        assert!(!p.gpu.require_gpu && !p.gpu.allow_nvdec0_disabled && p.gpu.require_ocsp);
+        assert_eq!(p.gpu, GpuPolicy::default());
         assert_eq!(p.gpu.rim_bundle, None);
         let p = Policy::from_toml("[gpu]\nrequire_gpu = true").unwrap();
         assert!(p.gpu.require_gpu);
