@@ -63,8 +63,16 @@ async fn attempt(key_url: &str, session: &Arc<Session>) -> Result<String> {
     Ok(tokio::task::spawn_blocking(move || s.release(&msg)).await??)
 }
 
+/// The most one request to the key service may take, the answer's body included: neither the
+/// service nor anyone on the path can hold pull mode by stalling in the middle of an answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One HTTP/1.1 request; non-2xx statuses become errors carrying the (bounded) body.
 async fn http(base: &str, method: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+    request(base, method, path, body, REQUEST_TIMEOUT).await
+}
+
+async fn request(base: &str, method: &str, path: &str, body: Vec<u8>, limit: Duration) -> Result<Vec<u8>> {
     let authority = base.strip_prefix("http://").context("key_url must start with http://")?;
     let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(authority))
         .await
@@ -80,15 +88,45 @@ async fn http(base: &str, method: &str, path: &str, body: Vec<u8>) -> Result<Vec
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, routes::EVIDENCE_MEDIA_TYPE)
         .body(Full::new(Bytes::from(body)))?;
-    let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req)).await.context("timed out")??;
-    let status = resp.status();
-    let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
-        .collect()
+    let exchange = async {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the response: {e}"))?
+            .to_bytes();
+        anyhow::Ok((status, bytes))
+    };
+    let (status, bytes) = tokio::time::timeout(limit, exchange)
         .await
-        .map_err(|e| anyhow::anyhow!("reading the response: {e}"))?
-        .to_bytes();
+        .with_context(|| format!("{method} {path}: no complete answer within {} s", limit.as_secs_f64()))??;
     if !status.is_success() {
         bail!("{method} {path}: {status}: {}", String::from_utf8_lossy(&bytes).trim());
     }
     Ok(bytes.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A key service that sends its headers and then stalls in the body is given up on at
+    /// the deadline, with a message saying so.
+    #[tokio::test]
+    async fn a_stalled_answer_body_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut c, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).await;
+            c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let e = request(&base, "GET", routes::CHALLENGE, Vec::new(), Duration::from_millis(300)).await.unwrap_err();
+        assert!(e.to_string().contains("no complete answer within 0.3 s"), "{e:#}");
+        server.abort();
+    }
 }
