@@ -173,6 +173,14 @@ fn error_response(status: StatusCode, kind: &str, code: &str, message: &str) -> 
 
 type Upstreamed = hyper::Response<hyper::body::Incoming>;
 
+/// The shortest time between attestations that a runtime's (unauthenticated) "key unknown"
+/// answer can trigger.
+const MIN_REATTEST_ON_KEY_UNKNOWN: Duration = Duration::from_secs(10);
+
+/// Set on every answer the proxy relays from outside the encrypted channel: its content was
+/// not authenticated and may come from anyone on the path.
+pub const HEADER_UNAUTHENTICATED: &str = "chrysalis-unauthenticated";
+
 /// Write a file only its owner can read: receipts name what was asked, and saved bodies are
 /// prompts and completions in plaintext.
 fn write_private(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
@@ -284,10 +292,22 @@ impl Proxy {
     async fn runtime(self: &Arc<Self>, replace: Option<&AttestedRuntime>) -> Result<Arc<AttestedRuntime>, Failure> {
         let mut pinned = self.pinned.lock().await;
         if let Some(p) = pinned.as_ref() {
-            let stale = p.at.elapsed() >= self.reattest;
+            let age = p.at.elapsed();
+            let stale = age >= self.reattest;
             let replaced = replace.is_some_and(|old| old.log_digest == p.runtime.log_digest);
             if !stale && !replaced {
                 return Ok(p.runtime.clone());
+            }
+            if replaced && !stale && age < MIN_REATTEST_ON_KEY_UNKNOWN {
+                // "Key unknown" is a plaintext answer anyone on the path can forge: believing
+                // every one would make each request cost an attestation.
+                return Err(Failure::Unreachable(format!(
+                    "{} says it no longer has the key attested {} s ago; that answer is unauthenticated, so the proxy \
+                     re-attests on it at most once every {} s: retry later",
+                    self.url,
+                    age.as_secs(),
+                    MIN_REATTEST_ON_KEY_UNKNOWN.as_secs()
+                )));
             }
             if replaced {
                 log::info!("proxy: the runtime no longer has the pinned key; re-attesting");
@@ -458,16 +478,19 @@ async fn forward(
         if status.is_success() {
             return Err(Failure::Integrity(format!("{} answered {status} outside the encrypted channel: discarded", p.url)));
         }
-        // An error about the channel itself (plaintext by design, unauthenticated).
+        // An error about the channel itself (plaintext by design, unauthenticated): labelled.
         let message = format!(
-            "the runtime refused the sealed request ({status}): {}",
+            "UNAUTHENTICATED answer from outside the encrypted channel (anyone on the path could have sent it): \
+             the runtime refused the sealed request ({status}): {}",
             serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| super::release::sanitize(&bytes))
         );
         let code = if code.is_empty() { "channel_error".to_owned() } else { code };
-        return Ok(Outcome::Done(error_response(status, "invalid_request_error", &code, &message)));
+        let mut resp = error_response(status, "invalid_request_error", &code, &message);
+        resp.headers_mut().insert(HEADER_UNAUTHENTICATED, HeaderValue::from_static("true"));
+        return Ok(Outcome::Done(resp));
     }
     let ctype = content_type(&resp);
     let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();

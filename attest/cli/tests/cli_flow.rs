@@ -327,3 +327,75 @@ fn serve_keys_stale_challenge() {
     assert_eq!(status, 410, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("stale"));
 }
+
+/// Answers from outside the encrypted channel are plaintext that anyone on the path can
+/// forge. The proxy labels the errors it relays, and a forged "key unknown" (421) cannot make
+/// it attest the runtime again on every request: after one attestation it re-attests on that
+/// answer at most once every 10 s and says so.
+#[test]
+fn proxy_labels_plaintext_errors_and_rate_limits_forged_key_unknown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle, _) = seal_model(dir.path());
+    let fake = Arc::new(FakeRuntime::new(std::fs::read(&bundle).expect("read")));
+    let attestations = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = attestations.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/attestation",
+            get(move |State(f): State<Arc<FakeRuntime>>, Query(q): Query<NonceQuery>| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { f.evidence(&hex::decode(&q.nonce).expect("hex")).to_bytes() }
+            }),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(|| async {
+                let body = r#"{"error":{"message":"forged","type":"invalid_request_error","code":"channel_key_unknown"}}"#;
+                (StatusCode::MISDIRECTED_REQUEST, [("content-type", "application/json")], body)
+            }),
+        )
+        .route(
+            "/v1/completions",
+            post(|| async {
+                let body = r#"{"error":{"message":"sealed request does not open","type":"invalid_request_error","code":"channel_decrypt_failed"}}"#;
+                (StatusCode::BAD_REQUEST, [("content-type", "application/json")], body)
+            }),
+        )
+        .with_state(fake);
+    let rt = runtime();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let args = cli::proxy::ProxyArgs {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        url: format!("http://{upstream}"),
+        policy: dir.path().join("unused-policy.toml"),
+        reattest_secs: 300,
+        receipts: None,
+        save_bodies: false,
+        max_body_bytes: 1 << 20,
+        timeout_s: 30,
+        any_model: false,
+        inputs: Default::default(),
+    };
+    let proxy = cli::proxy::start(&args, Box::new(BindingOnly)).expect("proxy");
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let call = |path: &str| {
+        let mut r = agent
+            .post(format!("http://{}{path}", proxy.addr))
+            .header("content-type", "application/json")
+            .send(&br#"{"model":"m","messages":[]}"#[..])
+            .expect("proxy answers");
+        let unauthenticated = r.headers().get(cli::proxy::HEADER_UNAUTHENTICATED).is_some();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default(), unauthenticated)
+    };
+    for _ in 0..3 {
+        let (status, body, _) = call("/v1/chat/completions");
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("at most once every 10 s"), "{body}");
+    }
+    assert_eq!(attestations.load(std::sync::atomic::Ordering::SeqCst), 1, "a forged 421 forced re-attestation");
+    let (status, body, unauthenticated) = call("/v1/completions");
+    assert_eq!(status, 400, "{body}");
+    assert!(unauthenticated && body.contains("UNAUTHENTICATED"), "{body}");
+}
