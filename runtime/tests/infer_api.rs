@@ -97,19 +97,29 @@ fn openai_client(mode: &str, server: &Server, model: &str) -> String {
 #[test]
 fn openai_client_against_smollm2() {
     let model = common::smollm2_path();
-    let server = Server::start(&["--model", model.to_str().unwrap_or_default(), "--id", "smollm2", "--queue", "2"]);
+    let server =
+        Server::start(&["--model", model.to_str().unwrap_or_default(), "--id", "smollm2", "--queue", "2", "--max-seqs", "2"]);
     openai_client("api", &server, "smollm2");
     // The client hung up on a long stream: generation stopped early.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !server.log().contains("(cancelled)") && Instant::now() < deadline {
+    while !server.log().contains(" cancelled)") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     let log = server.log();
-    assert!(log.contains("(cancelled)"), "no cancelled generation in the server log:\n{log}");
+    assert!(log.contains(" cancelled)"), "no cancelled generation in the server log:\n{log}");
     assert!(!log.contains("MARKER-PROMPT"), "a prompt reached the server log");
 }
 
 /// Before unsealing every inference endpoint answers 503 with a clear message.
+/// Eight concurrent streaming chat requests through the real `openai` client are batched
+/// together and each gets exactly the answer it gets alone.
+#[test]
+fn openai_client_eight_concurrent_streams() {
+    let model = common::smollm2_path();
+    let server = Server::start(&["--model", model.to_str().unwrap_or_default(), "--id", "smollm2"]);
+    openai_client("batch", &server, "smollm2");
+}
+
 #[test]
 fn openai_client_before_unsealing() {
     common::ensure_models();

@@ -6,10 +6,14 @@
 //! ```text
 //! chrysalis-infer-dev serve --model DIR|FILE.gguf [--id NAME] [--addr 127.0.0.1:0]
 //!                           [--queue N] [--max-body BYTES] [--weights native|q8_0|q4_0|f32] [--device cpu|cuda[:N]]
+//!                           [--max-seqs 16] [--step-tokens 256] [--kv-mib N] [--prefix-cache 1|0]
 //!                           [--no-model]
 //! chrysalis-infer-dev bench --model FILE.gguf [--weights ...] [--prompt-tokens 100]
 //!                           [--gen 64] [--runs 3]
 //! ```
+//! `--max-seqs`, `--step-tokens`, `--kv-mib` and `--prefix-cache` set the batching engine's
+//! limits (see `LoadOptions`); `bench` always runs without the prefix cache, since it
+//! repeats one prompt.
 //! `serve` prints `listening on ADDR` once the socket is bound (tests read it).
 //! `--no-model` serves without ever installing a model (every request gets 503).
 //! `bench` prints one JSON object per run and a summary line on stdout.
@@ -101,6 +105,10 @@ fn load(args: &Args) -> Result<Engine> {
     opts.gguf_weights = GgufWeights::from_name(&weights).with_context(|| format!("unknown --weights {weights}"))?;
     let device = args.get("device", "cpu".to_owned())?;
     opts.device = DeviceChoice::parse(&device).with_context(|| format!("--device {device}: expected cpu, cuda or cuda:N"))?;
+    opts.max_sequences = args.get("max-seqs", opts.max_sequences)?;
+    opts.step_tokens = args.get("step-tokens", opts.step_tokens)?;
+    opts.kv_cache_bytes = args.flags.get("kv-mib").map(|v| v.parse::<u64>().map(|m| m << 20)).transpose().context("--kv-mib")?;
+    opts.prefix_cache = args.get("prefix-cache", 1u8)? == 1 && args.cmd != "bench";
     let files = read_model(&model)?;
     Engine::load(files, &opts).context("loading the model")
 }

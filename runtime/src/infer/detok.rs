@@ -22,12 +22,12 @@ pub struct TextStream<'a> {
     read_offset: usize,
     text: String,
     sent: usize,
-    stops: &'a [String],
+    stops: Vec<String>,
 }
 
 impl<'a> TextStream<'a> {
     /// A stream decoding with `tokenizer` and watching for `stops` (empty strings ignored).
-    pub fn new(tokenizer: &'a Tokenizer, stops: &'a [String]) -> Self {
+    pub fn new(tokenizer: &'a Tokenizer, stops: Vec<String>) -> Self {
         Self { tokenizer, tokens: Vec::new(), prefix_offset: 0, read_offset: 0, text: String::new(), sent: 0, stops }
     }
 
@@ -143,7 +143,7 @@ mod tests {
 
     fn run(text: &str, stops: &[String]) -> (Vec<String>, bool) {
         let tok = bytes_tokenizer();
-        let mut s = TextStream::new(&tok, stops);
+        let mut s = TextStream::new(&tok, stops.to_vec());
         let mut out = Vec::new();
         for b in text.bytes() {
             match s.push(u32::from(b)) {

@@ -5,22 +5,23 @@
 //! take PID 1 down; prompts and parameters come from API clients and are validated.
 //! Never logs prompt or completion text.
 
+use super::batch::{self, BatchLimits, Core, Job, Shared};
 use super::config::{self, ArchConfig};
-use super::detok::{Delta, TextStream};
 use super::gguf::{self, GgufWeights, Meta};
-use super::model::Model;
+use super::kv::{self, BLOCK_SIZE, BlockPool, KvShape, KvStore};
+use super::load::DenseTensors;
 use super::sampling::SamplingParams;
 use super::template::{self, ChatMessage, ChatTemplate};
-use super::{InferError, gguf_tokenizer};
+use super::transformer::{Chunk, Transformer, Weights};
+use super::{InferError, gguf_tokenizer, llama, qwen2};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, qwen2};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tokenizers::Tokenizer;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use zeroize::Zeroizing;
 
 /// Unsealed model files: file name → plaintext bytes (config.json, tokenizer.json,
@@ -28,7 +29,8 @@ use zeroize::Zeroizing;
 /// zeroized) as soon as the engine has copied what it needs.
 pub type ModelFiles = BTreeMap<String, Zeroizing<Vec<u8>>>;
 
-/// Prompt tokens processed per forward pass: bounds the attention matrix of long prompts.
+/// Prompt tokens processed per forward pass by [`Sequence::feed`]: bounds the attention
+/// matrix of long prompts.
 const PROMPT_CHUNK: usize = 512;
 
 /// Where tensors live.
@@ -63,12 +65,32 @@ pub struct LoadOptions {
     pub device: DeviceChoice,
     /// What to do with GGUF weight types that have no SIMD kernel (see [`GgufWeights`]).
     pub gguf_weights: GgufWeights,
+    /// Sequences decoded together at most.
+    pub max_sequences: usize,
+    /// Tokens per forward step: one per decoding sequence, the rest for prompt chunks. A
+    /// long prompt takes several steps, so it never freezes the running streams for longer
+    /// than one step.
+    pub step_tokens: usize,
+    /// KV cache budget in bytes; `None`: half the memory available after loading the
+    /// weights, and no more than `max_sequences` full contexts need.
+    pub kv_cache_bytes: Option<u64>,
+    /// Reuse the cached keys and values of an identical prompt prefix (a shared system
+    /// prompt) across requests. Off for benchmarks that repeat one prompt.
+    pub prefix_cache: bool,
 }
 
 impl LoadOptions {
-    /// CPU, default GGUF policy.
+    /// CPU, default GGUF policy, 16 sequences, 256-token steps, automatic cache budget.
     pub fn new(model_id: impl Into<String>) -> Self {
-        Self { model_id: model_id.into(), device: DeviceChoice::Cpu, gguf_weights: GgufWeights::default() }
+        Self {
+            model_id: model_id.into(),
+            device: DeviceChoice::Cpu,
+            gguf_weights: GgufWeights::default(),
+            max_sequences: 16,
+            step_tokens: 256,
+            kv_cache_bytes: None,
+            prefix_cache: true,
+        }
     }
 }
 
@@ -89,6 +111,12 @@ pub struct ModelInfo {
     pub weights: String,
     /// Unix time the engine was loaded (OpenAI's `created`).
     pub created: u64,
+    /// KV cache blocks (of [`BLOCK_SIZE`] tokens) set aside at load.
+    pub kv_blocks: usize,
+    /// Bytes of one block (keys and values of every layer).
+    pub kv_block_bytes: u64,
+    /// Sequences decoded together at most.
+    pub max_sequences: usize,
 }
 
 /// Why generation ended.
@@ -133,29 +161,52 @@ pub struct Outcome {
     pub finish_reason: FinishReason,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub cached_prompt_tokens: usize,
     /// Tokens generated (including a final end-of-sequence token).
     pub completion_tokens: usize,
     /// The generated ids.
     pub tokens: Vec<u32>,
-    /// Time to process the prompt and sample the first token.
+    /// Time from submission to the first token (queueing, prompt, first sample).
     pub time_to_first_token: Duration,
     /// Time spent generating after the first token.
     pub generation_time: Duration,
 }
 
-/// A loaded model ready to serve.
+/// What a generation sends back, in order: text pieces, then `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    /// New text.
+    Text(String),
+    /// The generation ended.
+    Done(Outcome),
+    /// The generation failed (the message names what went wrong, never prompt text).
+    Failed(InferError),
+}
+
+/// A loaded model ready to serve: a scheduler thread batches every submitted request
+/// (see [`super::batch`]).
 pub struct Engine {
     info: ModelInfo,
-    tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
-    eos_ids: Vec<u32>,
-    device: Device,
-    model: Mutex<Model>,
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    scheduler: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Closing the job channel lets the scheduler finish its work and return.
+        self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(t) = self.scheduler.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -188,8 +239,24 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// What the loaders hand to [`Engine::load`].
+struct Loaded {
+    weights: Weights,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    dtype: DType,
+}
+
 impl Engine {
-    /// Builds the engine, consuming (and so zeroizing) the files.
+    /// Builds the engine, consuming (and so zeroizing) the files, sets aside the KV cache
+    /// and starts the scheduler.
     pub fn load(mut files: ModelFiles, opts: &LoadOptions) -> Result<Self, InferError> {
         let device = device(opts.device)?;
         let tok_config = json_file(&files, "tokenizer_config.json")?;
@@ -198,10 +265,10 @@ impl Engine {
         let ggufs: Vec<String> = files.keys().filter(|k| k.ends_with(".gguf")).cloned().collect();
         let (mut tpl_src, mut bos, mut eos) = tok_config.as_ref().map(template::from_tokenizer_config).unwrap_or_default();
         let mut eos_ids = Vec::new();
-        let (model, tokenizer, info) = match ggufs.as_slice() {
+        let loaded = match ggufs.as_slice() {
             [name] => {
                 let bytes = files.remove(name).ok_or_else(|| InferError::MissingFile(name.clone()))?;
-                let g = guarded("reading the gguf file", || gguf::read(name, &bytes, opts.gguf_weights, &device))?;
+                let mut g = guarded("reading the gguf file", || gguf::read(name, &bytes, opts.gguf_weights, &device))?;
                 drop(bytes);
                 let meta = Meta { file: name, md: &g.content.metadata };
                 let arch = meta.str("general.architecture").unwrap_or("").to_owned();
@@ -218,47 +285,28 @@ impl Engine {
                 if tpl_src.is_none() {
                     tpl_src = meta.str("tokenizer.chat_template").map(str::to_owned);
                 }
-                let vocab_size = g
-                    .content
-                    .tensor_infos
-                    .get("token_embd.weight")
-                    .and_then(|i| i.shape.dims().first().copied())
-                    .ok_or_else(|| InferError::InvalidFile { file: name.clone(), reason: "no token_embd.weight".into() })?;
-                let ctx_key = format!("{arch}.context_length");
-                let declared = meta.u64(&ctx_key).and_then(|v| usize::try_from(v).ok());
-                let weights = describe_weights(&g.content, opts.gguf_weights);
-                let gguf::Gguf { content, mut data } = g;
-                let (model, context_length) = match arch.as_str() {
-                    "llama" => {
-                        let m = guarded("building the quantized llama model", || {
-                            Ok(quantized_llama::ModelWeights::from_gguf(content, &mut data, &device)?)
-                        })?;
-                        // candle's quantized llama has RoPE tables for MAX_SEQ_LEN positions.
-                        let ctx = declared.unwrap_or(quantized_llama::MAX_SEQ_LEN).min(quantized_llama::MAX_SEQ_LEN);
-                        (Model::QLlama(m), ctx)
-                    }
-                    "qwen2" => {
-                        let ctx = declared
-                            .ok_or_else(|| InferError::InvalidFile { file: name.clone(), reason: format!("no {ctx_key}") })?;
-                        let m = guarded("building the quantized qwen2 model", || {
-                            Ok(quantized_qwen2::ModelWeights::from_gguf(content, &mut data, &device)?)
-                        })?;
-                        (Model::QQwen2(m), ctx)
-                    }
+                let weights_desc = describe_weights(&g.content, opts.gguf_weights);
+                let (weights, context_length) = match arch.as_str() {
+                    "llama" => guarded("building the llama model", || llama::from_gguf(name, &mut g, &device))?,
+                    "qwen2" => guarded("building the qwen2 model", || qwen2::from_gguf(name, &mut g, &device))?,
                     other => {
                         return Err(InferError::Unsupported(format!("GGUF architecture {other:?} (supported: llama, qwen2)")));
                     }
                 };
+                drop(g);
                 let info = ModelInfo {
                     id: opts.model_id.clone(),
                     format: "gguf",
                     architecture: arch,
                     context_length,
-                    vocab_size,
-                    weights,
+                    vocab_size: weights.embed.dim(0)?,
+                    weights: weights_desc,
                     created: now_unix(),
+                    kv_blocks: 0,
+                    kv_block_bytes: 0,
+                    max_sequences: 0,
                 };
-                (model, tokenizer, info)
+                Loaded { weights, tokenizer, info, dtype: DType::F32 }
             }
             [] => Self::load_safetensors(&mut files, tokenizer_json.as_ref().map(|b| b.as_slice()), opts, &device, &mut eos_ids)?,
             many => {
@@ -266,6 +314,7 @@ impl Engine {
             }
         };
         drop(files);
+        let Loaded { weights, tokenizer, mut info, dtype } = loaded;
         if let Some(gc) = &gen_config {
             eos_ids.extend(config_ids(gc.get("eos_token_id")));
         }
@@ -275,17 +324,42 @@ impl Engine {
         eos_ids.sort_unstable();
         eos_ids.dedup();
         let template = tpl_src.map(|src| ChatTemplate::new(&src, bos, eos)).transpose()?;
+        let kv_shape =
+            KvShape { layers: weights.layers.len(), kv_heads: weights.shape.kv_heads, head_dim: weights.shape.head_dim };
+        let model = Transformer::new(weights, dtype, &device)?;
+        let max_sequences = opts.max_sequences.max(1);
+        let per_context = info.context_length.div_ceil(BLOCK_SIZE);
+        let block_bytes = kv_shape.block_bytes(dtype) as u64;
+        let budget = opts.kv_cache_bytes.or_else(|| mem_available().map(|m| m / 2)).unwrap_or(1 << 30);
+        let kv_blocks = usize::try_from(budget / block_bytes).unwrap_or(usize::MAX).min(max_sequences * per_context).max(1);
+        let kv = KvStore::new(kv_shape, kv_blocks, dtype, &device)?;
+        info.kv_blocks = kv_blocks;
+        info.kv_block_bytes = block_bytes;
+        info.max_sequences = max_sequences;
         log::info!(
-            "inference: loaded {} ({} {}, {} weights, context {}, {} end-of-sequence ids, chat template: {})",
+            "inference: loaded {} ({} {}, {} weights, context {}, {} end-of-sequence ids, chat template: {}); KV cache {} blocks \
+             of {BLOCK_SIZE} tokens ({} MiB, {} full contexts), up to {max_sequences} sequences per step",
             info.id,
             info.format,
             info.architecture,
             info.weights,
             info.context_length,
             eos_ids.len(),
-            if template.is_some() { "yes" } else { "no" }
+            if template.is_some() { "yes" } else { "no" },
+            kv_blocks,
+            (kv_blocks as u64 * block_bytes) >> 20,
+            kv_blocks / per_context.max(1),
         );
-        Ok(Self { info, tokenizer, template, eos_ids, device, model: Mutex::new(model) })
+        let limits = BatchLimits { max_sequences, step_tokens: opts.step_tokens.max(1), prefix_cache: opts.prefix_cache };
+        let core = Core { model, kv, pool: BlockPool::new(kv_blocks) };
+        let shared = Arc::new(Shared { core: Mutex::new(core), tokenizer, eos_ids, limits, preempted: Default::default() });
+        let (tx, rx) = mpsc::channel();
+        let for_thread = shared.clone();
+        let scheduler = std::thread::Builder::new()
+            .name("chrysalis-batch".into())
+            .spawn(move || batch::run(for_thread, rx))
+            .map_err(|e| InferError::Device(format!("starting the scheduler thread: {e}")))?;
+        Ok(Self { info, template, shared, jobs: Mutex::new(Some(tx)), scheduler: Some(scheduler) })
     }
 
     fn load_safetensors(
@@ -294,7 +368,7 @@ impl Engine {
         opts: &LoadOptions,
         device: &Device,
         eos_ids: &mut Vec<u32>,
-    ) -> Result<(Model, Tokenizer, ModelInfo), InferError> {
+    ) -> Result<Loaded, InferError> {
         let cfg_bytes = files.remove("config.json").ok_or_else(|| InferError::MissingFile("config.json".into()))?;
         let (arch_cfg, raw) = config::parse(&cfg_bytes)?;
         drop(cfg_bytes);
@@ -322,17 +396,13 @@ impl Engine {
         // f32 on CPU (candle's fastest and most exact CPU path); bf16 on GPUs.
         let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
         let context_length = arch_cfg.context_length();
-        let (model, architecture, vocab_size) = match arch_cfg {
+        let mut source = DenseTensors { tensors, dtype, device };
+        let (weights, architecture, vocab_size) = match &arch_cfg {
             ArchConfig::Llama(c) => {
-                let vb = VarBuilder::from_tensors(tensors, dtype, device);
-                let model = guarded("building the llama model", || Ok(llama::Llama::load(vb, &c)?))?;
-                let cache = llama::Cache::new(true, dtype, &c, device)?;
-                (Model::Llama { model, pristine: cache.clone(), cache }, "llama", c.vocab_size)
+                (guarded("building the llama model", || llama::from_safetensors(c, &mut source))?, "llama", c.vocab_size)
             }
             ArchConfig::Qwen2(c) => {
-                let vb = VarBuilder::from_tensors(tensors, dtype, device);
-                let model = guarded("building the qwen2 model", || Ok(qwen2::ModelForCausalLM::new(&c, vb)?))?;
-                (Model::Qwen2(model), "qwen2", c.vocab_size)
+                (guarded("building the qwen2 model", || qwen2::from_safetensors(c, &mut source))?, "qwen2", c.vocab_size)
             }
         };
         let info = ModelInfo {
@@ -343,8 +413,11 @@ impl Engine {
             vocab_size,
             weights: format!("{dtype:?}").to_lowercase(),
             created: now_unix(),
+            kv_blocks: 0,
+            kv_block_bytes: 0,
+            max_sequences: 0,
         };
-        Ok((model, tokenizer, info))
+        Ok(Loaded { weights, tokenizer, info, dtype })
     }
 
     /// Facts about the loaded model.
@@ -354,12 +427,12 @@ impl Engine {
 
     /// The tokenizer (for tests and tools that compare ids).
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        &self.shared.tokenizer
     }
 
     /// Token ids that end generation.
     pub fn eos_ids(&self) -> &[u32] {
-        &self.eos_ids
+        &self.shared.eos_ids
     }
 
     /// Tokenizes a completion prompt, adding the special tokens the tokenizer's
@@ -369,7 +442,7 @@ impl Engine {
     }
 
     fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>, InferError> {
-        let enc = self.tokenizer.encode(text, special).map_err(tokenizer_err)?;
+        let enc = self.shared.tokenizer.encode(text, special).map_err(tokenizer_err)?;
         let ids = enc.get_ids().to_vec();
         if let Some(bad) = ids.iter().find(|&&id| usize::try_from(id).map_or(true, |i| i >= self.info.vocab_size)) {
             return Err(InferError::Tokenizer(format!(
@@ -391,10 +464,11 @@ impl Engine {
         self.encode_with(&prompt, false)
     }
 
-    /// Checks that `prompt_tokens` plus the requested completion fit the context; returns
-    /// the completion budget (`max_tokens`, or all remaining context when `None`).
+    /// Checks that `prompt_tokens` plus the requested completion fit the context and the KV
+    /// cache; returns the completion budget (`max_tokens`, or all remaining room when `None`).
     pub fn completion_budget(&self, prompt_tokens: usize, max_tokens: Option<usize>) -> Result<usize, InferError> {
-        let context = self.info.context_length;
+        // A sequence can never hold more positions than the whole cache.
+        let context = self.info.context_length.min(self.info.kv_blocks * BLOCK_SIZE);
         if prompt_tokens == 0 {
             return Err(InferError::InvalidParam { param: "prompt", reason: "the prompt is empty".into() });
         }
@@ -409,116 +483,129 @@ impl Engine {
         Ok(completion)
     }
 
-    /// Locks the model for direct use (reference tests, benchmarks). Serving uses
-    /// [`Engine::generate`], which takes the same lock.
-    pub fn sequence(&self) -> Sequence<'_> {
-        let mut guard = self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.reset();
-        Sequence { model: guard, device: &self.device, pos: 0 }
+    /// Queues a generation; its text and outcome arrive on the returned receiver. Dropping
+    /// the receiver cancels it (its cache blocks are freed at the next step).
+    pub fn submit(&self, prompt: Vec<u32>, params: &GenerateParams) -> Result<UnboundedReceiver<Event>, InferError> {
+        params.sampling.validate()?;
+        let max_tokens = self.completion_budget(prompt.len(), Some(params.max_tokens))?;
+        if let Some(bad) = prompt.iter().find(|&&id| id as usize >= self.info.vocab_size) {
+            return Err(InferError::InvalidParam {
+                param: "prompt",
+                reason: format!("token id {bad} is outside the vocabulary of {}", self.info.vocab_size),
+            });
+        }
+        let (tx, rx) = unbounded_channel();
+        let job = Job {
+            prompt,
+            max_tokens,
+            sampling: params.sampling.clone(),
+            stop: params.stop.clone(),
+            ignore_eos: params.ignore_eos,
+            tx,
+            arrived: Instant::now(),
+        };
+        let jobs = self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match jobs.as_ref().map(|j| j.send(job).is_ok()) {
+            Some(true) => Ok(rx),
+            _ => Err(InferError::Device("the scheduler has stopped".into())),
+        }
     }
 
-    /// Generates a completion for `prompt`, calling `sink` with each new piece of text.
-    ///
-    /// `sink` is also called with an empty string before the prompt is processed and
-    /// after every token, so the caller can cancel (return `Break`) when its client is gone.
-    /// Blocking and CPU-heavy: run it on a blocking thread.
+    /// Generates a completion for `prompt` through the scheduler, calling `sink` with each
+    /// new piece of text; `sink` returning `Break` cancels. Blocks the calling thread: not
+    /// for async code (use [`Engine::submit`]).
     pub fn generate(
         &self,
         prompt: &[u32],
         params: &GenerateParams,
         sink: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Outcome, InferError> {
-        params.sampling.validate()?;
-        let budget = self.completion_budget(prompt.len(), Some(params.max_tokens))?;
-        let start = Instant::now();
-        let mut outcome = Outcome {
-            finish_reason: FinishReason::Length,
-            prompt_tokens: prompt.len(),
-            completion_tokens: 0,
-            tokens: Vec::new(),
-            time_to_first_token: Duration::ZERO,
-            generation_time: Duration::ZERO,
-        };
-        if sink("").is_break() {
-            outcome.finish_reason = FinishReason::Cancelled;
-            return Ok(outcome);
-        }
-        let mut sequence = self.sequence();
-        let mut logits = sequence.feed(prompt)?;
-        let mut sampler = params.sampling.processor();
-        let mut stream = TextStream::new(&self.tokenizer, &params.stop);
-        let mut first_at = None;
-        loop {
-            let next = sampler.sample(&Tensor::new(logits.as_slice(), &Device::Cpu)?)?;
-            first_at.get_or_insert_with(Instant::now);
-            outcome.completion_tokens += 1;
-            outcome.tokens.push(next);
-            if !params.ignore_eos && self.eos_ids.contains(&next) {
-                outcome.finish_reason = FinishReason::Stop;
-                break;
-            }
-            let delta = match stream.push(next) {
-                Delta::Text(t) => t,
-                Delta::Stopped(t) => {
-                    outcome.finish_reason = FinishReason::Stop;
-                    if !t.is_empty() {
-                        let _ = sink(&t);
+        let mut rx = self.submit(prompt.to_vec(), params)?;
+        while let Some(ev) = rx.blocking_recv() {
+            match ev {
+                Event::Text(t) => {
+                    if sink(&t).is_break() {
+                        drop(rx);
+                        return Ok(Outcome {
+                            finish_reason: FinishReason::Cancelled,
+                            prompt_tokens: prompt.len(),
+                            cached_prompt_tokens: 0,
+                            completion_tokens: 0,
+                            tokens: Vec::new(),
+                            time_to_first_token: Duration::ZERO,
+                            generation_time: Duration::ZERO,
+                        });
                     }
-                    break;
                 }
-            };
-            if sink(&delta).is_break() {
-                outcome.finish_reason = FinishReason::Cancelled;
-                break;
-            }
-            if outcome.completion_tokens >= budget {
-                break;
-            }
-            logits = sequence.feed(&[next])?;
-        }
-        if outcome.finish_reason != FinishReason::Cancelled {
-            let rest = stream.finish();
-            if !rest.is_empty() {
-                let _ = sink(&rest);
+                Event::Done(o) => return Ok(o),
+                Event::Failed(e) => return Err(e),
             }
         }
-        let first = first_at.unwrap_or(start);
-        outcome.time_to_first_token = first - start;
-        outcome.generation_time = first.elapsed();
-        Ok(outcome)
+        Err(InferError::Device("the scheduler dropped a request".into()))
+    }
+
+    /// KV cache blocks free now (cached prefixes count as free: they are evicted on demand)
+    /// and in all.
+    pub fn cache_blocks(&self) -> (usize, usize) {
+        (batch::lock(&self.shared.core).pool.free(), self.info.kv_blocks)
+    }
+
+    /// Sequences preempted so far because the KV cache ran out (each resumed later).
+    pub fn preemptions(&self) -> usize {
+        self.shared.preempted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A private sequence outside the scheduler, for reference tests and tools that read
+    /// logits: same model and cache, its own blocks, freed when it is dropped.
+    pub fn sequence(&self) -> Sequence<'_> {
+        Sequence { shared: &self.shared, tokens: Vec::new(), blocks: Vec::new() }
     }
 }
 
-/// Exclusive access to the model's state: feed tokens, read logits.
+/// A sequence fed by hand: feed tokens, read the last position's logits.
 pub struct Sequence<'a> {
-    model: MutexGuard<'a, Model>,
-    device: &'a Device,
-    pos: usize,
+    shared: &'a Shared,
+    tokens: Vec<u32>,
+    blocks: Vec<u32>,
 }
 
 impl Sequence<'_> {
     /// Runs `ids` after everything fed so far; returns the logits of the last one.
     pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>, InferError> {
-        let mut logits = Vec::new();
-        for chunk in ids.chunks(PROMPT_CHUNK) {
-            logits = self.model.forward(chunk, self.pos, self.device)?;
-            self.pos += chunk.len();
-        }
         if ids.is_empty() {
             return Err(InferError::InvalidParam { param: "prompt", reason: "the prompt is empty".into() });
+        }
+        let mut core = batch::lock(&self.shared.core);
+        let mut logits = Vec::new();
+        for chunk in ids.chunks(PROMPT_CHUNK) {
+            let start = self.tokens.len();
+            self.tokens.extend_from_slice(chunk);
+            if !core.grow(&mut self.blocks, self.tokens.len()) {
+                return Err(InferError::Device("the KV cache has no free block".into()));
+            }
+            let slots = kv::slots(&self.blocks, self.tokens.len());
+            let view = Chunk { tokens: chunk, start, slots: &slots, logits: true };
+            let Core { model, kv, .. } = &mut *core;
+            logits = model.forward(&[view], kv)?.pop().unwrap_or_default();
         }
         Ok(logits)
     }
 
     /// Forgets everything fed so far.
     pub fn reset(&mut self) {
-        self.model.reset();
-        self.pos = 0;
+        batch::lock(&self.shared.core).release(&mut self.blocks);
+        self.tokens.clear();
     }
 
     /// Tokens fed so far.
     pub fn position(&self) -> usize {
-        self.pos
+        self.tokens.len()
+    }
+}
+
+impl Drop for Sequence<'_> {
+    fn drop(&mut self) {
+        self.reset();
     }
 }
 

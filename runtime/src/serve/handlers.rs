@@ -1,29 +1,24 @@
-//! Request handlers: admission to the bounded queue, validation, tokenization, one
-//! generation at a time on a blocking thread, and the JSON or server-sent-event response.
+//! Request handlers: admission to the bounded queue, validation, tokenization, submission
+//! to the engine's batching scheduler, and the JSON or server-sent-event response.
 //! Trusts nothing from clients. Logs only method, path, status, timings and token counts.
 
 use super::InferenceState;
 use super::error::ApiError;
 use super::types::{ChatRequest, CompletionRequest, PromptInput, Usage, Validated, random_u64};
-use crate::infer::{Engine, FinishReason, GenerateParams, Outcome};
+use crate::infer::{Engine, Event, FinishReason, GenerateParams, Outcome};
 use axum::extract::{Path, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-
-/// Text pieces buffered between the generating thread and the HTTP response; when full,
-/// generation waits for the client (bounded memory for slow readers).
-const CHANNEL_DEPTH: usize = 64;
 
 /// Logs one line per request: method, path, status and time to response headers.
 pub(super) async fn access_log(req: Request, next: Next) -> Response {
@@ -189,59 +184,29 @@ fn job(
     Ok(Job { kind, engine, prompt, params, validated, admission })
 }
 
-enum Msg {
-    Text(String),
-    Done(Outcome),
-    Failed(ApiError),
-}
-
-/// Waits for the worker, then generates on a blocking thread, sending text to the returned
-/// receiver. Dropping the receiver cancels the generation at the next token.
-fn spawn_generation(state: &InferenceState, job: Job) -> mpsc::Receiver<Msg> {
-    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-    let worker = state.worker.clone();
+/// Hands the job to the engine's scheduler (which logs each outcome); the returned
+/// receiver gets the text. Dropping it cancels the generation at the next step.
+fn spawn_generation(job: Job) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
     let Job { engine, prompt, params, admission, .. } = job;
+    let mut from_engine = engine.submit(prompt, &params)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    // Relays events, holding the admission permit until the generation ends or the client
+    // leaves.
     tokio::spawn(async move {
-        let Ok(permit) = worker.acquire_owned().await else { return };
-        if tx.is_closed() {
-            log::info!("serve: client left while queued");
-            return;
-        }
-        let res = tokio::task::spawn_blocking(move || {
-            let _held = (permit, admission);
-            let mut sink = |delta: &str| {
-                if delta.is_empty() {
-                    if tx.is_closed() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-                } else if tx.blocking_send(Msg::Text(delta.to_owned())).is_err() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
+        let _held = admission;
+        loop {
+            tokio::select! {
+                ev = from_engine.recv() => {
+                    let Some(ev) = ev else { break };
+                    if tx.send(ev).is_err() {
+                        break;
+                    }
                 }
-            };
-            let result = engine.generate(&prompt, &params, &mut sink);
-            let msg = match result {
-                Ok(outcome) => {
-                    let gen_secs = outcome.generation_time.as_secs_f64();
-                    log::info!(
-                        "serve: generated {} tokens for a {}-token prompt ({}), first token {} ms, {:.1} tokens/s",
-                        outcome.completion_tokens,
-                        outcome.prompt_tokens,
-                        outcome.finish_reason.as_str(),
-                        outcome.time_to_first_token.as_millis(),
-                        if gen_secs > 0.0 { outcome.completion_tokens.saturating_sub(1) as f64 / gen_secs } else { 0.0 }
-                    );
-                    Msg::Done(outcome)
-                }
-                Err(e) => Msg::Failed(ApiError::from(e)),
-            };
-            let _ = tx.blocking_send(msg);
-        })
-        .await;
-        if res.is_err() {
-            log::error!("serve: generation thread panicked");
+                () = tx.closed() => break,
+            }
         }
     });
-    rx
+    Ok(rx)
 }
 
 async fn run(state: Arc<InferenceState>, job: Job) -> Response {
@@ -253,7 +218,11 @@ async fn run(state: Arc<InferenceState>, job: Job) -> Response {
         Kind::Completion => format!("cmpl-{:016x}", random_u64()),
         Kind::Chat => format!("chatcmpl-{:016x}", random_u64()),
     };
-    let mut rx = spawn_generation(&state, job);
+    let _ = state;
+    let mut rx = match spawn_generation(job) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
     let meta = Meta { kind, id, created, model };
     if validated.stream {
         return Sse::new(sse_stream(rx, meta, validated.include_usage)).into_response();
@@ -261,9 +230,9 @@ async fn run(state: Arc<InferenceState>, job: Job) -> Response {
     let mut text = String::new();
     while let Some(msg) = rx.recv().await {
         match msg {
-            Msg::Text(t) => text.push_str(&t),
-            Msg::Failed(e) => return e.into_response(),
-            Msg::Done(outcome) => return axum::Json(meta.full(&text, &outcome)).into_response(),
+            Event::Text(t) => text.push_str(&t),
+            Event::Failed(e) => return ApiError::from(e).into_response(),
+            Event::Done(outcome) => return axum::Json(meta.full(&text, &outcome)).into_response(),
         }
     }
     ApiError::internal().into_response()
@@ -286,7 +255,7 @@ fn finish_str(r: FinishReason) -> &'static str {
 
 impl Meta {
     fn full(&self, text: &str, o: &Outcome) -> Value {
-        let usage = Usage::new(o.prompt_tokens, o.completion_tokens);
+        let usage = Usage::new(o.prompt_tokens, o.cached_prompt_tokens, o.completion_tokens);
         let finish = finish_str(o.finish_reason);
         match self.kind {
             Kind::Completion => json!({
@@ -330,18 +299,22 @@ impl Meta {
         let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
         json!({
             "id": self.id, "object": object, "created": self.created, "model": self.model,
-            "choices": [], "usage": Usage::new(o.prompt_tokens, o.completion_tokens),
+            "choices": [], "usage": Usage::new(o.prompt_tokens, o.cached_prompt_tokens, o.completion_tokens),
         })
     }
 }
 
-fn event(v: &Value) -> Event {
-    Event::default().data(v.to_string())
+fn event(v: &Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
 }
 
 /// OpenAI's stream: a role chunk (chat), content chunks, a finish chunk, an optional usage
 /// chunk, then `data: [DONE]`. Errors after the headers are sent as an `error` object.
-fn sse_stream(rx: mpsc::Receiver<Msg>, meta: Meta, include_usage: bool) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+fn sse_stream(
+    rx: mpsc::UnboundedReceiver<Event>,
+    meta: Meta,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
     let mut pending = VecDeque::new();
     if meta.kind == Kind::Chat {
         pending.push_back(event(&meta.chunk(Some(""), true, None)));
@@ -355,17 +328,17 @@ fn sse_stream(rx: mpsc::Receiver<Msg>, meta: Meta, include_usage: bool) -> impl 
                 return None;
             }
             match rx.recv().await {
-                Some(Msg::Text(t)) => pending.push_back(event(&meta.chunk(Some(&t), false, None))),
-                Some(Msg::Done(o)) => {
+                Some(Event::Text(t)) => pending.push_back(event(&meta.chunk(Some(&t), false, None))),
+                Some(Event::Done(o)) => {
                     pending.push_back(event(&meta.chunk(None, false, Some(finish_str(o.finish_reason)))));
                     if include_usage {
                         pending.push_back(event(&meta.usage_chunk(&o)));
                     }
-                    pending.push_back(Event::default().data("[DONE]"));
+                    pending.push_back(SseEvent::default().data("[DONE]"));
                     done = true;
                 }
-                Some(Msg::Failed(e)) => {
-                    pending.push_back(event(&e.body()));
+                Some(Event::Failed(e)) => {
+                    pending.push_back(event(&ApiError::from(e).body()));
                     done = true;
                 }
                 None => {

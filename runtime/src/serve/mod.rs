@@ -1,6 +1,6 @@
 //! The OpenAI-compatible HTTP API (`/v1/models`, `/v1/completions`,
 //! `/v1/chat/completions`, streaming as server-sent events) in front of the inference
-//! engine, with a bounded request queue, body and header limits and cancellation when a
+//! batching engine, with a bounded request queue, body and header limits and cancellation when a
 //! client goes away. `main` mounts [`router`] next to the runtime's own endpoints and
 //! calls [`InferenceState::install`] once the model is unsealed.
 //! Trusts nothing from clients; never logs prompts or completions (only sizes, counts,
@@ -26,7 +26,8 @@ use tokio::sync::Semaphore;
 /// Limits of the inference API.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Requests that may wait while one generates; more get 429 with `Retry-After`.
+    /// Requests that may wait beyond those the engine decodes together; more get 429 with
+    /// `Retry-After`.
     pub queue_capacity: usize,
     /// Largest request body in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
@@ -46,10 +47,9 @@ pub struct InferenceState {
     /// `None` until the model is unsealed. An `Arc` so a request keeps the engine it
     /// started with for its whole generation, without holding the lock.
     engine: RwLock<Option<Arc<Engine>>>,
-    /// Requests admitted (generating + waiting): `queue_capacity + 1` permits.
+    /// Requests admitted (generating + waiting): `queue_capacity` permits plus, once a
+    /// model is installed, one per sequence its engine decodes together.
     admission: Arc<Semaphore>,
-    /// One generation at a time.
-    worker: Arc<Semaphore>,
     config: ServeConfig,
 }
 
@@ -64,18 +64,16 @@ impl InferenceState {
     ///
     /// [`install`]: InferenceState::install
     pub fn new(config: ServeConfig) -> Self {
-        Self {
-            engine: RwLock::new(None),
-            admission: Arc::new(Semaphore::new(config.queue_capacity.saturating_add(1))),
-            worker: Arc::new(Semaphore::new(1)),
-            config,
-        }
+        Self { engine: RwLock::new(None), admission: Arc::new(Semaphore::new(config.queue_capacity)), config }
     }
 
     /// Makes `engine` the served model (called once the weights are unsealed).
     pub fn install(&self, engine: Engine) {
         let mut slot = self.engine.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         log::info!("serve: model {} installed", engine.info().id);
+        if slot.is_none() {
+            self.admission.add_permits(engine.info().max_sequences);
+        }
         *slot = Some(Arc::new(engine));
     }
 

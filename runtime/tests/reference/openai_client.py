@@ -122,7 +122,7 @@ def api(base, model):
     expect_error("error.unknown_model", lambda: client.chat.completions.create(
         model="no-such-model", messages=msgs), 404, "model_not_found", "model")
     expect_error("error.context_length", lambda: client.completions.create(
-        model=model, prompt="word " * 6000, max_tokens=10), 400, "context_length_exceeded")
+        model=model, prompt="word " * 9000, max_tokens=10), 400, "context_length_exceeded")
     expect_error("error.max_tokens_past_context", lambda: client.completions.create(
         model=model, prompt=prompt, max_tokens=10_000_000), 400, "context_length_exceeded")
     expect_error("error.temperature", lambda: client.chat.completions.create(
@@ -182,6 +182,40 @@ def api(base, model):
     check("queue.recovers", after.usage.completion_tokens >= 1)
 
 
+def batch(base, model):
+    """Eight concurrent streaming chats, each must get the answer it gets alone."""
+    questions = ["What is 2 + 2?", "Name a colour.", "What is the capital of France?", "Say hello in Spanish.",
+                 "What is a CPU?", "Name a planet.", "What is water made of?", "Count to three."]
+    client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300)
+
+    def ask(q, stream):
+        r = client.chat.completions.create(model=model, temperature=0, max_tokens=24, stream=stream,
+                                           messages=[{"role": "user", "content": q}])
+        if not stream:
+            return r.choices[0].message.content
+        return "".join(c.choices[0].delta.content or "" for c in r if c.choices)
+
+    alone = [ask(q, False) for q in questions]
+    together = [None] * len(questions)
+
+    def one(i):
+        try:
+            together[i] = ask(questions[i], True)
+        except Exception as e:  # noqa: BLE001
+            together[i] = f"error {type(e).__name__}: {e}"
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wrong = [i for i, (a, b) in enumerate(zip(alone, together)) if a != b or not a]
+    check("batch.eight_streams", not wrong,
+          f"{len(questions) - len(wrong)} of {len(questions)} equal alone; differing: "
+          + "; ".join(f"{i}: {alone[i]!r} vs {together[i]!r}" for i in wrong))
+    check("batch.distinct", len(set(alone)) >= 6, f"{len(set(alone))} distinct answers")
+
+
 def unsealed(base, model):
     client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=30)
     e = expect_error("unsealed.models", lambda: client.models.list(), 503, "model_not_ready")
@@ -194,6 +228,6 @@ def unsealed(base, model):
 
 if __name__ == "__main__":
     mode, base, model = sys.argv[1:4]
-    {"api": api, "unsealed": unsealed}[mode](base, model)
+    {"api": api, "batch": batch, "unsealed": unsealed}[mode](base, model)
     print(json.dumps({"failed": FAILED}))
     sys.exit(1 if FAILED else 0)

@@ -1,0 +1,211 @@
+//! Where a family's loader gets tensors from: a GGUF file (quantized matrices stay
+//! quantized) or safetensors shards (dense, in the activation dtype). [`super::llama`] and
+//! [`super::qwen2`] only say which names to ask for.
+//! Trusts: the files come from the model owner; a missing or misshapen tensor is an error
+//! naming it, never a panic.
+
+use super::InferError;
+use super::gguf::Gguf;
+use super::transformer::Linear;
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+
+/// A source of named tensors.
+pub trait Tensors {
+    /// A weight matrix `[out, in]` as a linear layer, with an optional bias `[out]`.
+    fn linear(&mut self, weight: &str, bias: Option<&str>, shape: (usize, usize)) -> Result<Linear, InferError>;
+    /// A vector or matrix as a dense tensor in the activation dtype.
+    fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, InferError>;
+    /// Whether the source holds `name`.
+    fn contains(&self, name: &str) -> bool;
+}
+
+fn check(name: &str, got: &[usize], want: &[usize]) -> Result<(), InferError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(InferError::InvalidFile { file: name.into(), reason: format!("tensor {name} has shape {got:?}, expected {want:?}") })
+    }
+}
+
+fn missing(file: &str, name: &str) -> InferError {
+    InferError::InvalidFile { file: file.into(), reason: format!("no tensor {name}") }
+}
+
+/// Tensors of a GGUF file. Its matrices are stored `[out, in]` as candle reads them.
+pub struct GgufTensors<'a> {
+    /// File name for errors.
+    pub file: &'a str,
+    /// The parsed file.
+    pub gguf: &'a mut Gguf,
+    /// Where to put them.
+    pub device: &'a Device,
+}
+
+impl GgufTensors<'_> {
+    fn q(&mut self, name: &str) -> Result<candle_core::quantized::QTensor, InferError> {
+        if !self.contains(name) {
+            return Err(missing(self.file, name));
+        }
+        Ok(self.gguf.content.tensor(&mut self.gguf.data, name, self.device)?)
+    }
+}
+
+impl Tensors for GgufTensors<'_> {
+    fn linear(&mut self, weight: &str, bias: Option<&str>, shape: (usize, usize)) -> Result<Linear, InferError> {
+        let w = self.q(weight)?;
+        check(weight, w.shape().dims(), &[shape.0, shape.1])?;
+        let b = bias.map(|b| self.dense(b, &[shape.0])).transpose()?;
+        Ok(Linear::new(QMatMul::from_qtensor(w)?, b))
+    }
+
+    fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, InferError> {
+        let t = self.q(name)?.dequantize(self.device)?;
+        check(name, t.dims(), shape)?;
+        Ok(t)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.gguf.content.tensor_infos.contains_key(name)
+    }
+}
+
+/// Tensors of safetensors shards, converted to `dtype` on `device` as they are taken.
+pub struct DenseTensors<'a> {
+    /// Every tensor of every shard, by name.
+    pub tensors: HashMap<String, Tensor>,
+    /// Activation dtype.
+    pub dtype: DType,
+    /// Where to put them.
+    pub device: &'a Device,
+}
+
+impl Tensors for DenseTensors<'_> {
+    fn linear(&mut self, weight: &str, bias: Option<&str>, shape: (usize, usize)) -> Result<Linear, InferError> {
+        let w = self.dense(weight, &[shape.0, shape.1])?;
+        let b = bias.map(|b| self.dense(b, &[shape.0])).transpose()?;
+        Ok(Linear::new(QMatMul::Tensor(w), b))
+    }
+
+    fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, InferError> {
+        // Tied embeddings are asked for twice: clone rather than remove.
+        let t = self.tensors.get(name).ok_or_else(|| missing("*.safetensors", name))?;
+        check(name, t.dims(), shape)?;
+        Ok(t.to_dtype(self.dtype)?.to_device(self.device)?)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// How a file names the decoder's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// llama.cpp's names (`blk.N.attn_q.weight`).
+    Gguf,
+    /// transformers' names (`model.layers.N.self_attn.q_proj.weight`).
+    HuggingFace,
+}
+
+impl Naming {
+    fn layer(self, i: usize, part: &str) -> String {
+        match self {
+            Self::Gguf => {
+                let p = match part {
+                    "q" => "attn_q",
+                    "k" => "attn_k",
+                    "v" => "attn_v",
+                    "o" => "attn_output",
+                    "gate" => "ffn_gate",
+                    "up" => "ffn_up",
+                    "down" => "ffn_down",
+                    "attn_norm" => "attn_norm",
+                    _ => "ffn_norm",
+                };
+                format!("blk.{i}.{p}")
+            }
+            Self::HuggingFace => {
+                let p = match part {
+                    "q" | "k" | "v" | "o" => format!("self_attn.{part}_proj"),
+                    "gate" | "up" | "down" => format!("mlp.{part}_proj"),
+                    "attn_norm" => "input_layernorm".into(),
+                    _ => "post_attention_layernorm".into(),
+                };
+                format!("model.layers.{i}.{p}")
+            }
+        }
+    }
+
+    fn global(self, part: &str) -> &'static str {
+        match (self, part) {
+            (Self::Gguf, "embed") => "token_embd.weight",
+            (Self::Gguf, "norm") => "output_norm.weight",
+            (Self::Gguf, _) => "output.weight",
+            (Self::HuggingFace, "embed") => "model.embed_tokens.weight",
+            (Self::HuggingFace, "norm") => "model.norm.weight",
+            (Self::HuggingFace, _) => "lm_head.weight",
+        }
+    }
+}
+
+/// Sizes a family's config gives.
+#[derive(Debug, Clone)]
+pub struct Dims {
+    /// Everything the forward pass needs.
+    pub shape: super::transformer::Shape,
+    /// Decoder layers.
+    pub layers: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// Vocabulary rows.
+    pub vocab: usize,
+    /// Reuse the embeddings as the output projection (also when the file has no output
+    /// projection, as GGUF files of tied models do).
+    pub tied: bool,
+    /// The q/k/v projections have biases (Qwen2).
+    pub qkv_bias: bool,
+}
+
+/// Takes a whole decoder from `t`.
+pub fn decoder(
+    t: &mut dyn Tensors,
+    naming: Naming,
+    dims: &Dims,
+    inv_freq: Vec<f32>,
+) -> Result<super::transformer::Weights, InferError> {
+    let s = &dims.shape;
+    let (h, q_out, kv_out) = (s.hidden, s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let mut layers = Vec::with_capacity(dims.layers);
+    for i in 0..dims.layers {
+        let name = |part: &str| naming.layer(i, part);
+        let mut lin = |part: &str, out: usize, inp: usize, bias: bool| {
+            let w = format!("{}.weight", name(part));
+            let b = bias.then(|| format!("{}.bias", name(part)));
+            t.linear(&w, b.as_deref(), (out, inp))
+        };
+        let q = lin("q", q_out, h, dims.qkv_bias)?;
+        let k = lin("k", kv_out, h, dims.qkv_bias)?;
+        let v = lin("v", kv_out, h, dims.qkv_bias)?;
+        let o = lin("o", h, q_out, false)?;
+        let gate = lin("gate", dims.intermediate, h, false)?;
+        let up = lin("up", dims.intermediate, h, false)?;
+        let down = lin("down", h, dims.intermediate, false)?;
+        let attn_norm = t.dense(&format!("{}.weight", name("attn_norm")), &[h])?;
+        let mlp_norm = t.dense(&format!("{}.weight", name("mlp_norm")), &[h])?;
+        layers.push(super::transformer::Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
+    }
+    let embed = t.dense(naming.global("embed"), &[dims.vocab, h])?;
+    let norm = t.dense(naming.global("norm"), &[h])?;
+    let head = naming.global("lm_head");
+    let lm_head = if dims.tied || !t.contains(head) {
+        t.linear(naming.global("embed"), None, (dims.vocab, h))?
+    } else {
+        t.linear(head, None, (dims.vocab, h))?
+    };
+    if inv_freq.len() * 2 != s.head_dim {
+        return Err(InferError::Unsupported(format!("rotary over {} of {} head dimensions", inv_freq.len() * 2, s.head_dim)));
+    }
+    Ok(super::transformer::Weights { shape: s.clone(), embed, layers, norm, lm_head, inv_freq })
+}
