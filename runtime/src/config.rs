@@ -56,6 +56,19 @@ pub struct Config {
     pub allow_plaintext: bool,
     /// Log level (`chrysalis.log=info`).
     pub log_level: log::LevelFilter,
+    /// Sequences the engine decodes together (`chrysalis.max_seqs=16`, 1–256).
+    pub max_seqs: usize,
+    /// KV cache budget in MiB (`chrysalis.kv_mib=N`); none = half the memory available
+    /// after the weights are loaded.
+    pub kv_mib: Option<u64>,
+    /// Reuse cached prompt prefixes across requests (`chrysalis.prefix_cache=1`). Off
+    /// (`0`) removes a timing side channel between users: with it on, a user who sends a
+    /// prefix another user sent first gets the first token sooner.
+    pub prefix_cache: bool,
+    /// Seconds a client may make no progress (`chrysalis.client_timeout_s=10`, 1–3600):
+    /// sending its headers, sending its body, or reading a response the server is blocked
+    /// on writing. Past it the connection is closed and its generation cancelled.
+    pub client_timeout_s: u32,
 }
 
 impl Default for Config {
@@ -69,6 +82,10 @@ impl Default for Config {
             key_url: None,
             allow_plaintext: false,
             log_level: log::LevelFilter::Info,
+            max_seqs: 16,
+            kv_mib: None,
+            prefix_cache: true,
+            client_timeout_s: 10,
         }
     }
 }
@@ -143,6 +160,21 @@ impl Config {
                     }
                 }
                 "log" => cfg.log_level = value.parse().map_err(|_| bad("expected off, error, warn, info, debug or trace"))?,
+                "max_seqs" => {
+                    cfg.max_seqs = value.parse().ok().filter(|n| (1..=256).contains(n)).ok_or_else(|| bad("expected 1-256"))?;
+                }
+                "kv_mib" => cfg.kv_mib = Some(value.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad("expected MiB > 0"))?),
+                "prefix_cache" => {
+                    cfg.prefix_cache = match value {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err(bad("expected 0 or 1")),
+                    }
+                }
+                "client_timeout_s" => {
+                    cfg.client_timeout_s =
+                        value.parse().ok().filter(|n| (1..=3600).contains(n)).ok_or_else(|| bad("expected seconds, 1-3600"))?;
+                }
                 _ => return Err(ConfigError::UnknownKey(key.to_owned())),
             }
         }
@@ -173,7 +205,8 @@ mod tests {
         let c = Config::from_cmdline(
             "console=ttyS0 panic=-1 chrysalis.ip=10.0.2.15/24 chrysalis.gw=10.0.2.2 chrysalis.port=8080 \
              chrysalis.tee=sim chrysalis.bundle=/dev/vda chrysalis.key_url=http://10.0.2.2:9000/ \
-             chrysalis.plaintext=1 chrysalis.log=debug",
+             chrysalis.plaintext=1 chrysalis.log=debug chrysalis.max_seqs=4 chrysalis.kv_mib=512 \
+             chrysalis.prefix_cache=0 chrysalis.client_timeout_s=30",
         )
         .unwrap();
         assert_eq!(c.ip, Some(Ipv4Cidr { addr: Ipv4Addr::new(10, 0, 2, 15), prefix: 24 }));
@@ -183,6 +216,7 @@ mod tests {
         assert_eq!(c.key_url.as_deref(), Some("http://10.0.2.2:9000"));
         assert!(c.allow_plaintext);
         assert_eq!(c.log_level, log::LevelFilter::Debug);
+        assert_eq!((c.max_seqs, c.kv_mib, c.prefix_cache, c.client_timeout_s), (4, Some(512), false, 30));
     }
 
     #[test]
@@ -198,6 +232,10 @@ mod tests {
             ("chrysalis.frobnicate=1", "chrysalis.frobnicate"),
             ("chrysalis.port=1 chrysalis.port=2", "chrysalis.port"),
             ("chrysalis.gw=10.0.2.2", "chrysalis.gw"),
+            ("chrysalis.max_seqs=0", "chrysalis.max_seqs"),
+            ("chrysalis.kv_mib=lots", "chrysalis.kv_mib"),
+            ("chrysalis.prefix_cache=yes", "chrysalis.prefix_cache"),
+            ("chrysalis.client_timeout_s=0", "chrysalis.client_timeout_s"),
         ];
         for (line, key) in cases {
             let err = Config::from_cmdline(line).unwrap_err().to_string();

@@ -66,7 +66,8 @@ fn run(pid1: bool, start: f64) -> Result<()> {
         init::net::configure(&cfg)?;
     }
     t.network = sys::uptime();
-    let inference = Arc::new(InferenceState::new(ServeConfig::default()));
+    let timeout = std::time::Duration::from_secs(u64::from(cfg.client_timeout_s));
+    let inference = Arc::new(InferenceState::new(ServeConfig { body_timeout: timeout, ..ServeConfig::default() }));
     let session = Arc::new(attested_session(&cmdline, &cfg, &inference)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     rt.block_on(serve(cfg, t, pid1, session, inference))
@@ -114,19 +115,30 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
     // everything before it, the receipt key included; see attest/GPU_BINDING.md.
     let gpus = chrysalis_runtime::gpu_boot::collect(&mut log)?;
     log::info!("measured {} events; log digest {}", log.events.len(), hex::encode(log.digest()));
-    Ok(Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone())))
+    Ok(Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone(), load_options(cfg))))
         .with_receipt_signer(receipts)
         .with_gpus(gpus))
 }
 
+/// The engine's limits from the measured command line.
+fn load_options(cfg: &Config) -> LoadOptions {
+    LoadOptions {
+        max_sequences: cfg.max_seqs,
+        kv_cache_bytes: cfg.kv_mib.map(|m| m << 20),
+        prefix_cache: cfg.prefix_cache,
+        ..LoadOptions::new("")
+    }
+}
+
 /// Hands unsealed files to candle and installs the model behind the OpenAI API.
-struct EngineSink(Arc<InferenceState>);
+struct EngineSink(Arc<InferenceState>, LoadOptions);
 
 impl ModelSink for EngineSink {
     fn load(&self, files: chrysalis_proto::seal::UnsealedFiles) -> Result<String> {
         let id = model_id(&files.model_name);
         let map: ModelFiles = files.files.into_iter().map(|f| (f.name, f.data)).collect();
-        let engine = Engine::load(map, &LoadOptions::new(id.clone())).context("loading the model")?;
+        let opts = LoadOptions { model_id: id.clone(), ..self.1.clone() };
+        let engine = Engine::load(map, &opts).context("loading the model")?;
         self.0.install(engine);
         Ok(id)
     }
@@ -156,7 +168,9 @@ async fn serve(cfg: Config, mut t: BootTimings, pid1: bool, session: Arc<Session
         let reason = shutdown_signal().await;
         power::power_off(reason, 0);
     };
-    serve::serve(listener, app, HttpLimits::default(), shutdown).await.context("serving the API")
+    let timeout = std::time::Duration::from_secs(u64::from(cfg.client_timeout_s));
+    let limits = HttpLimits { header_read_timeout: timeout, write_timeout: timeout, ..HttpLimits::default() };
+    serve::serve(listener, app, limits, shutdown).await.context("serving the API")
 }
 
 async fn shutdown_signal() -> &'static str {

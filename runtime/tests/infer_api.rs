@@ -187,3 +187,83 @@ fn load_at_ten_times_queue_stays_up_with_bounded_memory() {
     assert_eq!(post(&server.addr, "/v1/completions", r#"{"model":"tiny","prompt":"ok","max_tokens":2}"#), 200);
     assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB exceeds {RSS_BOUND_KIB} KiB");
 }
+
+/// Sends `head` and returns the stream, with a small receive buffer so that a client that
+/// does not read makes the server's writes block quickly.
+fn connect_small(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4096);
+    s
+}
+
+/// A client that stops reading a stream, one that trickles its body and one that never
+/// sends its headers are each cut off after the deadline, while other requests are served.
+#[test]
+fn stalled_clients_are_cut_off_and_others_keep_going() {
+    let dir = common::ensure_models().join("tiny-llama");
+    let server = Server::start(&[
+        "--model",
+        dir.to_str().unwrap_or_default(),
+        "--id",
+        "tiny",
+        "--client-timeout-s",
+        "2",
+        "--send-buffer",
+        "4096",
+    ]);
+    // 1. Stops reading: a long stream it never reads.
+    let mut stalled = connect_small(&server.addr);
+    let body = r#"{"model":"tiny","prompt":"The enclave","max_tokens":230,"temperature":0,"stream":true,"ignore_eos":true}"#;
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stalled.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    // 2. Never sends headers.
+    let mut silent = TcpStream::connect(&server.addr).unwrap_or_else(|e| panic!("{e}"));
+    // 3. Trickles its body: 1 byte every 300 ms of a 100-byte body.
+    let addr = server.addr.clone();
+    let trickle = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{e}"));
+        let _ = s.write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        );
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(300));
+            if s.write_all(b" ").is_err() {
+                break;
+            }
+        }
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        String::from_utf8_lossy(&resp).into_owned()
+    });
+    // Meanwhile everyone else is served.
+    let start = Instant::now();
+    for i in 0..3 {
+        let body = format!(r#"{{"model":"tiny","prompt":"ok {i}","max_tokens":16,"stream":true}}"#);
+        assert_eq!(post(&server.addr, "/v1/completions", &body), 200, "request {i} during the stall");
+    }
+    println!("3 requests served in {} ms during the stall", start.elapsed().as_millis());
+    let trickled = trickle.join().unwrap_or_default();
+    assert!(trickled.starts_with("HTTP/1.1 408"), "trickled body: {trickled}");
+    assert!(trickled.contains("did not arrive within 2 s"), "{trickled}");
+    // The silent client is disconnected by the header deadline.
+    let _ = silent.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    let _ = silent.read_to_end(&mut buf);
+    assert!(t.elapsed() < Duration::from_secs(9), "the silent connection was not closed");
+    // The stalled reader's connection is closed and its generation cancelled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log().contains("read nothing for 2 s") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = server.log();
+    assert!(log.contains("read nothing for 2 s"), "no write deadline in the log:\n{log}");
+    let _ = stalled.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut got = Vec::new();
+    let _ = stalled.read_to_end(&mut got);
+    assert!(!String::from_utf8_lossy(&got).contains("[DONE]"), "the stalled stream was not cut");
+}

@@ -7,6 +7,7 @@
 //! chrysalis-infer-dev serve --model DIR|FILE.gguf [--id NAME] [--addr 127.0.0.1:0]
 //!                           [--queue N] [--max-body BYTES] [--weights native|q8_0|q4_0|f32] [--device cpu|cuda[:N]]
 //!                           [--max-seqs 16] [--step-tokens 256] [--kv-mib N] [--prefix-cache 1|0]
+//!                           [--client-timeout-s 10] [--send-buffer BYTES]
 //!                           [--no-model]
 //! chrysalis-infer-dev bench --model FILE.gguf [--weights ...] [--prompt-tokens 100]
 //!                           [--gen 64] [--runs 3]
@@ -123,10 +124,18 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn serve_cmd(args: &Args) -> Result<()> {
+    let timeout = std::time::Duration::from_secs(args.get("client-timeout-s", 10)?);
     let config = ServeConfig {
         queue_capacity: args.get("queue", ServeConfig::default().queue_capacity)?,
         max_body_bytes: args.get("max-body", ServeConfig::default().max_body_bytes)?,
+        body_timeout: timeout,
         ..ServeConfig::default()
+    };
+    let limits = HttpLimits {
+        header_read_timeout: timeout,
+        write_timeout: timeout,
+        send_buffer_bytes: args.flags.get("send-buffer").map(|v| v.parse()).transpose().context("--send-buffer")?,
+        ..HttpLimits::default()
     };
     let state = Arc::new(InferenceState::new(config));
     if !args.flags.contains_key("no-model") {
@@ -141,7 +150,7 @@ fn serve_cmd(args: &Args) -> Result<()> {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        serve::serve(listener, serve::router(state), HttpLimits::default(), shutdown).await?;
+        serve::serve(listener, serve::router(state), limits, shutdown).await?;
         Ok(())
     })
 }

@@ -13,6 +13,10 @@ use tokenizers::Tokenizer;
 /// llama.cpp token types (`tokenizer.ggml.token_type`).
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
+/// Padding rows of the embedding with no text (llama.cpp names them `[PAD<id>]`): left out
+/// of the vocabulary, so they decode to nothing, as in transformers, and no input text
+/// encodes to them.
+const TOKEN_UNUSED: i64 = 5;
 
 /// Llama 3's pre-tokenizer split (tokenizer.json of Meta-Llama-3).
 const LLAMA3_SPLIT: &str =
@@ -101,6 +105,9 @@ pub fn build(meta: &Meta<'_>) -> Result<GgufTokenizer, InferError> {
     let mut vocab = serde_json::Map::with_capacity(tokens.len());
     let mut added = Vec::new();
     for (id, (tok, ty)) in tokens.iter().zip(&types).enumerate() {
+        if *ty == TOKEN_UNUSED {
+            continue;
+        }
         if vocab.contains_key(*tok) {
             log::warn!("gguf tokenizer: duplicate token at id {id}; keeping the first");
             continue;
@@ -162,14 +169,14 @@ mod tests {
 
     fn md() -> HashMap<String, GValue> {
         // A toy byte-level vocabulary: 'Ġ' is the byte-level form of a space.
-        let tokens = ["<s>", "</s>", "h", "i", "Ġ", "hi", "Ġhi", "!"];
+        let tokens = ["<s>", "</s>", "h", "i", "Ġ", "hi", "Ġhi", "!", "[PAD8]"];
         let mut m = HashMap::new();
         m.insert("tokenizer.ggml.model".into(), GValue::String("gpt2".into()));
         m.insert("tokenizer.ggml.pre".into(), GValue::String("smollm".into()));
         m.insert("tokenizer.ggml.tokens".into(), strings(&tokens));
         m.insert(
             "tokenizer.ggml.token_type".into(),
-            GValue::Array([3, 3, 1, 1, 1, 1, 1, 1].iter().map(|t| GValue::I32(*t)).collect()),
+            GValue::Array([3, 3, 1, 1, 1, 1, 1, 1, 5].iter().map(|t| GValue::I32(*t)).collect()),
         );
         m.insert("tokenizer.ggml.merges".into(), strings(&["h i", "Ġ hi"]));
         m.insert("tokenizer.ggml.bos_token_id".into(), GValue::U32(0));
@@ -185,6 +192,10 @@ mod tests {
         assert_eq!(enc.get_ids(), &[5, 6, 7, 1]);
         assert_eq!(t.eos.as_deref(), Some("</s>"));
         assert_eq!(t.tokenizer.decode(&[5, 6, 7], false).ok().as_deref(), Some("hi hi!"));
+        // An unused padding row decodes to nothing, and its name is plain text.
+        assert_eq!(t.tokenizer.decode(&[5, 8], true).ok().as_deref(), Some("hi"));
+        let enc = t.tokenizer.encode("[PAD8]", false).map_err(|e| InferError::Tokenizer(e.to_string()))?;
+        assert!(!enc.get_ids().contains(&8));
         // add_bos_token prepends BOS when special tokens are requested.
         m.insert("tokenizer.ggml.add_bos_token".into(), GValue::Bool(true));
         let t = build(&Meta { file: "t.gguf", md: &m })?;

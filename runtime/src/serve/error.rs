@@ -70,6 +70,18 @@ impl ApiError {
         }
     }
 
+    /// 408: the body did not arrive within the deadline.
+    pub fn body_timeout(deadline: std::time::Duration) -> Self {
+        Self {
+            code: Some("request_timeout"),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!("the request body did not arrive within {} s", deadline.as_secs()),
+            )
+        }
+    }
+
     /// 429: the request queue is full.
     pub fn queue_full(capacity: usize) -> Self {
         Self {

@@ -73,7 +73,11 @@ async fn read_json<T: DeserializeOwned>(state: &InferenceState, req: Request) ->
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+    let deadline = state.config().body_timeout;
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(req.into_body(), limit))
+        .await
+        .map_err(|_| ApiError::body_timeout(deadline))?;
+    let bytes = read.map_err(|e| {
         if is_length_limit(&e) { ApiError::too_large(limit) } else { ApiError::invalid(None, "could not read the request body") }
     })?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")))

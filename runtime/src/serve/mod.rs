@@ -34,11 +34,18 @@ pub struct ServeConfig {
     /// Completion budget when a completion request sets no `max_tokens` (OpenAI uses 16);
     /// chat requests default to the rest of the context window.
     pub default_completion_tokens: usize,
+    /// Time allowed to receive a request body; a body that trickles in slower gets 408.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self { queue_capacity: 8, max_body_bytes: 1 << 20, default_completion_tokens: 16 }
+        Self {
+            queue_capacity: 8,
+            max_body_bytes: 1 << 20,
+            default_completion_tokens: 16,
+            body_timeout: std::time::Duration::from_secs(10),
+        }
     }
 }
 

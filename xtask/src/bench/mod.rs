@@ -10,6 +10,7 @@ pub mod boot;
 pub mod channel;
 pub mod e2e;
 pub mod infer;
+pub mod serve;
 pub mod unseal;
 
 /// Which benchmark.
@@ -35,6 +36,15 @@ pub enum Which {
         /// Runs.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// Serving under load: aggregate generated tokens/s, time to first token and
+    /// inter-token latency (p50/p95), peak RSS at concurrency 1, 4, 8 and 16, against
+    /// llama.cpp's llama-server on the same GGUF in the same run.
+    Serve {
+        /// Arguments: [--concurrency 1,4,8,16] [--per-client N] [--min-requests N]
+        /// [--max-tokens N] [--threads N] [--no-llama-server].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// The end-user channel's cost: time to first token and tokens/s through `attest proxy`
     /// (sealed requests and responses) against the plain API, same VM, same run.
@@ -66,6 +76,7 @@ pub fn run(root: &Path, which: Which) -> Result<()> {
         Which::Channel { runs, max_tokens, tiny } => channel::run(root, runs, max_tokens, tiny),
         Which::Unseal { args } => unseal::run(&args),
         Which::Infer { args } => infer::run(&infer::InferBench::from_args(&args)?),
+        Which::Serve { args } => serve::run(&serve::ServeBench::from_args(&args)?),
     }
 }
 
