@@ -101,7 +101,7 @@ fn read_model(path: &Path) -> Result<ModelFiles> {
 fn load(args: &Args) -> Result<Engine> {
     let model: PathBuf = args.flags.get("model").context("--model is required")?.into();
     let id = args.get("id", "local-model".to_owned())?;
-    let weights = args.get("weights", "q8_0".to_owned())?;
+    let weights = args.get("weights", "native".to_owned())?;
     let mut opts = LoadOptions::new(id);
     opts.gguf_weights = GgufWeights::from_name(&weights).with_context(|| format!("unknown --weights {weights}"))?;
     let device = args.get("device", "cpu".to_owned())?;

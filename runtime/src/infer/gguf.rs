@@ -3,10 +3,10 @@
 //! Trusts: the bytes come from the model owner (authenticated by unsealing); malformed
 //! files give typed errors, and the loader's panics are caught one level up.
 //!
-//! Why requantize: candle 0.11 has SIMD dot products for Q4_0, Q8_0 and the K-quants but
-//! not for Q4_1/Q5_0/Q5_1, whose matmuls fall back to scalar code (~10× slower). Converting
-//! such tensors once at load keeps candle's model code unchanged: a new tensor table points
-//! into a fresh buffer holding the converted blocks.
+//! Why a policy: candle 0.11 has SIMD dot products for Q4_0, Q8_0 and the K-quants but not
+//! for Q4_1/Q5_0/Q5_1. Q4_1 runs on our own kernel on the CPU ([`super::kernels`]); Q5_0 and
+//! Q5_1 fall back to candle's scalar code (~10× slower) unless converted once at load (a new
+//! tensor table then points into a fresh buffer holding the converted blocks).
 
 use super::InferError;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
@@ -18,15 +18,13 @@ use std::io::Cursor;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum GgufWeights {
-    /// Keep every tensor as stored (Q4_1 then runs candle's scalar kernel).
-    Native,
-    /// Convert Q4_1/Q5_0/Q5_1 matrices to Q8_0: SIMD kernel, about 1.7× the memory of Q4_1.
-    /// Other types already have SIMD kernels and stay as stored. The default: on
-    /// SmolLM2-135M Q4_1 (`cargo xtask bench infer`) it generated 1.3× and prefilled 2.5×
-    /// faster than `Native`; its logits move further from the f32 reference (top-1 93% vs
-    /// 99% under teacher forcing) yet its greedy tokens matched llama.cpp's on the bench
-    /// prompt, where `Native` did not.
+    /// Keep every tensor as stored: the owner's exact weights. The default: Q4_1 runs on
+    /// our AVX2 kernel on the CPU (candle's kernels elsewhere), with the least memory and
+    /// the logits closest to the f32 reference.
     #[default]
+    Native,
+    /// Convert Q4_1/Q5_0/Q5_1 matrices to Q8_0: candle's SIMD kernel, about 1.7× the memory
+    /// of Q4_1, and further from the reference (SmolLM2's demo answer changes).
     RequantizeQ8_0,
     /// Convert them to Q4_0: same memory as Q4_1, SIMD kernel, adds quantization error.
     RequantizeQ4_0,

@@ -6,8 +6,9 @@
 
 use super::InferError;
 use super::gguf::Gguf;
-use super::transformer::Linear;
-use candle_core::quantized::QMatMul;
+use super::kernels::Q4_1Matrix;
+use super::transformer::{Linear, Weight};
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
@@ -57,7 +58,14 @@ impl Tensors for GgufTensors<'_> {
         let w = self.q(weight)?;
         check(weight, w.shape().dims(), &[shape.0, shape.1])?;
         let b = bias.map(|b| self.dense(b, &[shape.0])).transpose()?;
-        Ok(Linear::new(QMatMul::from_qtensor(w)?, b))
+        if w.dtype() == GgmlDType::Q4_1 && self.device.is_cpu() {
+            let m = Q4_1Matrix::from_gguf(&w.data()?, shape.0, shape.1).ok_or_else(|| InferError::InvalidFile {
+                file: self.file.into(),
+                reason: format!("tensor {weight}: Q4_1 data does not match its shape"),
+            })?;
+            return Ok(Linear::new(Weight::Q4_1(m), b));
+        }
+        Ok(Linear::new(Weight::Candle(QMatMul::from_qtensor(w)?), b))
     }
 
     fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, InferError> {
@@ -85,7 +93,7 @@ impl Tensors for DenseTensors<'_> {
     fn linear(&mut self, weight: &str, bias: Option<&str>, shape: (usize, usize)) -> Result<Linear, InferError> {
         let w = self.dense(weight, &[shape.0, shape.1])?;
         let b = bias.map(|b| self.dense(b, &[shape.0])).transpose()?;
-        Ok(Linear::new(QMatMul::Tensor(w), b))
+        Ok(Linear::new(Weight::Candle(QMatMul::Tensor(w)), b))
     }
 
     fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, InferError> {

@@ -35,21 +35,38 @@ pub struct Shape {
     pub rope_interleaved: bool,
 }
 
+/// A linear layer's weights.
+#[derive(Debug)]
+pub enum Weight {
+    /// candle's quantized or dense matmul.
+    Candle(QMatMul),
+    /// Q4_1 on the CPU through our kernel ([`kernels::Q4_1Matrix`]).
+    Q4_1(kernels::Q4_1Matrix),
+}
+
 /// A linear layer: weights quantized (GGUF) or dense, and an optional bias (Qwen2's q/k/v).
 #[derive(Debug)]
 pub struct Linear {
-    w: QMatMul,
+    w: Weight,
     b: Option<Tensor>,
 }
 
 impl Linear {
     /// A layer from its weight and bias.
-    pub fn new(w: QMatMul, b: Option<Tensor>) -> Self {
+    pub fn new(w: Weight, b: Option<Tensor>) -> Self {
         Self { w, b }
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.w.forward(x)?;
+        let y = match &self.w {
+            Weight::Candle(w) => w.forward(x)?,
+            Weight::Q4_1(w) => {
+                let m = x.dim(0)?;
+                let y = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m);
+                let n = y_len(&y, m)?;
+                Tensor::from_vec(y, (m, n), x.device())?
+            }
+        };
         match &self.b {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -295,6 +312,13 @@ impl Transformer {
         let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?;
         att.matmul(&v)?.reshape((s.heads, n, s.head_dim))?.transpose(0, 1)?.reshape((n, s.heads * s.head_dim))
     }
+}
+
+fn y_len(y: &[f32], m: usize) -> candle_core::Result<usize> {
+    if m == 0 || !y.len().is_multiple_of(m) {
+        candle_core::bail!("a matmul over {m} rows returned {} values", y.len());
+    }
+    Ok(y.len() / m)
 }
 
 /// What each layer's attention needs, built once per step.

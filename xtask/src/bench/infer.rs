@@ -43,7 +43,7 @@ impl Default for InferBench {
             gen_tokens: 64,
             runs: 3,
             threads: 2,
-            variants: ["q8_0", "native", "q4_0", "f32"].map(String::from).to_vec(),
+            variants: ["native", "q8_0", "q4_0", "f32"].map(String::from).to_vec(),
             llama_cpp: true,
             torch: true,
             device: "cpu".into(),

