@@ -105,6 +105,9 @@ pub struct Shared {
     pub limits: BatchLimits,
     /// Sequences preempted so far (their blocks taken back to let others go on).
     pub preempted: std::sync::atomic::AtomicUsize,
+    /// The threads every step runs on: one pool for our kernels and candle's rayon users,
+    /// with the scheduler loop itself on one of them, so no second pool spins for cores.
+    pub pool: rayon::ThreadPool,
 }
 
 struct Seq<'t> {

@@ -352,12 +352,25 @@ impl Engine {
         );
         let limits = BatchLimits { max_sequences, step_tokens: opts.step_tokens.max(1), prefix_cache: opts.prefix_cache };
         let core = Core { model, kv, pool: BlockPool::new(kv_blocks) };
-        let shared = Arc::new(Shared { core: Mutex::new(core), tokenizer, eos_ids, limits, preempted: Default::default() });
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("chrysalis-infer-{i}"))
+            .build()
+            .map_err(|e| InferError::Device(format!("starting {threads} inference threads: {e}")))?;
+        let shared = Arc::new(Shared { core: Mutex::new(core), tokenizer, eos_ids, limits, preempted: Default::default(), pool });
         let (tx, rx) = mpsc::channel();
         let for_thread = shared.clone();
         let scheduler = std::thread::Builder::new()
             .name("chrysalis-batch".into())
-            .spawn(move || batch::run(for_thread, rx))
+            .spawn(move || {
+                let s = for_thread.clone();
+                s.pool.install(|| batch::run(for_thread, rx));
+            })
             .map_err(|e| InferError::Device(format!("starting the scheduler thread: {e}")))?;
         Ok(Self { info, template, shared, jobs: Mutex::new(Some(tx)), scheduler: Some(scheduler) })
     }
@@ -575,6 +588,11 @@ impl Sequence<'_> {
         if ids.is_empty() {
             return Err(InferError::InvalidParam { param: "prompt", reason: "the prompt is empty".into() });
         }
+        let shared = self.shared;
+        shared.pool.install(|| self.feed_chunks(ids))
+    }
+
+    fn feed_chunks(&mut self, ids: &[u32]) -> Result<Vec<f32>, InferError> {
         let mut core = batch::lock(&self.shared.core);
         let mut logits = Vec::new();
         for chunk in ids.chunks(PROMPT_CHUNK) {

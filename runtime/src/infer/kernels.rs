@@ -89,17 +89,42 @@ pub fn attention(h: Heads, rows: &[Row<'_>], q: &[f32], k_cache: &[f32], v_cache
     });
 }
 
-/// Weights per Q4_1 block.
-pub const Q4_1_BLOCK: usize = 32;
-/// Bytes per Q4_1 block in a GGUF file: scale `d` and minimum `m` as f16, then 16 bytes of
-/// 4-bit values (element `j` in the low nibble of byte `j`, element `j + 16` in its high
-/// nibble); a weight is `d · q + m`.
-const Q4_1_BYTES: usize = 20;
+/// Weights per block (Q4_1 and Q8_0).
+pub const QBLOCK: usize = 32;
 
-/// A Q4_1 weight matrix `[rows (outputs), cols (inputs)]`, split into planes for the
-/// kernel: scales and minimums as f32, packed 4-bit values as stored.
+/// A block-quantized format our kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QKind {
+    /// 20 bytes per block: scale `d` and minimum `m` as f16, then 16 bytes of 4-bit values
+    /// (element `j` in the low nibble of byte `j`, element `j + 16` in its high nibble); a
+    /// weight is `d · q + m`.
+    Q4_1,
+    /// 34 bytes per block: scale `d` as f16, then 32 signed bytes; a weight is `d · q`.
+    Q8_0,
+}
+
+impl QKind {
+    fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes of packed values per block as we store them.
+    fn packed(self) -> usize {
+        match self {
+            Self::Q4_1 => 16,
+            Self::Q8_0 => 32,
+        }
+    }
+}
+
+/// A block-quantized weight matrix `[rows (outputs), cols (inputs)]`, split into planes for
+/// the kernel: scales (and Q4_1's minimums) as f32, packed values as stored.
 #[derive(Debug)]
-pub struct Q4_1Matrix {
+pub struct QMatrix {
+    kind: QKind,
     rows: usize,
     cols: usize,
     d: Vec<f32>,
@@ -107,31 +132,38 @@ pub struct Q4_1Matrix {
     qs: Vec<u8>,
 }
 
-impl Q4_1Matrix {
-    /// Reads GGUF Q4_1 blocks (row-major, `cols` a multiple of 32); `None` when the sizes
-    /// do not match.
-    pub fn from_gguf(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        if !cols.is_multiple_of(Q4_1_BLOCK) || bytes.len() != rows.checked_mul(cols / Q4_1_BLOCK)?.checked_mul(Q4_1_BYTES)? {
+impl QMatrix {
+    /// Reads GGUF blocks (row-major, `cols` a multiple of 32); `None` when the sizes do not
+    /// match.
+    pub fn from_gguf(kind: QKind, bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        let bb = kind.block_bytes();
+        if !cols.is_multiple_of(QBLOCK) || bytes.len() != rows.checked_mul(cols / QBLOCK)?.checked_mul(bb)? {
             return None;
         }
-        let blocks = bytes.len() / Q4_1_BYTES;
+        let blocks = bytes.len() / bb;
         let mut out = Self {
+            kind,
             rows,
             cols,
             d: Vec::with_capacity(blocks),
-            m: Vec::with_capacity(blocks),
-            qs: Vec::with_capacity(blocks * 16),
+            m: Vec::new(),
+            qs: Vec::with_capacity(blocks * kind.packed()),
         };
-        for b in bytes.chunks_exact(Q4_1_BYTES) {
+        for b in bytes.chunks_exact(bb) {
             out.d.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
-            out.m.push(half::f16::from_le_bytes([b[2], b[3]]).to_f32());
-            out.qs.extend_from_slice(&b[4..]);
+            match kind {
+                QKind::Q4_1 => {
+                    out.m.push(half::f16::from_le_bytes([b[2], b[3]]).to_f32());
+                    out.qs.extend_from_slice(&b[4..]);
+                }
+                QKind::Q8_0 => out.qs.extend_from_slice(&b[2..]),
+            }
         }
         Some(out)
     }
 
     /// `x · Wᵀ` for `x` of `[m, cols]`: `[m, rows]`. Activations are quantized to 8 bits
-    /// per 32-block (as llama.cpp does for Q4_1), so the inner loop is integer.
+    /// per 32-block (as llama.cpp does), so the inner loop is integer.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let a = Q8Rows::quantize(x, m, self.cols);
         let mut out_t = vec![0f32; self.rows * m];
@@ -158,19 +190,32 @@ impl Q4_1Matrix {
     /// Output feature `c` for every activation row, four rows at a time. Each row's sum is
     /// accumulated in the same order whatever rows share its tile.
     fn column(&self, c: usize, a: &Q8Rows, out: &mut [f32], avx2: bool) {
-        let nb = self.cols / Q4_1_BLOCK;
-        let (d, mins, qs) =
-            (&self.d[c * nb..(c + 1) * nb], &self.m[c * nb..(c + 1) * nb], &self.qs[c * nb * 16..(c + 1) * nb * 16]);
+        let nb = self.cols / QBLOCK;
+        let p = self.kind.packed();
+        let col = Column {
+            kind: self.kind,
+            d: &self.d[c * nb..(c + 1) * nb],
+            mins: if self.kind == QKind::Q4_1 { &self.m[c * nb..(c + 1) * nb] } else { &[] },
+            qs: &self.qs[c * nb * p..(c + 1) * nb * p],
+        };
         for (tile, o) in out.chunks_mut(4).enumerate() {
             let rows = tile * 4..tile * 4 + o.len();
             #[cfg(target_arch = "x86_64")]
-            if avx2 && x86::column_tile(d, mins, qs, a, rows.clone(), o) {
+            if avx2 && x86::column_tile(&col, a, rows.clone(), o) {
                 continue;
             }
             let _ = avx2;
-            scalar_tile(d, mins, qs, a, rows, o);
+            scalar_tile(&col, a, rows, o);
         }
     }
+}
+
+/// One output feature's blocks.
+struct Column<'a> {
+    kind: QKind,
+    d: &'a [f32],
+    mins: &'a [f32],
+    qs: &'a [u8],
 }
 
 /// Activation rows quantized per 32-block: `x ≈ d · q`, with `s = d · Σq` for the Q4_1
@@ -184,9 +229,9 @@ struct Q8Rows {
 
 impl Q8Rows {
     fn quantize(x: &[f32], m: usize, cols: usize) -> Self {
-        let nb = cols / Q4_1_BLOCK;
+        let nb = cols / QBLOCK;
         let mut r = Self { nb, q: vec![0; m * cols], d: vec![0.0; m * nb], s: vec![0.0; m * nb] };
-        for (i, (xb, qb)) in x.chunks_exact(Q4_1_BLOCK).zip(r.q.chunks_exact_mut(Q4_1_BLOCK)).enumerate() {
+        for (i, (xb, qb)) in x.chunks_exact(QBLOCK).zip(r.q.chunks_exact_mut(QBLOCK)).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
@@ -203,19 +248,26 @@ impl Q8Rows {
 }
 
 /// The portable kernel: exact integer block sums, then the same scaling as the AVX2 one.
-fn scalar_tile(d: &[f32], mins: &[f32], qs: &[u8], a: &Q8Rows, rows: std::ops::Range<usize>, out: &mut [f32]) {
+fn scalar_tile(col: &Column<'_>, a: &Q8Rows, rows: std::ops::Range<usize>, out: &mut [f32]) {
     for (o, r) in out.iter_mut().zip(rows) {
         let mut acc = 0f32;
         let mut min_acc = 0f32;
         for b in 0..a.nb {
-            let w = &qs[b * 16..b * 16 + 16];
-            let x = &a.q[(r * a.nb + b) * Q4_1_BLOCK..][..Q4_1_BLOCK];
-            let mut isum = 0i32;
-            for j in 0..16 {
-                isum += i32::from(w[j] & 0x0F) * i32::from(x[j]) + i32::from(w[j] >> 4) * i32::from(x[j + 16]);
+            let x = &a.q[(r * a.nb + b) * QBLOCK..][..QBLOCK];
+            let isum: i32 = match col.kind {
+                QKind::Q4_1 => {
+                    let w = &col.qs[b * 16..b * 16 + 16];
+                    (0..16).map(|j| i32::from(w[j] & 0x0F) * i32::from(x[j]) + i32::from(w[j] >> 4) * i32::from(x[j + 16])).sum()
+                }
+                QKind::Q8_0 => {
+                    let w = &col.qs[b * 32..b * 32 + 32];
+                    (0..32).map(|j| i32::from(w[j] as i8) * i32::from(x[j])).sum()
+                }
+            };
+            acc += col.d[b] * a.d[r * a.nb + b] * isum as f32;
+            if col.kind == QKind::Q4_1 {
+                min_acc += col.mins[b] * a.s[r * a.nb + b];
             }
-            acc += d[b] * a.d[r * a.nb + b] * isum as f32;
-            min_acc += mins[b] * a.s[r * a.nb + b];
         }
         *o = acc + min_acc;
     }
@@ -238,7 +290,7 @@ fn avx2_available() -> bool {
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86 {
-    use super::{Q4_1_BLOCK, Q8Rows};
+    use super::{Column, Q8Rows, QBLOCK, QKind};
     use std::arch::x86_64::*;
 
     /// Sum of the eight lanes.
@@ -253,45 +305,61 @@ mod x86 {
     }
 
     /// Runs [`tile`] when this CPU has AVX2 and FMA; false (nothing written) otherwise.
-    pub fn column_tile(d: &[f32], mins: &[f32], qs: &[u8], a: &Q8Rows, rows: std::ops::Range<usize>, out: &mut [f32]) -> bool {
+    pub fn column_tile(col: &Column<'_>, a: &Q8Rows, rows: std::ops::Range<usize>, out: &mut [f32]) -> bool {
         if !super::avx2_available() {
             return false;
         }
         // SAFETY: AVX2 and FMA are present (checked just above).
-        unsafe { tile(d, mins, qs, a, rows, out) };
+        unsafe { tile(col, a, rows, out) };
         true
     }
 
-    /// [`super::scalar_tile`] with 32 products per instruction group: the 4-bit weights are
-    /// expanded once per block and multiplied with up to four rows' 8-bit activations.
+    /// [`super::scalar_tile`] with 32 products per instruction group: a weight block is
+    /// loaded (and Q4_1's nibbles expanded) once and multiplied with up to four rows'
+    /// 8-bit activations.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile(d: &[f32], mins: &[f32], qs: &[u8], a: &Q8Rows, rows: std::ops::Range<usize>, out: &mut [f32]) {
+    unsafe fn tile(col: &Column<'_>, a: &Q8Rows, rows: std::ops::Range<usize>, out: &mut [f32]) {
         let n = rows.len().min(4).min(out.len());
         let ones = _mm256_set1_epi16(1);
         let low = _mm_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut min_acc = [0f32; 4];
+        let q4 = col.kind == QKind::Q4_1;
         for b in 0..a.nb {
-            let w: &[u8; 16] = qs[b * 16..b * 16 + 16].try_into().unwrap_or(&[0; 16]);
-            // SAFETY: `w` is 16 readable bytes; unaligned load.
-            let packed = unsafe { _mm_loadu_si128(w.as_ptr().cast()) };
-            let lo = _mm_and_si128(packed, low);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(packed), low);
-            let wq = _mm256_set_m128i(hi, lo);
+            // Unsigned weights for maddubs; Q8_0's signs move onto the activations.
+            let (wq, signed) = if q4 {
+                let w: &[u8; 16] = col.qs[b * 16..b * 16 + 16].try_into().unwrap_or(&[0; 16]);
+                // SAFETY: `w` is 16 readable bytes; unaligned load.
+                let packed = unsafe { _mm_loadu_si128(w.as_ptr().cast()) };
+                let lo = _mm_and_si128(packed, low);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(packed), low);
+                (_mm256_set_m128i(hi, lo), None)
+            } else {
+                let w: &[u8; 32] = col.qs[b * 32..b * 32 + 32].try_into().unwrap_or(&[0; 32]);
+                // SAFETY: `w` is 32 readable bytes; unaligned load.
+                let raw = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
+                (_mm256_sign_epi8(raw, raw), Some(raw))
+            };
             for t in 0..n {
                 let r = rows.start + t;
-                let at = (r * a.nb + b) * Q4_1_BLOCK;
-                let x: &[i8; 32] = a.q[at..at + Q4_1_BLOCK].try_into().unwrap_or(&[0; 32]);
+                let at = (r * a.nb + b) * QBLOCK;
+                let x: &[i8; 32] = a.q[at..at + QBLOCK].try_into().unwrap_or(&[0; 32]);
                 // SAFETY: `x` is 32 readable bytes; unaligned load.
-                let xq = unsafe { _mm256_loadu_si256(x.as_ptr().cast()) };
-                // u8 weights (≤ 15) × i8 activations, pairwise i16 sums (≤ 3810: no saturation).
+                let mut xq = unsafe { _mm256_loadu_si256(x.as_ptr().cast()) };
+                if let Some(raw) = signed {
+                    xq = _mm256_sign_epi8(xq, raw);
+                }
+                // u8 × i8 pairwise i16 sums: ≤ 2·127·127 for Q8_0 (i16 saturation only at
+                // −128·−128 pairs, which the 127-clamped activations never produce).
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones);
-                let scale = _mm256_set1_ps(d[b] * a.d[r * a.nb + b]);
+                let scale = _mm256_set1_ps(col.d[b] * a.d[r * a.nb + b]);
                 acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[t]);
-                min_acc[t] += mins[b] * a.s[r * a.nb + b];
+                if q4 {
+                    min_acc[t] += col.mins[b] * a.s[r * a.nb + b];
+                }
             }
         }
         for t in 0..n {
@@ -364,7 +432,7 @@ mod tests {
 
     /// Q4_1 blocks with random nibbles, scales and minimums.
     fn q4_1_bytes(rows: usize, cols: usize, seed: u32) -> Vec<u8> {
-        let vals = fill(rows * cols / Q4_1_BLOCK * 2, seed);
+        let vals = fill(rows * cols / QBLOCK * 2, seed);
         let nibbles = fill(rows * cols / 2, seed + 1);
         let mut out = Vec::new();
         for (b, qs) in nibbles.chunks_exact(16).enumerate() {
@@ -379,7 +447,7 @@ mod tests {
     fn q4_1_matmul_matches_dequantized_weights() {
         let (rows, cols, m) = (40, 96, 6);
         let bytes = q4_1_bytes(rows, cols, 11);
-        let w = Q4_1Matrix::from_gguf(&bytes, rows, cols).unwrap_or_else(|| panic!("sizes"));
+        let w = QMatrix::from_gguf(QKind::Q4_1, &bytes, rows, cols).unwrap_or_else(|| panic!("sizes"));
         let x = fill(m * cols, 12);
         let got = w.matmul(&x, m);
         // Reference: dequantize d·q + m and multiply in f64.
@@ -398,13 +466,54 @@ mod tests {
                 assert!((g - want).abs() < 0.05 * (1.0 + want.abs()), "row {r} col {c}: {g} vs {want}");
             }
         }
-        assert!(Q4_1Matrix::from_gguf(&bytes[1..], rows, cols).is_none(), "a truncated matrix is refused");
+        assert!(QMatrix::from_gguf(QKind::Q4_1, &bytes[1..], rows, cols).is_none(), "a truncated matrix is refused");
+    }
+
+    #[test]
+    fn q8_0_matmul_matches_dequantized_weights_and_the_portable_path() {
+        let (rows, cols, m) = (24, 64, 5);
+        let vals = fill(rows * cols / QBLOCK, 31);
+        let qs = fill(rows * cols, 32);
+        let mut bytes = Vec::new();
+        for (b, q) in qs.chunks_exact(QBLOCK).enumerate() {
+            bytes.extend_from_slice(&half::f16::from_f32(vals[b].abs() * 0.02 + 0.001).to_le_bytes());
+            // The full signed range, −128 included.
+            bytes.extend(q.iter().map(|v| ((v * 128.0).floor().clamp(-128.0, 127.0) as i8) as u8));
+        }
+        let w = QMatrix::from_gguf(QKind::Q8_0, &bytes, rows, cols).unwrap_or_else(|| panic!("sizes"));
+        let x = fill(m * cols, 33);
+        let got = w.matmul(&x, m);
+        // Reference: the dequantized weights times the 8-bit activations, in f64; only
+        // float rounding separates them.
+        let a = Q8Rows::quantize(&x, m, cols);
+        for r in 0..m {
+            for c in 0..rows {
+                let want: f64 = (0..cols)
+                    .map(|k| {
+                        let blk = c * cols / 32 + k / 32;
+                        let xa = f64::from(a.d[r * cols / 32 + k / 32]) * f64::from(a.q[r * cols + k]);
+                        f64::from(w.d[blk]) * f64::from(w.qs[blk * 32 + k % 32] as i8) * xa
+                    })
+                    .sum();
+                let g = f64::from(got[r * rows + c]);
+                assert!((g - want).abs() < 1e-4 * (1.0 + want.abs()), "row {r} col {c}: {g} vs {want}");
+            }
+        }
+        for c in 0..rows {
+            let (mut simd, mut portable) = (vec![0f32; m], vec![0f32; m]);
+            w.column(c, &a, &mut simd, avx2_available());
+            w.column(c, &a, &mut portable, false);
+            for (s, p) in simd.iter().zip(&portable) {
+                assert!((s - p).abs() <= 1e-4 * (1.0 + p.abs()), "col {c}: {s} vs {p}");
+            }
+        }
+        assert!(QMatrix::from_gguf(QKind::Q8_0, &bytes[..bytes.len() - 1], rows, cols).is_none());
     }
 
     #[test]
     fn q4_1_simd_equals_portable_and_rows_are_independent() {
         let (rows, cols, m) = (33, 128, 7);
-        let w = Q4_1Matrix::from_gguf(&q4_1_bytes(rows, cols, 21), rows, cols).unwrap_or_else(|| panic!("sizes"));
+        let w = QMatrix::from_gguf(QKind::Q4_1, &q4_1_bytes(rows, cols, 21), rows, cols).unwrap_or_else(|| panic!("sizes"));
         let x = fill(m * cols, 22);
         let a = Q8Rows::quantize(&x, m, cols);
         for c in [0, 17, 32] {

@@ -6,7 +6,7 @@
 
 use super::InferError;
 use super::gguf::Gguf;
-use super::kernels::Q4_1Matrix;
+use super::kernels::{QKind, QMatrix};
 use super::transformer::{Linear, Weight};
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
@@ -58,12 +58,19 @@ impl Tensors for GgufTensors<'_> {
         let w = self.q(weight)?;
         check(weight, w.shape().dims(), &[shape.0, shape.1])?;
         let b = bias.map(|b| self.dense(b, &[shape.0])).transpose()?;
-        if w.dtype() == GgmlDType::Q4_1 && self.device.is_cpu() {
-            let m = Q4_1Matrix::from_gguf(&w.data()?, shape.0, shape.1).ok_or_else(|| InferError::InvalidFile {
+        // Q4_1 and Q8_0 run on our kernels on the CPU (one thread pool, batch-invariant
+        // rows); other types on candle's.
+        let ours = match w.dtype() {
+            GgmlDType::Q4_1 => Some(QKind::Q4_1),
+            GgmlDType::Q8_0 => Some(QKind::Q8_0),
+            _ => None,
+        };
+        if let (Some(kind), true) = (ours, self.device.is_cpu()) {
+            let m = QMatrix::from_gguf(kind, &w.data()?, shape.0, shape.1).ok_or_else(|| InferError::InvalidFile {
                 file: self.file.into(),
-                reason: format!("tensor {weight}: Q4_1 data does not match its shape"),
+                reason: format!("tensor {weight}: {kind:?} data does not match its shape"),
             })?;
-            return Ok(Linear::new(Weight::Q4_1(m), b));
+            return Ok(Linear::new(Weight::Ours(m), b));
         }
         Ok(Linear::new(Weight::Candle(QMatMul::from_qtensor(w)?), b))
     }

@@ -40,8 +40,8 @@ pub struct Shape {
 pub enum Weight {
     /// candle's quantized or dense matmul.
     Candle(QMatMul),
-    /// Q4_1 on the CPU through our kernel ([`kernels::Q4_1Matrix`]).
-    Q4_1(kernels::Q4_1Matrix),
+    /// Q4_1 or Q8_0 on the CPU through our kernel ([`kernels::QMatrix`]).
+    Ours(kernels::QMatrix),
 }
 
 /// A linear layer: weights quantized (GGUF) or dense, and an optional bias (Qwen2's q/k/v).
@@ -60,7 +60,7 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.w {
             Weight::Candle(w) => w.forward(x)?,
-            Weight::Q4_1(w) => {
+            Weight::Ours(w) => {
                 let m = x.dim(0)?;
                 let y = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m);
                 let n = y_len(&y, m)?;
