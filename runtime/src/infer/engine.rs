@@ -299,7 +299,7 @@ impl Engine {
                     format: "gguf",
                     architecture: arch,
                     context_length,
-                    vocab_size: weights.embed.dim(0)?,
+                    vocab_size: weights.embed.rows()?,
                     weights: weights_desc,
                     created: now_unix(),
                     kv_blocks: 0,

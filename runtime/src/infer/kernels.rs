@@ -162,6 +162,29 @@ impl QMatrix {
         Some(out)
     }
 
+    /// Output features (rows of the matrix).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row `r` dequantized (`d · q`, or `d · q + m` for Q4_1, as candle computes it):
+    /// embedding lookups read the quantized table instead of a dense f32 copy of it.
+    pub fn dequantize_row(&self, r: usize, out: &mut Vec<f32>) {
+        let nb = self.cols / QBLOCK;
+        let p = self.kind.packed();
+        for b in r * nb..(r + 1) * nb {
+            let (Some(&d), Some(qs)) = (self.d.get(b), self.qs.get(b * p..(b + 1) * p)) else { return };
+            match self.kind {
+                QKind::Q8_0 => out.extend(qs.iter().map(|&q| f32::from(q as i8) * d)),
+                QKind::Q4_1 => {
+                    let m = self.m.get(b).copied().unwrap_or(0.0);
+                    out.extend(qs.iter().map(|&q| f32::from(q & 0x0F) * d + m));
+                    out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
+                }
+            }
+        }
+    }
+
     /// `x · Wᵀ` for `x` of `[m, cols]`: `[m, rows]`. Activations are quantized to 8 bits
     /// per 32-block (as llama.cpp does), so the inner loop is integer.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
@@ -591,6 +614,19 @@ mod tests {
             }
         }
         assert!(QMatrix::from_gguf(QKind::Q8_0, &bytes[..bytes.len() - 1], rows, cols).is_none());
+        // Rows dequantize as candle dequantizes the same blocks.
+        let dev = candle_core::Device::Cpu;
+        let shape = candle_core::Shape::from((rows, cols));
+        let q = candle_core::quantized::QTensor::new(
+            candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(&bytes), &dev, candle_core::quantized::GgmlDType::Q8_0)
+                .unwrap_or_else(|e| panic!("{e}")),
+            shape,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let dense = q.dequantize(&dev).and_then(|t| t.to_vec2::<f32>()).unwrap_or_else(|e| panic!("{e}"));
+        let mut row = Vec::new();
+        w.dequantize_row(3, &mut row);
+        assert_eq!(row, dense[3]);
     }
 
     #[test]

@@ -7,10 +7,11 @@
 use super::InferError;
 use super::gguf::Gguf;
 use super::kernels::{QKind, QMatrix};
-use super::transformer::{Linear, Weight};
+use super::transformer::{Embedding, Linear, Weight};
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A source of named tensors.
 pub trait Tensors {
@@ -20,6 +21,10 @@ pub trait Tensors {
     fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, InferError>;
     /// Whether the source holds `name`.
     fn contains(&self, name: &str) -> bool;
+    /// The embedding table `[vocab, hidden]`.
+    fn embedding(&mut self, name: &str, shape: (usize, usize)) -> Result<Embedding, InferError> {
+        Ok(Embedding::Dense(self.dense(name, &[shape.0, shape.1])?))
+    }
 }
 
 fn check(name: &str, got: &[usize], want: &[usize]) -> Result<(), InferError> {
@@ -51,27 +56,35 @@ impl GgufTensors<'_> {
         }
         Ok(self.gguf.content.tensor(&mut self.gguf.data, name, self.device)?)
     }
+
+    /// `name` as one of our CPU matrices, if its type is one our kernels run.
+    fn ours(&mut self, name: &str, shape: (usize, usize)) -> Result<Option<QMatrix>, InferError> {
+        let w = self.q(name)?;
+        check(name, w.shape().dims(), &[shape.0, shape.1])?;
+        let kind = match w.dtype() {
+            GgmlDType::Q4_1 => QKind::Q4_1,
+            GgmlDType::Q8_0 => QKind::Q8_0,
+            _ => return Ok(None),
+        };
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        QMatrix::from_gguf(kind, &w.data()?, shape.0, shape.1).map(Some).ok_or_else(|| InferError::InvalidFile {
+            file: self.file.into(),
+            reason: format!("tensor {name}: {kind:?} data does not match its shape"),
+        })
+    }
 }
 
 impl Tensors for GgufTensors<'_> {
     fn linear(&mut self, weight: &str, bias: Option<&str>, shape: (usize, usize)) -> Result<Linear, InferError> {
-        let w = self.q(weight)?;
-        check(weight, w.shape().dims(), &[shape.0, shape.1])?;
         let b = bias.map(|b| self.dense(b, &[shape.0])).transpose()?;
         // Q4_1 and Q8_0 run on our kernels on the CPU (one thread pool, batch-invariant
         // rows); other types on candle's.
-        let ours = match w.dtype() {
-            GgmlDType::Q4_1 => Some(QKind::Q4_1),
-            GgmlDType::Q8_0 => Some(QKind::Q8_0),
-            _ => None,
-        };
-        if let (Some(kind), true) = (ours, self.device.is_cpu()) {
-            let m = QMatrix::from_gguf(kind, &w.data()?, shape.0, shape.1).ok_or_else(|| InferError::InvalidFile {
-                file: self.file.into(),
-                reason: format!("tensor {weight}: {kind:?} data does not match its shape"),
-            })?;
-            return Ok(Linear::new(Weight::Ours(m), b));
+        if let Some(m) = self.ours(weight, shape)? {
+            return Ok(Linear::new(Weight::Ours(Arc::new(m)), b));
         }
+        let w = self.q(weight)?;
         Ok(Linear::new(Weight::Candle(QMatMul::from_qtensor(w)?), b))
     }
 
@@ -83,6 +96,13 @@ impl Tensors for GgufTensors<'_> {
 
     fn contains(&self, name: &str) -> bool {
         self.gguf.content.tensor_infos.contains_key(name)
+    }
+
+    fn embedding(&mut self, name: &str, shape: (usize, usize)) -> Result<Embedding, InferError> {
+        match self.ours(name, shape)? {
+            Some(m) => Ok(Embedding::Rows(Arc::new(m))),
+            None => Ok(Embedding::Dense(self.dense(name, &[shape.0, shape.1])?)),
+        }
     }
 }
 
@@ -211,13 +231,14 @@ pub fn decoder(
         let mlp_norm = t.dense(&format!("{}.weight", name("mlp_norm")), &[h])?;
         layers.push(super::transformer::Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
     }
-    let embed = t.dense(naming.global("embed"), &[dims.vocab, h])?;
+    let embed = t.embedding(naming.global("embed"), (dims.vocab, h))?;
     let norm = t.dense(naming.global("norm"), &[h])?;
     let head = naming.global("lm_head");
-    let lm_head = if dims.tied || !t.contains(head) {
-        t.linear(naming.global("embed"), None, (dims.vocab, h))?
-    } else {
-        t.linear(head, None, (dims.vocab, h))?
+    let lm_head = match (&embed, dims.tied || !t.contains(head)) {
+        // Tied and quantized: one copy of the table serves both.
+        (Embedding::Rows(m), true) => Linear::new(Weight::Ours(m.clone()), None),
+        (_, true) => t.linear(naming.global("embed"), None, (dims.vocab, h))?,
+        (_, false) => t.linear(head, None, (dims.vocab, h))?,
     };
     if inv_freq.len() * 2 != s.head_dim {
         return Err(InferError::Unsupported(format!("rotary over {} of {} head dimensions", inv_freq.len() * 2, s.head_dim)));

@@ -40,8 +40,9 @@ pub struct Shape {
 pub enum Weight {
     /// candle's quantized or dense matmul.
     Candle(QMatMul),
-    /// Q4_1 or Q8_0 on the CPU through our kernel ([`kernels::QMatrix`]).
-    Ours(kernels::QMatrix),
+    /// Q4_1 or Q8_0 on the CPU through our kernel ([`kernels::QMatrix`]); shared with the
+    /// embedding table when the model ties them.
+    Ours(std::sync::Arc<kernels::QMatrix>),
 }
 
 /// A linear layer: weights quantized (GGUF) or dense, and an optional bias (Qwen2's q/k/v).
@@ -74,6 +75,42 @@ impl Linear {
     }
 }
 
+/// The token embedding table.
+#[derive(Debug)]
+pub enum Embedding {
+    /// Dense, in the activation dtype, on the model's device.
+    Dense(Tensor),
+    /// Quantized on the CPU: rows are dequantized as tokens are looked up, instead of
+    /// holding an f32 copy of the table (113 MiB for SmolLM2).
+    Rows(std::sync::Arc<kernels::QMatrix>),
+}
+
+impl Embedding {
+    /// Vocabulary rows.
+    pub fn rows(&self) -> candle_core::Result<usize> {
+        match self {
+            Self::Dense(t) => t.dim(0),
+            Self::Rows(m) => Ok(m.rows()),
+        }
+    }
+
+    fn lookup(&self, ids: &[u32], hidden: usize, dev: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(t) => t.index_select(&u32s(ids, dev)?, 0),
+            Self::Rows(m) => {
+                let mut x = Vec::with_capacity(ids.len() * hidden);
+                for &id in ids {
+                    if id as usize >= m.rows() {
+                        candle_core::bail!("token id {id} is outside the embedding table");
+                    }
+                    m.dequantize_row(id as usize, &mut x);
+                }
+                Tensor::from_vec(x, (ids.len(), hidden), dev)
+            }
+        }
+    }
+}
+
 /// One decoder layer's weights.
 #[derive(Debug)]
 pub struct Layer {
@@ -102,8 +139,8 @@ pub struct Layer {
 pub struct Weights {
     /// Sizes.
     pub shape: Shape,
-    /// Token embeddings `[vocab, hidden]` in the activation dtype.
-    pub embed: Tensor,
+    /// Token embeddings `[vocab, hidden]`.
+    pub embed: Embedding,
     /// The layers.
     pub layers: Vec<Layer>,
     /// Final norm.
@@ -172,7 +209,7 @@ impl Transformer {
             KvStore::Host { k, v } => Attention::Host { k, v, write, rows: host_rows(chunks) },
             KvStore::Device { k, v } => Attention::Device { k, v, plan: self.device_plan(chunks, &write)? },
         };
-        let mut x = self.w.embed.index_select(&u32s(&ids, dev)?, 0)?;
+        let mut x = self.w.embed.lookup(&ids, s.hidden, dev)?;
         for (i, layer) in self.w.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, s.rms_eps as f32)?;
             let q = self.rope(&layer.q.forward(&h)?, s.heads, &cos, &sin)?;
