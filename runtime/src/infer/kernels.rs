@@ -260,7 +260,7 @@ impl Q8Rows {
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (q, v) in qb.iter_mut().zip(xb) {
-                *q = (v * inv).round() as i8;
+                *q = (v * inv).round_ties_even() as i8;
                 sum += i32::from(*q);
             }
             r.d[i] = d;
@@ -414,11 +414,7 @@ mod x86 {
     }
 
     q4_1_tile!(q4_1_tile, "avx2,fma", |w, x| _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
-    q4_1_tile!(q4_1_tile_vnni, "avx2,fma,avx512f,avx512vnni,avx512vl", |w, x| _mm256_dpbusd_epi32(
-        _mm256_setzero_si256(),
-        w,
-        x
-    ));
+    q4_1_tile!(q4_1_tile_vnni, "avx2,fma,avx512f,avx512vnni,avx512vl", |w, x| _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x));
 
     /// [`super::scalar_tile`] with 32 products per instruction group: a weight block is
     /// loaded (and Q4_1's nibbles expanded) once and multiplied with up to four rows'
@@ -618,8 +614,12 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let shape = candle_core::Shape::from((rows, cols));
         let q = candle_core::quantized::QTensor::new(
-            candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(&bytes), &dev, candle_core::quantized::GgmlDType::Q8_0)
-                .unwrap_or_else(|e| panic!("{e}")),
+            candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(&bytes),
+                &dev,
+                candle_core::quantized::GgmlDType::Q8_0,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
             shape,
         )
         .unwrap_or_else(|e| panic!("{e}"));
