@@ -185,7 +185,7 @@ pub enum Event {
 }
 
 /// A loaded model ready to serve: a scheduler thread batches every submitted request
-/// (see [`super::batch`]).
+/// (see `infer/batch.rs`).
 pub struct Engine {
     info: ModelInfo,
     template: Option<ChatTemplate>,

@@ -4,7 +4,7 @@
 //! files give typed errors, and the loader's panics are caught one level up.
 //!
 //! Why a policy: candle 0.11 has SIMD dot products for Q4_0, Q8_0 and the K-quants but not
-//! for Q4_1/Q5_0/Q5_1. Q4_1 runs on our own kernel on the CPU ([`super::kernels`]); Q5_0 and
+//! for Q4_1/Q5_0/Q5_1. Q4_1 runs on our own kernel on the CPU (`infer/kernels.rs`); Q5_0 and
 //! Q5_1 fall back to candle's scalar code (~10× slower) unless converted once at load (a new
 //! tensor table then points into a fresh buffer holding the converted blocks).
 

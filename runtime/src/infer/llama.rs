@@ -74,25 +74,9 @@ pub fn gguf_dims(file: &str, g: &Gguf, arch: &str) -> Result<(Dims, Vec<f32>, us
 
 /// Builds a Llama decoder from a transformers config and its safetensors.
 pub fn from_safetensors(c: &Config, t: &mut dyn Tensors) -> Result<Weights, InferError> {
-    let head_dim = c.hidden_size / c.num_attention_heads;
-    let shape = Shape {
-        hidden: c.hidden_size,
-        heads: c.num_attention_heads,
-        kv_heads: c.num_key_value_heads,
-        head_dim,
-        rms_eps: c.rms_norm_eps,
-        max_positions: c.max_position_embeddings,
-        rope_interleaved: false,
-    };
-    let dims = Dims {
-        shape,
-        layers: c.num_hidden_layers,
-        intermediate: c.intermediate_size,
-        vocab: c.vocab_size,
-        tied: c.tie_word_embeddings,
-        qkv_bias: false,
-    };
-    let mut inv_freq = default_inv_freq(head_dim, c.rope_theta);
+    let sizes = load::hf_sizes!(c);
+    let dims = sizes.dims(false);
+    let mut inv_freq = default_inv_freq(dims.shape.head_dim, c.rope_theta);
     if let Some(r) = &c.rope_scaling {
         llama3_scaling(&mut inv_freq, r);
     }

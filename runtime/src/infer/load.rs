@@ -203,6 +203,63 @@ pub struct Dims {
     pub qkv_bias: bool,
 }
 
+/// The sizes transformers' `config.json` gives both families (the fields share names).
+pub struct HfSizes {
+    /// `hidden_size`.
+    pub hidden: usize,
+    /// `num_attention_heads`.
+    pub heads: usize,
+    /// `num_key_value_heads`.
+    pub kv_heads: usize,
+    /// `num_hidden_layers`.
+    pub layers: usize,
+    /// `intermediate_size`.
+    pub intermediate: usize,
+    /// `vocab_size`.
+    pub vocab: usize,
+    /// `rms_norm_eps`.
+    pub rms_eps: f64,
+    /// `max_position_embeddings`.
+    pub max_positions: usize,
+    /// `tie_word_embeddings`.
+    pub tied: bool,
+}
+
+/// [`HfSizes`] from a candle config struct: Llama's and Qwen2's name these fields alike
+/// but are different types.
+macro_rules! hf_sizes {
+    ($c:expr) => {
+        $crate::infer::load::HfSizes {
+            hidden: $c.hidden_size,
+            heads: $c.num_attention_heads,
+            kv_heads: $c.num_key_value_heads,
+            layers: $c.num_hidden_layers,
+            intermediate: $c.intermediate_size,
+            vocab: $c.vocab_size,
+            rms_eps: $c.rms_norm_eps,
+            max_positions: $c.max_position_embeddings,
+            tied: $c.tie_word_embeddings,
+        }
+    };
+}
+pub(crate) use hf_sizes;
+
+impl HfSizes {
+    /// The decoder's dims (transformers' rotary pairs are split in halves).
+    pub fn dims(&self, qkv_bias: bool) -> Dims {
+        let shape = super::transformer::Shape {
+            hidden: self.hidden,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.hidden / self.heads,
+            rms_eps: self.rms_eps,
+            max_positions: self.max_positions,
+            rope_interleaved: false,
+        };
+        Dims { shape, layers: self.layers, intermediate: self.intermediate, vocab: self.vocab, tied: self.tied, qkv_bias }
+    }
+}
+
 /// Takes a whole decoder from `t`.
 pub fn decoder(
     t: &mut dyn Tensors,

@@ -5,8 +5,8 @@
 
 use super::InferError;
 use super::gguf::Gguf;
-use super::load::{self, Dims, GgufTensors, Naming, Tensors};
-use super::transformer::{Shape, Weights, default_inv_freq};
+use super::load::{self, GgufTensors, Naming, Tensors};
+use super::transformer::{Weights, default_inv_freq};
 use candle_core::Device;
 use candle_transformers::models::qwen2::Config;
 
@@ -19,23 +19,8 @@ pub fn from_gguf(file: &str, g: &mut Gguf, device: &Device) -> Result<(Weights, 
 
 /// Builds a Qwen2 decoder from a transformers config and its safetensors.
 pub fn from_safetensors(c: &Config, t: &mut dyn Tensors) -> Result<Weights, InferError> {
-    let head_dim = c.hidden_size / c.num_attention_heads;
-    let shape = Shape {
-        hidden: c.hidden_size,
-        heads: c.num_attention_heads,
-        kv_heads: c.num_key_value_heads,
-        head_dim,
-        rms_eps: c.rms_norm_eps,
-        max_positions: c.max_position_embeddings,
-        rope_interleaved: false,
-    };
-    let dims = Dims {
-        shape,
-        layers: c.num_hidden_layers,
-        intermediate: c.intermediate_size,
-        vocab: c.vocab_size,
-        tied: c.tie_word_embeddings,
-        qkv_bias: true,
-    };
-    load::decoder(t, Naming::HuggingFace, &dims, default_inv_freq(head_dim, c.rope_theta as f32))
+    let sizes = load::hf_sizes!(c);
+    let dims = sizes.dims(true);
+    let inv_freq = default_inv_freq(dims.shape.head_dim, c.rope_theta as f32);
+    load::decoder(t, Naming::HuggingFace, &dims, inv_freq)
 }
