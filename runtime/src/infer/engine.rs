@@ -588,11 +588,9 @@ impl Sequence<'_> {
         if ids.is_empty() {
             return Err(InferError::InvalidParam { param: "prompt", reason: "the prompt is empty".into() });
         }
-        let shared = self.shared;
-        shared.pool.install(|| self.feed_chunks(ids))
-    }
-
-    fn feed_chunks(&mut self, ids: &[u32]) -> Result<Vec<f32>, InferError> {
+        // On the caller's thread (its kernels use rayon's global pool), not through
+        // `pool.install`: one of the engine's pool threads runs the scheduler loop and
+        // blocks in its job queue when idle, and an outside `install` then hung in CI.
         let mut core = batch::lock(&self.shared.core);
         let mut logits = Vec::new();
         for chunk in ids.chunks(PROMPT_CHUNK) {
