@@ -95,6 +95,8 @@ pub struct SnpClaims {
     pub launch_tcb: u64,
     /// PLATFORM_INFO bits (SMT enabled, TSME enabled, ...).
     pub platform_info: u64,
+    /// The SNP firmware running when the report was made (CURRENT_MAJOR.MINOR.BUILD).
+    pub current_firmware: crate::snp::minimums::FirmwareVersion,
     /// True for the Chrysalis simulated TEE.
     pub simulated: bool,
 }

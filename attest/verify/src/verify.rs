@@ -252,10 +252,32 @@ fn verify_snp(
         Check::new("snp.vcek_hwid", true, "not compared", "CHIP_ID")
             .detail(format!("{signer}{}", if c.chip_id.iter().all(|&b| b == 0) { ", CHIP_ID masked" } else { "" }))
     });
+    if !policy.snp.amd_crls.is_empty() {
+        r.push(check_amd_crls(&v.chain, &policy.snp.amd_crls, ctx.now));
+    }
     r.extend(policy.check_snp(&v.claims));
     let bound = bind_and_check_runtime(r, &v.claims, &evidence.event_log, policy, ctx.nonce);
     r.claims = Some(Claims::Snp(v.claims));
     bound
+}
+
+/// The `snp.amd_crl` row: the chain's ASK/ASVK against the policy's AMD CRLs (read here).
+fn check_amd_crls(chain: &snp::VerifiedChain, paths: &[String], now: std::time::SystemTime) -> Check {
+    let expected = "CRL of the pinned ARK, current, not listing the ASK/ASVK";
+    let mut crls = Vec::new();
+    for path in paths {
+        match std::fs::read(path) {
+            Ok(bytes) => crls.push((path.clone(), bytes)),
+            Err(e) => return Check::new("snp.amd_crl", false, "unreadable", expected).detail(format!("reading {path}: {e}")),
+        }
+    }
+    match snp::crl::check_chain(chain, &crls, now) {
+        Ok(st) => Check::new("snp.amd_crl", true, format!("{} not listed", chain.intermediate.name()), expected).detail(format!(
+            "CRL of {} issued {}, next update {}, {} entries",
+            st.issuer, st.this_update, st.next_update, st.entries
+        )),
+        Err(e) => Check::new("snp.amd_crl", false, "refused", expected).detail(e.to_string()),
+    }
 }
 
 fn verify_simulated(r: &mut Report, report: &[u8], evidence: &Evidence, policy: &Policy, ctx: &VerifyContext<'_>) -> bool {

@@ -258,3 +258,109 @@ fn vmpl_and_launch_tcb_are_checked() {
     psp.launch_tcb = Some(0x6308_0000_0000_0003); // launched under microcode 99
     assert_eq!(check(&psp), ["snp.launch_tcb.microcode"]);
 }
+
+const DSTACK_MEASUREMENT: &str =
+    "7f51e17f72a04d5422cb2c00998166536019a217376f3aa45a630e59c805a599847ff250dbffcd07e1ba639771d6f05d";
+
+fn dstack_evidence() -> Evidence {
+    Evidence {
+        version: EVIDENCE_VERSION,
+        nonce: vec![],
+        platform: PlatformEvidence::Snp {
+            report: data("dstack-milan-v3/report.bin"),
+            certs: vec![data("dstack-milan-v3/vcek_from_fixture.pem"), data("dstack-milan-v3/ask_from_fixture.pem")],
+        },
+        event_log: EventLog::default(),
+        gpus: vec![],
+    }
+}
+
+/// `[snp.product_min_tcb]` holding the sourced table's rows, as `attest policy --from` writes it.
+fn table_section() -> String {
+    let mut s = String::from("[snp.product_min_tcb]\n");
+    for r in chrysalis_verify::snp::minimums::MIN_TCB_TABLE {
+        s.push_str(&format!(
+            "{} = {{ bootloader = {}, tee = {}, snp = {}, microcode = {} }}\n",
+            format!("{:?}", r.product).to_lowercase(),
+            r.bootloader.unwrap(),
+            r.tee.unwrap(),
+            r.snp.unwrap(),
+            r.microcode.unwrap()
+        ));
+    }
+    s
+}
+
+fn detail_of<'a>(r: &'a Report, name: &str) -> &'a str {
+    r.checks.iter().find(|c| c.name == name).map_or("(no such row)", |c| c.detail.as_str())
+}
+
+/// Genuine Milan reports from 2023 (virtee, firmware 1.52) and 2026 (dstack, firmware 1.55.29)
+/// are below the sourced minimums of the table a generated policy carries; each refusal names
+/// the TCB field, the component, the value and the minimum.
+#[test]
+fn genuine_reports_below_the_table_minimum_are_refused_naming_the_field() {
+    let p = policy(VIRTEE_MEASUREMENT, &table_section());
+    let r = verify_evidence(&virtee_evidence(), &p, &[], jan_2026());
+    assert_eq!(
+        failed(&r),
+        [
+            "snp.tcb.bootloader",
+            "snp.tcb.snp",
+            "snp.tcb.microcode",
+            "snp.launch_tcb.bootloader",
+            "snp.launch_tcb.snp",
+            "snp.launch_tcb.microcode"
+        ]
+    );
+    assert_eq!(detail_of(&r, "snp.tcb.snp"), "REPORTED_TCB.snp = 8 is below the minimum 24");
+    assert_eq!(detail_of(&r, "snp.launch_tcb.microcode"), "LAUNCH_TCB.microcode = 115 is below the minimum 214");
+    // Old v2 firmware does not report ALIAS_CHECK_COMPLETE: not judged by it, and said so.
+    let alias = r.checks.iter().find(|c| c.name == "snp.alias_check").unwrap();
+    assert!(alias.passed && alias.found == "not reported", "{alias:?}");
+
+    // dstack: REPORTED_TCB snp 23 (LAUNCH_TCB 24), microcode 213 = patch 0x0A0011D5, the
+    // highest Milan microcode without the EntrySign fix.
+    let p = Policy::from_toml(&format!(
+        "[measurements]\nsnp = [\"{DSTACK_MEASUREMENT}\"]\n[report_data]\nbinding = \"fixed\"\nexpected = \"{}\"\n{}",
+        hex::encode(b"attest-test-fixture-2026".iter().copied().chain([0; 40]).collect::<Vec<u8>>()),
+        table_section()
+    ))
+    .unwrap();
+    let july = UNIX_EPOCH + Duration::from_secs(1_782_864_000); // 2026-07-01
+    let r = verify_evidence(&dstack_evidence(), &p, &[], july);
+    assert_eq!(failed(&r), ["snp.tcb.snp", "snp.tcb.microcode", "snp.launch_tcb.microcode"], "{r}");
+    assert_eq!(detail_of(&r, "snp.tcb.snp"), "REPORTED_TCB.snp = 23 is below the minimum 24");
+    assert_eq!(detail_of(&r, "snp.tcb.microcode"), "REPORTED_TCB.microcode = 213 is below the minimum 214");
+    // Firmware 1.55.29 on Milan reports the alias check (from 1.55.22); PLATFORM_INFO 0x25 has it set.
+    let alias = r.checks.iter().find(|c| c.name == "snp.alias_check").unwrap();
+    assert!(alias.passed && alias.found == "set", "{alias:?}");
+}
+
+/// A policy with per-product minimums refuses a product it does not list.
+#[test]
+fn a_product_without_a_minimum_is_refused() {
+    let p = policy(VIRTEE_MEASUREMENT, "[snp.product_min_tcb.genoa]\nsnp = 1\n");
+    let r = verify_evidence(&virtee_evidence(), &p, &[], jan_2026());
+    assert_eq!(failed(&r), ["snp.product_min_tcb"]);
+    assert!(detail_of(&r, "snp.product_min_tcb").contains("none for Milan"), "{r}");
+    // The owner may opt a genuine old fixture down explicitly.
+    let p = policy(VIRTEE_MEASUREMENT, "[snp.product_min_tcb.milan]\nbootloader = 3\nsnp = 8\nmicrocode = 115\n");
+    assert!(verify_evidence(&virtee_evidence(), &p, &[], jan_2026()).is_ok());
+}
+
+/// CRLs named by the policy are read and checked; one that cannot be read fails the row.
+#[test]
+fn an_unreadable_amd_crl_fails_the_chain() {
+    let p = policy(VIRTEE_MEASUREMENT, "[snp]\namd_crls = [\"/nonexistent/milan.crl\"]\n");
+    let r = verify_evidence(&virtee_evidence(), &p, &[], jan_2026());
+    assert_eq!(failed(&r), ["snp.amd_crl"]);
+    assert!(detail_of(&r, "snp.amd_crl").starts_with("reading /nonexistent/milan.crl:"), "{r}");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.crl");
+    std::fs::write(&junk, b"not a crl").unwrap();
+    let p = policy(VIRTEE_MEASUREMENT, &format!("[snp]\namd_crls = [\"{}\"]\n", junk.display()));
+    let r = verify_evidence(&virtee_evidence(), &p, &[], jan_2026());
+    assert_eq!(failed(&r), ["snp.amd_crl"]);
+    assert!(detail_of(&r, "snp.amd_crl").starts_with("AMD CRL does not decode:"), "{r}");
+}

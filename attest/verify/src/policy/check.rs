@@ -9,10 +9,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::schema::{Binding, HexValue, Policy};
+use super::schema::{Binding, HexValue, Policy, SnpMinTcb};
 use crate::claims::{SnpClaims, SnpProduct, TdxClaims, Verified};
 use crate::nvidia::{GpuClaims, OcspStatus, RimComparison};
-use crate::snp::{TcbParts, platform_info_bits, policy_bits};
+use crate::snp::{TcbParts, minimums, platform_info_bits, policy_bits};
 use chrysalis_proto::eventlog::{EventKind, EventLog};
 
 /// One line of the verification table.
@@ -128,29 +128,73 @@ impl Policy {
             Check::new("snp.vmpl", c.vmpl <= self.snp.max_vmpl, c.vmpl.to_string(), format!("<= {}", self.snp.max_vmpl))
                 .detail("the VMPL the report was requested from"),
         );
+        out.extend(self.check_snp_tcb(c));
+        out.extend(check_alias(c, self.snp.allow_alias_check_incomplete));
+        if let Some(want) = &self.snp.host_data {
+            out.push(Check::new("snp.host_data", c.host_data == want.0, hex::encode(&c.host_data), want.to_string()));
+        }
+        out
+    }
+
+    /// The minimum TCB rows: `min_tcb` and the product's `product_min_tcb` entry (the higher
+    /// of the two per component), each against REPORTED_TCB and LAUNCH_TCB. A policy with
+    /// `product_min_tcb` refuses a product it does not list.
+    fn check_snp_tcb(&self, c: &SnpClaims) -> Vec<Check> {
+        let mut out = Vec::new();
+        let per_product = match (&self.snp.product_min_tcb, c.simulated) {
+            (Some(table), false) => match table.for_product(c.product) {
+                Some(row) => Some(row),
+                None => {
+                    out.push(
+                        Check::new("snp.product_min_tcb", false, format!("{:?}", c.product), "a product the policy lists")
+                            .detail(format!(
+                                "the policy sets minimum TCBs per product ([snp.product_min_tcb]) and none for {:?}: \
+                                 its firmware and microcode levels cannot be judged",
+                                c.product
+                            )),
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
         let layout = if c.product == SnpProduct::Turin { SnpProduct::Turin } else { SnpProduct::Milan };
-        let t = &self.snp.min_tcb;
-        for (prefix, raw) in [("snp.tcb", c.reported_tcb), ("snp.launch_tcb", c.launch_tcb)] {
+        let g = &self.snp.min_tcb;
+        let pick = |f: fn(&SnpMinTcb) -> Option<u8>| f(g).max(per_product.and_then(f));
+        let mins = [
+            ("bootloader", pick(|t| t.bootloader)),
+            ("tee", pick(|t| t.tee)),
+            ("snp", pick(|t| t.snp)),
+            ("microcode", pick(|t| t.microcode)),
+            ("fmc", pick(|t| t.fmc)),
+        ];
+        for (prefix, field, raw) in [("snp.tcb", "REPORTED_TCB", c.reported_tcb), ("snp.launch_tcb", "LAUNCH_TCB", c.launch_tcb)]
+        {
             let tcb = TcbParts::from_raw(raw, layout);
-            for (part, min, have) in [
-                ("bootloader", t.bootloader, Some(tcb.bootloader)),
-                ("tee", t.tee, Some(tcb.tee)),
-                ("snp", t.snp, Some(tcb.snp)),
-                ("microcode", t.microcode, Some(tcb.microcode)),
-                ("fmc", t.fmc, tcb.fmc),
-            ] {
+            for (part, min) in mins {
+                let have = match part {
+                    "bootloader" => Some(tcb.bootloader),
+                    "tee" => Some(tcb.tee),
+                    "snp" => Some(tcb.snp),
+                    "microcode" => Some(tcb.microcode),
+                    _ => tcb.fmc,
+                };
                 let name = format!("{prefix}.{part}");
                 match (min, have) {
-                    (Some(min), Some(have)) => out.push(Check::new(&name, have >= min, have.to_string(), format!(">= {min}"))),
+                    (Some(min), Some(have)) => {
+                        let c = Check::new(&name, have >= min, have.to_string(), format!(">= {min}"));
+                        out.push(if have >= min {
+                            c
+                        } else {
+                            c.detail(format!("{field}.{part} = {have} is below the minimum {min}"))
+                        });
+                    }
                     (Some(min), None) => {
                         out.push(Check::new(&name, true, "n/a", format!(">= {min}")).detail("this product has no FMC SPL"))
                     }
                     _ => {}
                 }
             }
-        }
-        if let Some(want) = &self.snp.host_data {
-            out.push(Check::new("snp.host_data", c.host_data == want.0, hex::encode(&c.host_data), want.to_string()));
         }
         out
     }
@@ -350,6 +394,34 @@ impl Policy {
     }
 }
 
+/// PLATFORM_INFO ALIAS_CHECK_COMPLETE (bit 5), required where the firmware reports it (see
+/// [`minimums::reports_alias_check`]) unless the policy allows it clear.
+fn check_alias(c: &SnpClaims, allow_incomplete: bool) -> Option<Check> {
+    if c.simulated {
+        return None;
+    }
+    let fw = c.current_firmware;
+    let expected = if allow_incomplete { "any (allow_alias_check_incomplete)" } else { "set" };
+    if !minimums::reports_alias_check(c.product, c.version, fw) {
+        let since = minimums::alias_check_since(c.product).map_or_else(|| "never".to_string(), |v| v.to_string());
+        return Some(Check::new("snp.alias_check", true, "not reported", expected).detail(format!(
+            "report v{} from {:?} firmware {fw}: ALIAS_CHECK_COMPLETE is reported from report v3 and firmware {since}",
+            c.version, c.product
+        )));
+    }
+    let set = c.platform_info & platform_info_bits::ALIAS_CHECK_COMPLETE != 0;
+    let check = Check::new("snp.alias_check", set || allow_incomplete, if set { "set" } else { "clear" }, expected);
+    Some(if set {
+        check
+    } else {
+        check.detail(format!(
+            "PLATFORM_INFO bit 5 ALIAS_CHECK_COMPLETE is clear on {:?} firmware {fw}, which reports it: memory alias \
+             detection (the BadRAM mitigation, AMD-SB-3015) has not completed since the last reset",
+            c.product
+        ))
+    })
+}
+
 fn on_off(b: bool) -> &'static str {
     if b { "enabled" } else { "disabled" }
 }
@@ -435,6 +507,35 @@ mod tests {
         let rt = Policy::from_toml(&format!("[runtime]\nbinary_sha384 = [\"{digest}\"]")).unwrap();
         assert!(rt.check_runtime(&log).iter().all(|c| c.passed));
         assert!(rt.check_runtime(&EventLog::default()).iter().all(|c| !c.passed));
+    }
+
+    /// The genuine dstack Milan report (v3, firmware 1.55.29, PLATFORM_INFO 0x25) parsed, then
+    /// its PLATFORM_INFO bit 5 cleared in the parsed claims (a changed report would fail its
+    /// signature): the check fires, names the bit, and the policy switch relaxes it.
+    #[test]
+    fn alias_check_complete_is_required_where_reported() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/snp/dstack-milan-v3/report.bin");
+        let report = crate::snp::SnpReport::parse(&std::fs::read(path).unwrap()).unwrap();
+        let mut claims = report.claims(SnpProduct::Milan, crate::claims::SnpSigner::Vcek, false);
+        assert_eq!((claims.platform_info, claims.current_firmware.to_string()), (0x25, "1.55.29".to_string()));
+        let row = |p: &Policy, c: &SnpClaims| {
+            p.check_snp(&Verified::new(c.clone())).into_iter().find(|c| c.name == "snp.alias_check").unwrap()
+        };
+        assert!(row(&Policy::default(), &claims).passed);
+        claims.platform_info &= !platform_info_bits::ALIAS_CHECK_COMPLETE;
+        let refused = row(&Policy::default(), &claims);
+        assert!(!refused.passed);
+        assert_eq!(
+            refused.detail,
+            "PLATFORM_INFO bit 5 ALIAS_CHECK_COMPLETE is clear on Milan firmware 1.55.29, which reports it: memory alias \
+             detection (the BadRAM mitigation, AMD-SB-3015) has not completed since the last reset"
+        );
+        let relaxed = Policy::from_toml("[snp]\nallow_alias_check_incomplete = true").unwrap();
+        assert!(row(&relaxed, &claims).passed);
+        // Older firmware (1.55.21) does not report the bit: not judged by it.
+        claims.current_firmware.build = 21;
+        let old = row(&Policy::default(), &claims);
+        assert!(old.passed && old.found == "not reported", "{old:?}");
     }
 
     #[test]

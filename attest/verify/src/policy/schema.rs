@@ -154,6 +154,33 @@ pub struct SnpMinTcb {
     pub fmc: Option<u8>,
 }
 
+/// Minimum TCB per product line (`[snp.product_min_tcb.milan]` ...). When the section is
+/// present, a report from a product it does not list is refused: the policy has no minimum
+/// for it. `attest policy --from` fills it from `crate::snp::minimums::MIN_TCB_TABLE`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpProductMinTcb {
+    /// Milan (EPYC 7003).
+    pub milan: Option<SnpMinTcb>,
+    /// Genoa (EPYC 9004/8004).
+    pub genoa: Option<SnpMinTcb>,
+    /// Turin (EPYC 9005).
+    pub turin: Option<SnpMinTcb>,
+}
+
+impl SnpProductMinTcb {
+    /// The entry for `product` (none for the simulated TEE).
+    pub fn for_product(&self, product: crate::claims::SnpProduct) -> Option<&SnpMinTcb> {
+        use crate::claims::SnpProduct;
+        match product {
+            SnpProduct::Milan => self.milan.as_ref(),
+            SnpProduct::Genoa => self.genoa.as_ref(),
+            SnpProduct::Turin => self.turin.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// SEV-SNP expectations.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +200,21 @@ pub struct SnpPolicy {
     /// VMPL comes from less privileged code that cannot vouch for VMPL0.
     #[serde(default)]
     pub max_vmpl: u32,
+    /// Minimum TCB per product, required of REPORTED_TCB and LAUNCH_TCB together with
+    /// `min_tcb` (the higher of the two counts). Present: a product it does not list fails.
+    pub product_min_tcb: Option<SnpProductMinTcb>,
+    /// Accept a report whose firmware reports PLATFORM_INFO ALIAS_CHECK_COMPLETE (bit 5)
+    /// clear: memory alias detection (the BadRAM mitigation, AMD-SB-3015) has not completed.
+    /// Default false. Firmware too old to report the bit is not judged by it.
+    #[serde(default)]
+    pub allow_alias_check_incomplete: bool,
+    /// AMD certificate revocation lists (DER or PEM, from `https://kdsintf.amd.com/vcek/v1/
+    /// {Milan,Genoa,Turin}/crl`, or `.../vlek/v1/.../crl` for the ASVK), checked offline: the
+    /// CRL of the chain's product must be signed by the pinned ARK, current at the
+    /// verification time, and must not list the ASK/ASVK. Relative paths are relative to the
+    /// policy file. Empty (the default): revocation of the ASK/ASVK is not checked.
+    #[serde(default)]
+    pub amd_crls: Vec<String>,
     /// Expected HOST_DATA (32 bytes).
     pub host_data: Option<HexValue>,
 }
@@ -315,10 +357,12 @@ impl Policy {
         let text =
             std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
         let mut p = Policy::from_toml(&text)?;
-        if let (Some(dir), Some(b)) = (path.parent(), p.gpu.rim_bundle.as_mut())
-            && Path::new(b.as_str()).is_relative()
-        {
-            *b = dir.join(b.as_str()).display().to_string();
+        if let Some(dir) = path.parent() {
+            for b in p.gpu.rim_bundle.iter_mut().chain(p.snp.amd_crls.iter_mut()) {
+                if Path::new(b.as_str()).is_relative() {
+                    *b = dir.join(b.as_str()).display().to_string();
+                }
+            }
         }
         Ok(p)
     }
@@ -384,6 +428,9 @@ impl Policy {
         check_all("runtime.binary_sha384", self.runtime.binary_sha384.as_deref().unwrap_or(&[]), 48)?;
         check_all("runtime.bundle_header_sha384", self.runtime.bundle_header_sha384.as_deref().unwrap_or(&[]), 48)?;
         check_all("simulation.measurements", &self.simulation.measurements, 48)?;
+        if self.snp.amd_crls.iter().any(|c| c.trim().is_empty()) {
+            return Err(PolicyError::Invalid { field: "snp.amd_crls".into(), reason: "empty path".into() });
+        }
         if self.gpu.rim_bundle.as_deref().is_some_and(|b| b.trim().is_empty()) {
             return Err(PolicyError::Invalid { field: "gpu.rim_bundle".into(), reason: "empty path".into() });
         }

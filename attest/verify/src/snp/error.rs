@@ -176,6 +176,55 @@ pub enum SnpError {
         /// From the pinned root the chain ends in.
         chain: SnpProduct,
     },
+    /// A supplied AMD CRL does not decode.
+    #[error("AMD CRL does not decode: {0}")]
+    CrlDecode(String),
+    /// No supplied CRL is issued by the chain's ARK.
+    #[error("none of the {supplied} AMD CRLs supplied is issued by {issuer}: the ASK/ASVK's revocation cannot be checked")]
+    CrlMissing {
+        /// The chain's ARK.
+        issuer: String,
+        /// How many CRLs were supplied.
+        supplied: usize,
+    },
+    /// The CRL names another issuer than the ARK it is checked against.
+    #[error("AMD CRL is issued by {issuer}, not by {expected}")]
+    CrlIssuer {
+        /// The CRL's issuer (RFC 4514).
+        issuer: String,
+        /// The ARK's subject.
+        expected: String,
+    },
+    /// The CRL's signature does not verify under the ARK.
+    #[error("AMD CRL is not signed by {issuer}: {reason}: it is not AMD's")]
+    CrlSignature {
+        /// The ARK.
+        issuer: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The verification time is outside thisUpdate..nextUpdate.
+    #[error("AMD CRL is not current at {at}: issued {this_update}, next update due {next_update}")]
+    CrlValidity {
+        /// Verification time (RFC 3339).
+        at: String,
+        /// thisUpdate (RFC 3339).
+        this_update: String,
+        /// nextUpdate (RFC 3339).
+        next_update: String,
+    },
+    /// The CRL lists the chain's ASK/ASVK.
+    #[error("{subject} (serial {serial}) is revoked since {date} by the CRL of {issuer}")]
+    Revoked {
+        /// The ASK/ASVK.
+        subject: String,
+        /// Its serial number (hex).
+        serial: String,
+        /// revocationDate (RFC 3339).
+        date: String,
+        /// The ARK.
+        issuer: String,
+    },
     /// The pinned roots compiled into this crate do not parse (a build defect).
     #[error("pinned AMD root {0} does not parse")]
     PinnedRoot(&'static str),
@@ -183,7 +232,7 @@ pub enum SnpError {
 
 impl SnpError {
     /// Which verification stage failed: "report", "cert_chain", "report_signature",
-    /// "vcek_tcb", "vcek_hwid" or "product".
+    /// "vcek_tcb", "vcek_hwid", "product" or "revocation".
     pub fn stage(&self) -> &'static str {
         match self {
             SnpError::ReportLength { .. }
@@ -206,6 +255,12 @@ impl SnpError {
             SnpError::MissingExtension { .. } | SnpError::TcbMismatch { .. } => "vcek_tcb",
             SnpError::HwidMismatch { .. } => "vcek_hwid",
             SnpError::ProductMismatch { .. } => "product",
+            SnpError::CrlDecode(_)
+            | SnpError::CrlMissing { .. }
+            | SnpError::CrlIssuer { .. }
+            | SnpError::CrlSignature { .. }
+            | SnpError::CrlValidity { .. }
+            | SnpError::Revoked { .. } => "revocation",
         }
     }
 }

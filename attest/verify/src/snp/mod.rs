@@ -11,8 +11,10 @@
 
 pub mod cert;
 pub mod chain;
+pub mod crl;
 mod error;
 pub mod kds;
+pub mod minimums;
 pub mod report;
 pub mod roots;
 mod verify;

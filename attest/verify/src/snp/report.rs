@@ -11,6 +11,7 @@ use sev::parser::ByteParser;
 use crate::claims::{SnpClaims, SnpProduct, SnpSigner};
 use crate::sim::SIM_CHIP_ID_MARKER;
 use crate::snp::SnpError;
+use crate::snp::minimums::FirmwareVersion;
 
 /// Length of every report version this crate accepts.
 pub const REPORT_LEN: usize = 1184;
@@ -31,6 +32,9 @@ const OFF_CPUID_MOD: usize = 0x189;
 const OFF_CPUID_STEP: usize = 0x18A;
 const OFF_CHIP_ID: usize = 0x1A0;
 const OFF_COMMITTED_TCB: usize = 0x1E0;
+const OFF_CURRENT_BUILD: usize = 0x1E8;
+const OFF_CURRENT_MINOR: usize = 0x1E9;
+const OFF_CURRENT_MAJOR: usize = 0x1EA;
 const OFF_LAUNCH_TCB: usize = 0x1F0;
 const OFF_SIG_R: usize = 0x2A0;
 const OFF_SIG_S: usize = 0x2E8;
@@ -57,6 +61,11 @@ pub mod platform_info_bits {
     pub const SMT_EN: u64 = 1 << 0;
     /// Transparent SME is enabled (bit 1).
     pub const TSME_EN: u64 = 1 << 1;
+    /// ALIAS_CHECK_COMPLETE (bit 5): memory alias detection has completed since the last
+    /// reset and found no aliasing addresses (BadRAM mitigation, AMD-SB-3015). Reported from
+    /// report version 3 and firmware 1.55.22 (Milan) / 1.55.38 (Genoa); see
+    /// [`crate::snp::minimums::alias_check_since`].
+    pub const ALIAS_CHECK_COMPLETE: u64 = 1 << 5;
 }
 
 /// Which endorsement key the report says signed it (KEY_INFO bits 4:2).
@@ -257,6 +266,15 @@ impl SnpReport {
         if self.version() >= 3 { product_from_cpuid(fam, model) } else { None }
     }
 
+    /// CURRENT_MAJOR.CURRENT_MINOR.CURRENT_BUILD: the firmware that made the report.
+    pub fn current_firmware(&self) -> FirmwareVersion {
+        FirmwareVersion {
+            major: u8_at(&self.raw, OFF_CURRENT_MAJOR),
+            minor: u8_at(&self.raw, OFF_CURRENT_MINOR),
+            build: u8_at(&self.raw, OFF_CURRENT_BUILD),
+        }
+    }
+
     /// True when CHIP_ID carries the simulated-TEE marker ([`SIM_CHIP_ID_MARKER`]).
     pub fn is_simulated(&self) -> bool {
         self.parsed.chip_id.starts_with(SIM_CHIP_ID_MARKER)
@@ -285,6 +303,7 @@ impl SnpReport {
             committed_tcb: u64_at(&self.raw, OFF_COMMITTED_TCB),
             launch_tcb: u64_at(&self.raw, OFF_LAUNCH_TCB),
             platform_info: u64_at(&self.raw, OFF_PLATFORM_INFO),
+            current_firmware: self.current_firmware(),
             simulated,
         }
     }
