@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::Outcome;
 use chrysalis_verify::policy::Policy;
+use chrysalis_verify::snp::minimums;
 
 /// Arguments of `attest policy`.
 #[derive(Args, Debug)]
@@ -46,6 +47,38 @@ pub struct PolicyArgs {
 fn quoted(xs: &[String]) -> String {
     let items: Vec<String> = xs.iter().map(|x| format!("  \"{x}\",")).collect();
     if items.is_empty() { "[]".into() } else { format!("[\n{}\n]", items.join("\n")) }
+}
+
+/// The `[snp]` section: VMPL 0, the alias check, and the per-product minimum TCB from
+/// [`minimums::MIN_TCB_TABLE`] with each value's source as a comment.
+fn snp_section() -> String {
+    let mut out = String::from(
+        "[snp]\n# The report must come from VMPL 0, and firmware that reports PLATFORM_INFO ALIAS_CHECK_COMPLETE\n\
+         # (BadRAM mitigation, AMD-SB-3015) must report it set.\nmax_vmpl = 0\nallow_alias_check_incomplete = false\n",
+    );
+    out.push_str(&format!(
+        "# Minimum TCB per product (REPORTED_TCB and LAUNCH_TCB), from chrysalis-verify's sourced table.\n\
+         # A product not listed is refused. Turin: {}.\n",
+        minimums::TURIN_UNPINNED
+    ));
+    for r in minimums::MIN_TCB_TABLE {
+        let product = format!("{:?}", r.product).to_lowercase();
+        out.push_str(&format!(
+            "\n[snp.product_min_tcb.{product}]\n# bootloader, tee, snp: {}\n# microcode: {}\n",
+            r.firmware_source, r.microcode_source
+        ));
+        if !r.unpinned.is_empty() {
+            out.push_str(&format!("# not pinned by the table: {}\n", r.unpinned));
+        }
+        for (name, v) in
+            [("bootloader", r.bootloader), ("tee", r.tee), ("snp", r.snp), ("microcode", r.microcode), ("fmc", r.fmc)]
+        {
+            if let Some(v) = v {
+                out.push_str(&format!("{name} = {v}\n"));
+            }
+        }
+    }
+    out
 }
 
 /// Build the policy text.
@@ -87,13 +120,14 @@ pub fn policy_text(m: &Value, args: &PolicyArgs) -> Result<String> {
          allow_debug = false\n\n[measurements]\n# SEV-SNP launch digests (QEMU, OVMF AmdSev, kernel-hashes=on), one per vCPU count/model/features.\n\
          snp = {snp}\n# TDX (QEMU >= 10.1, pinned TDVF). RTMR0 depends on the host's VMM configuration: add it after a first launch.\n\
          tdx_mrtd = [\"{mrtd}\"]\ntdx_rtmr1 = [\"{rtmr1}\"]\ntdx_rtmr2 = [\"{rtmr2}\"]\n\n\
-         [report_data]\nbinding = \"chrysalis-eventlog\"\n\n[tdx]\naccepted_tcb_statuses = [\"UpToDate\"]\n\n\
+         [report_data]\nbinding = \"chrysalis-eventlog\"\n\n{snp_section}\n[tdx]\naccepted_tcb_statuses = [\"UpToDate\"]\n\n\
          [runtime]\nbinary_sha384 = [\"{runtime}\"]\n{bundle}\n[simulation]\n{simulation}",
         from = args.from.display(),
         k = s("/image/vmlinuz_sha256")?,
         i = s("/image/initramfs_sha256")?,
         c = s("/image/cmdline")?,
         snp = quoted(&snp),
+        snp_section = snp_section(),
     ))
 }
 

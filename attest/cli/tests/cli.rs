@@ -353,6 +353,16 @@ fn generated_policy_pins_the_model_and_the_tdx_rtmrs() {
     assert_eq!(p.measurements.tdx_rtmr1.as_deref().map(<[_]>::len), Some(1));
     assert_eq!(p.measurements.tdx_rtmr2.as_deref().map(<[_]>::len), Some(1));
 
+    // The sourced minimum-TCB table, per product; Turin (no sourced minimum) is not listed.
+    let table = p.snp.product_min_tcb.as_ref().unwrap();
+    for row in chrysalis_verify::snp::minimums::MIN_TCB_TABLE {
+        let got = table.for_product(row.product).unwrap();
+        assert_eq!((got.bootloader, got.tee, got.snp, got.microcode), (row.bootloader, row.tee, row.snp, row.microcode));
+    }
+    assert!(table.turin.is_none());
+    assert!(!p.snp.allow_alias_check_incomplete && p.snp.max_vmpl == 0);
+    assert!(stdout(&pinned).contains("linux-firmware amd-ucode/README"), "{}", stdout(&pinned));
+
     let any = attest(&["policy", "--from", &m, "--any-model"]);
     assert_eq!(code(&any), 0, "{}", stderr(&any));
     assert!(stdout(&any).contains("NO MODEL PINNED"));
