@@ -88,13 +88,9 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
         Some(p) => Bundle::open(std::path::Path::new(p)).map_err(|e| format!("{e:#}")),
     };
     match &bundle {
-        Ok(b) => log::info!(
-            "bundle: {} ({}, {} files, header sha384 {})",
-            b.path.display(),
-            b.header.header.model_name,
-            b.header.header.files.len(),
-            hex::encode(b.header.digest())
-        ),
+        Ok(b) => {
+            log::info!("bundle: {} ({}, header sha384 {})", b.path.display(), b.header.describe(), hex::encode(b.header.digest()))
+        }
         Err(e) => log::warn!("bundle: {e}"),
     }
     let keys = RuntimeKeyPair::generate().context("generating the runtime's X25519 key pair")?;

@@ -36,6 +36,7 @@ pub fn seal(model: &Path, dir: &Path, name: &str) -> Result<SealSummary> {
         key_out: dir.join("model.key"),
         name: Some(name.into()),
         chunk_size: 1 << 20,
+        padme: false,
         json: false,
     };
     let _ = std::fs::remove_file(&args.out);

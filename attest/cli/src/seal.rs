@@ -1,5 +1,6 @@
 //! `attest seal`: encrypt a model directory or a single GGUF/safetensors file into a sealed
-//! bundle plus a key file (mode 0600). Refuses to overwrite either output.
+//! bundle (format v2: file names, sizes and hashes only in the encrypted manifest) plus a
+//! key file (mode 0600). Refuses to overwrite either output.
 //!
 //! Trust: the inputs are the owner's files.
 
@@ -13,7 +14,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use chrysalis_proto::seal::format::DEFAULT_CHUNK_SIZE;
-use chrysalis_proto::seal::{DataKey, KeyFile, SealOptions, SealSource, model_files, seal};
+use chrysalis_proto::seal::{DataKey, KeyFile, Padding, SealOptions, SealSource, model_files, seal};
 
 /// Arguments of `attest seal`.
 #[derive(clap::Args, Debug, Clone)]
@@ -31,9 +32,14 @@ pub struct SealArgs {
     /// Model name recorded in the header (default: the directory or file name).
     #[arg(long)]
     pub name: Option<String>,
-    /// Plaintext bytes per chunk (4096..=67108864).
+    /// Plaintext bytes per chunk (4096..=67108864). The bundle's header reveals the model's
+    /// total size rounded up to whole chunks.
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
+    /// Also round the chunk count up with Padmé (reveals O(log log n) bits of the size, costs
+    /// up to about 12 % more bundle bytes) instead of to whole chunks only.
+    #[arg(long)]
+    pub padme: bool,
     /// Print a JSON summary instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -52,6 +58,8 @@ pub struct SealSummary {
     pub header_sha384: String,
     /// Plaintext bytes per chunk.
     pub chunk_size: u32,
+    /// Chunks in the body (with the chunk size, all that the header says about the size).
+    pub chunk_count: u32,
     /// Bundle size in bytes.
     pub bundle_bytes: u64,
     /// The sealed files.
@@ -114,14 +122,13 @@ pub fn run(args: &SealArgs) -> anyhow::Result<SealSummary> {
         .open(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let result = seal(&model_name, &sources, &key, &SealOptions { chunk_size: args.chunk_size }, &mut w)
-        .context("sealing")
-        .and_then(|h| {
-            let f = w.into_inner().map_err(|e| e.into_error()).context("writing the bundle")?;
-            f.sync_all().context("syncing the bundle")?;
-            Ok(h)
-        });
-    let header = match result {
+    let opts = SealOptions { chunk_size: args.chunk_size, padding: if args.padme { Padding::Padme } else { Padding::Chunk } };
+    let result = seal(&model_name, &sources, &key, &opts, &mut w).context("sealing").and_then(|h| {
+        let f = w.into_inner().map_err(|e| e.into_error()).context("writing the bundle")?;
+        f.sync_all().context("syncing the bundle")?;
+        Ok(h)
+    });
+    let sealed = match result {
         Ok(h) => h,
         Err(e) => {
             let _ = fs::remove_file(&partial);
@@ -129,7 +136,7 @@ pub fn run(args: &SealArgs) -> anyhow::Result<SealSummary> {
         }
     };
 
-    let key_file = KeyFile { model_name: model_name.clone(), header_digest: header.digest(), key };
+    let key_file = KeyFile { model_name: model_name.clone(), header_digest: sealed.header.digest(), key };
     let mut kf = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&args.key_out) {
         Ok(f) => f,
         Err(e) => {
@@ -155,11 +162,12 @@ pub fn run(args: &SealArgs) -> anyhow::Result<SealSummary> {
         model_name,
         bundle: args.out.clone(),
         key_file: args.key_out.clone(),
-        header_sha384: hex::encode(header.digest()),
+        header_sha384: hex::encode(sealed.header.digest()),
         chunk_size: args.chunk_size,
+        chunk_count: sealed.header.layout.chunk_count,
         bundle_bytes,
-        files: header
-            .header
+        files: sealed
+            .manifest
             .files
             .iter()
             .map(|f| SealedFileSummary { name: f.name.clone(), size: f.size, sha256: hex::encode(f.sha256) })
@@ -185,7 +193,11 @@ impl std::fmt::Display for SealSummary {
             self.seconds
         )?;
         writeln!(f, "  header sha384  {}", self.header_sha384)?;
-        writeln!(f, "  chunk size     {} bytes, AES-256-GCM STREAM", self.chunk_size)?;
+        writeln!(
+            f,
+            "  chunks         {} of {} bytes, AES-256-GCM STREAM, format v2 (names, sizes, hashes encrypted)",
+            self.chunk_count, self.chunk_size
+        )?;
         writeln!(f, "  key file       {} (mode 0600, keep secret)", self.key_file.display())?;
         writeln!(f, "  {:<44} {:>14}  sha256", "file", "bytes")?;
         for x in &self.files {

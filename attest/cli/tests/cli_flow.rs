@@ -60,6 +60,7 @@ fn seal_model(dir: &Path) -> (PathBuf, PathBuf) {
         key_out: dir.join("tiny.key"),
         name: None,
         chunk_size: 1 << 20,
+        padme: false,
         json: false,
     };
     let s = cli::seal::run(&args).expect("seals");
@@ -167,6 +168,7 @@ fn seal_writes_private_key_and_refuses_to_overwrite() {
         key_out: dir.path().join("other.key"),
         name: None,
         chunk_size: 1 << 20,
+        padme: false,
         json: true,
     };
     let e = cli::seal::run(&again).expect_err("refuses");
@@ -183,6 +185,7 @@ fn seal_writes_private_key_and_refuses_to_overwrite() {
         key_out: dir.path().join("smol.key"),
         name: None,
         chunk_size: 4096,
+        padme: false,
         json: true,
     };
     let s = cli::seal::run(&a).expect("seals");

@@ -1,9 +1,11 @@
-//! Owner side: turn model files into a sealed bundle, streaming.
+//! Owner side: turn model files into a sealed bundle (format v2), streaming.
 //!
-//! Two passes over the inputs: the first hashes and sizes every file (the header, which
-//! precedes the body, carries them), the second reads, encrypts and writes chunk by chunk.
-//! Only one chunk of plaintext is in memory at a time. A file that changes between the two
-//! passes is an error, so the header never describes bytes other than those sealed.
+//! Two passes over the inputs: the first hashes and sizes every file (the manifest, which
+//! opens the encrypted stream, and the header's chunk count carry them), the second reads,
+//! encrypts and writes chunk by chunk: `u32_le(M) || manifest || file_0 || … || zero padding`,
+//! cut into chunks of exactly `chunk_size` bytes. Only one chunk of plaintext is in memory at
+//! a time. A file that changes between the two passes is an error, so the manifest never
+//! describes bytes other than those sealed.
 //!
 //! Trust: the inputs are the owner's own files; the output is written for untrusted storage.
 
@@ -16,8 +18,8 @@ use zeroize::Zeroizing;
 
 use super::cipher::ChunkCipher;
 use super::format::{
-    BundleHeader, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, FileEntry, HeaderError, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, NONCE_PREFIX_LEN,
-    SealedHeader,
+    BundleHeader, DEFAULT_CHUNK_SIZE, FORMAT_V2, FileEntry, HeaderError, HeaderV2, MANIFEST_LEN_PREFIX, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE, Manifest, ManifestError, NONCE_PREFIX_LEN, Padding, SealedHeader,
 };
 use super::key::DataKey;
 use super::unseal::read_full;
@@ -25,13 +27,16 @@ use super::unseal::read_full;
 /// Options for [`seal`].
 #[derive(Clone, Debug)]
 pub struct SealOptions {
-    /// Plaintext bytes per chunk ([`DEFAULT_CHUNK_SIZE`] unless there is a reason).
+    /// Plaintext bytes per chunk ([`DEFAULT_CHUNK_SIZE`] unless there is a reason). Also the
+    /// granularity of the size the clear header reveals.
     pub chunk_size: u32,
+    /// How far the chunk count is padded beyond what the content needs.
+    pub padding: Padding,
 }
 
 impl Default for SealOptions {
     fn default() -> Self {
-        SealOptions { chunk_size: DEFAULT_CHUNK_SIZE }
+        SealOptions { chunk_size: DEFAULT_CHUNK_SIZE, padding: Padding::Chunk }
     }
 }
 
@@ -85,9 +90,12 @@ pub enum SealError {
     /// An input's size or content differs between the hash pass and the encrypt pass.
     #[error("{0} changed while it was being sealed")]
     FileChanged(String),
-    /// The inputs do not make a valid header (names, sizes, chunk size).
+    /// The chunk size or the resulting geometry makes no valid header.
     #[error("invalid bundle: {0}")]
     Header(#[from] HeaderError),
+    /// The model name or the inputs make no valid manifest (names, sizes).
+    #[error("invalid bundle: {0}")]
+    Manifest(#[from] ManifestError),
     /// The system random number generator failed.
     #[error("system random number generator failed: {0}")]
     Random(getrandom::Error),
@@ -96,7 +104,96 @@ pub enum SealError {
     Encrypt(u32),
 }
 
-/// Seal `sources` under `key` into `out`; returns the header that was written.
+/// What [`seal`] wrote: the clear header and the manifest it encrypted.
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    /// The clear header (its digest is what the runtime measures and the key file records).
+    pub header: SealedHeader,
+    /// The encrypted manifest: model name, file names, sizes and SHA-256.
+    pub manifest: Manifest,
+}
+
+/// Accumulates the plaintext stream into chunk-sized pieces and writes each encrypted.
+struct ChunkWriter<'w, W: Write> {
+    cipher: ChunkCipher,
+    buf: Zeroizing<Vec<u8>>,
+    fill: usize,
+    index: u32,
+    count: u32,
+    out: &'w mut W,
+}
+
+impl<W: Write> ChunkWriter<'_, W> {
+    /// Encrypt and write the full buffer as the next chunk.
+    fn emit(&mut self) -> Result<(), SealError> {
+        let index = self.index;
+        if index >= self.count {
+            return Err(SealError::Encrypt(index));
+        }
+        let last = index.checked_add(1) == Some(self.count);
+        let tag = self.cipher.seal(index, last, &mut self.buf).map_err(|_| SealError::Encrypt(index))?;
+        self.out.write_all(&self.buf).map_err(SealError::Write)?;
+        self.out.write_all(&tag).map_err(SealError::Write)?;
+        self.index = index.saturating_add(1);
+        self.fill = 0;
+        Ok(())
+    }
+
+    /// Append bytes to the stream.
+    fn push(&mut self, mut data: &[u8]) -> Result<(), SealError> {
+        while !data.is_empty() {
+            let space = self.buf.get_mut(self.fill..).unwrap_or_default();
+            let k = space.len().min(data.len());
+            let (now, later) = data.split_at(k);
+            space.get_mut(..k).unwrap_or_default().copy_from_slice(now);
+            self.fill = self.fill.saturating_add(k);
+            data = later;
+            if self.fill == self.buf.len() {
+                self.emit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Append exactly `size` bytes read from `r` (read straight into the chunk buffer),
+    /// hashing them. Outer error: writing; inner: reading `r` (`UnexpectedEof` if it ends
+    /// before `size` bytes).
+    fn push_reader(&mut self, r: &mut dyn Read, mut size: u64) -> Result<Result<[u8; 32], io::Error>, SealError> {
+        let mut h = Sha256::new();
+        while size > 0 {
+            let space = self.buf.get_mut(self.fill..).unwrap_or_default();
+            let want = usize::try_from(size).unwrap_or(usize::MAX).min(space.len());
+            let dst = space.get_mut(..want).unwrap_or_default();
+            let n = match read_full(r, dst) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            };
+            h.update(dst.get(..n).unwrap_or_default());
+            self.fill = self.fill.saturating_add(n);
+            size = size.saturating_sub(n as u64);
+            if n < want {
+                return Ok(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "input shorter than in the first pass")));
+            }
+            if self.fill == self.buf.len() {
+                self.emit()?;
+            }
+        }
+        Ok(Ok(h.finalize().into()))
+    }
+
+    /// Zero-pad to the declared chunk count.
+    fn finish(&mut self) -> Result<(), SealError> {
+        while self.index < self.count {
+            self.buf.get_mut(self.fill..).unwrap_or_default().fill(0);
+            self.fill = self.buf.len();
+            self.emit()?;
+        }
+        Ok(())
+    }
+}
+
+/// Seal `sources` under `key` into `out` as a format-v2 bundle; returns the header written
+/// and the manifest encrypted.
 ///
 /// The data key must be fresh for this bundle ([`DataKey::generate`]); the nonce prefix is
 /// drawn here.
@@ -106,7 +203,7 @@ pub fn seal<W: Write>(
     key: &DataKey,
     opts: &SealOptions,
     out: &mut W,
-) -> Result<SealedHeader, SealError> {
+) -> Result<Sealed, SealError> {
     let read_err = |s: &SealSource<'_>| {
         let name = s.name.clone();
         let path = s.path.clone();
@@ -124,47 +221,35 @@ pub fn seal<W: Write>(
         let (size, sha256) = hash_source(s, &mut buf).map_err(read_err(s))?;
         files.push(FileEntry { name: s.name.clone(), size, sha256 });
     }
+    let manifest = Manifest { model_name: model_name.to_owned(), files };
+    let prefix = Zeroizing::new(manifest.encode()?);
+    let needed = manifest.needed(prefix.len().saturating_sub(MANIFEST_LEN_PREFIX)).ok_or(ManifestError::SizeOverflow)?;
+    let chunk_count = opts.padding.chunk_count(needed.div_ceil(u64::from(opts.chunk_size))).ok_or(ManifestError::SizeOverflow)?;
     let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
     getrandom::fill(&mut nonce_prefix).map_err(SealError::Random)?;
-    let header = BundleHeader {
-        format_version: FORMAT_VERSION,
-        model_name: model_name.to_owned(),
-        chunk_size: opts.chunk_size,
-        nonce_prefix,
-        files,
-    };
+    let header = BundleHeader::V2(HeaderV2 { format_version: FORMAT_V2, chunk_size: opts.chunk_size, nonce_prefix, chunk_count });
     let sealed = header.to_sealed()?;
     out.write_all(&sealed.raw).map_err(SealError::Write)?;
 
-    // Pass 2: encrypt chunk by chunk.
+    // Pass 2: the stream, encrypted chunk by chunk.
     let cipher = ChunkCipher::new(key, nonce_prefix, sealed.digest());
-    for (s, (entry, span)) in sources.iter().zip(header.files.iter().zip(&sealed.layout.files)) {
+    let mut w = ChunkWriter { cipher, buf, fill: 0, index: 0, count: chunk_count, out };
+    w.push(&prefix)?;
+    for (s, entry) in sources.iter().zip(&manifest.files) {
         let mut r = (s.open)().map_err(read_err(s))?;
-        let mut h = Sha256::new();
-        let mut remaining = entry.size;
-        // `Layout::of` checked that the chunk indices of all files fit a u32.
-        let end = span.first_chunk.checked_add(span.chunks).ok_or(HeaderError::SizeOverflow)?;
-        for index in span.first_chunk..end {
-            let want64 = remaining.min(u64::from(opts.chunk_size));
-            let want = usize::try_from(want64).unwrap_or(cs);
-            let chunk = buf.get_mut(..want).ok_or(SealError::Encrypt(index))?;
-            if read_full(&mut r, chunk).map_err(read_err(s))? != want {
-                return Err(SealError::FileChanged(s.name.clone()));
-            }
-            h.update(&*chunk);
-            let tag = cipher.seal(index, sealed.layout.is_last(index), chunk).map_err(|_| SealError::Encrypt(index))?;
-            out.write_all(chunk).map_err(SealError::Write)?;
-            out.write_all(&tag).map_err(SealError::Write)?;
-            // `want64 <= remaining` (the minimum above).
-            remaining = remaining.saturating_sub(want64);
-        }
+        let sha256 = match w.push_reader(&mut r, entry.size)? {
+            Ok(h) => h,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(SealError::FileChanged(s.name.clone())),
+            Err(e) => return Err(read_err(s)(e)),
+        };
         let mut probe = [0u8; 1];
-        if read_full(&mut r, &mut probe).map_err(read_err(s))? != 0 || <[u8; 32]>::from(h.finalize()) != entry.sha256 {
+        if read_full(&mut r, &mut probe).map_err(read_err(s))? != 0 || sha256 != entry.sha256 {
             return Err(SealError::FileChanged(s.name.clone()));
         }
     }
-    out.flush().map_err(SealError::Write)?;
-    Ok(sealed)
+    w.finish()?;
+    w.out.flush().map_err(SealError::Write)?;
+    Ok(Sealed { header: sealed, manifest })
 }
 
 fn hash_source(s: &SealSource<'_>, buf: &mut [u8]) -> io::Result<(u64, [u8; 32])> {
@@ -232,20 +317,33 @@ mod tests {
     use std::cell::Cell;
 
     #[test]
-    fn header_describes_inputs() {
+    fn header_reveals_only_the_padded_geometry() {
         let key = DataKey::generate().expect("rng");
         let a = vec![1u8; 10_000];
         let b = b"{}".to_vec();
-        let opts = SealOptions { chunk_size: 4096 };
-        let bundle = seal_to_vec("m", &[("model.safetensors", &a), ("config.json", &b)], &key, &opts).expect("seals");
+        let opts = SealOptions { chunk_size: 4096, ..SealOptions::default() };
+        let mut bundle = Vec::new();
+        let sources = [SealSource::bytes("model.safetensors", &a), SealSource::bytes("config.json", &b)];
+        let sealed = seal("m", &sources, &key, &opts, &mut bundle).expect("seals");
         let h = read_header(&bundle).expect("header");
-        assert_eq!(h.header.files[0].size, 10_000);
-        assert_eq!(h.header.files[0].sha256, <[u8; 32]>::from(Sha256::digest(&a)));
-        assert_eq!(h.layout.chunk_count, 4);
+        assert_eq!(h, sealed.header);
+        assert_eq!(h.header.clear_manifest(), None);
+        assert_eq!(sealed.manifest.files[0].size, 10_000);
+        assert_eq!(sealed.manifest.files[0].sha256, <[u8; 32]>::from(Sha256::digest(&a)));
+        let m = sealed.manifest.encode().expect("valid").len() as u64;
+        assert_eq!(u64::from(h.layout.chunk_count), (m + 10_002).div_ceil(4096));
         assert_eq!(bundle.len() as u64, h.len() as u64 + h.layout.body_len);
+        assert_eq!(h.layout.body_len, u64::from(h.layout.chunk_count) * (4096 + 16));
         // Two seals of the same input differ (fresh nonce prefix).
         let again = seal_to_vec("m", &[("model.safetensors", &a), ("config.json", &b)], &key, &opts).expect("seals");
         assert_ne!(bundle, again);
+        // Padmé: 9 chunks of content become 10.
+        let big = vec![2u8; 8 * 4096];
+        let padded = SealOptions { chunk_size: 4096, padding: Padding::Padme };
+        let plain = seal_to_vec("m", &[("w", &big)], &key, &opts).expect("seals");
+        let padme = seal_to_vec("m", &[("w", &big)], &key, &padded).expect("seals");
+        assert_eq!(read_header(&plain).expect("header").layout.chunk_count, 9);
+        assert_eq!(read_header(&padme).expect("header").layout.chunk_count, 10);
     }
 
     #[test]
@@ -269,10 +367,12 @@ mod tests {
     fn invalid_inputs_are_refused() {
         let key = DataKey::generate().expect("rng");
         let err = seal_to_vec("m", &[("a/b", b"x")], &key, &SealOptions::default()).err();
-        assert!(matches!(err, Some(SealError::Header(HeaderError::FileName { .. }))));
+        assert!(matches!(err, Some(SealError::Manifest(ManifestError::FileName { .. }))));
         let err = seal_to_vec("m", &[("a", b"")], &key, &SealOptions::default()).err();
-        assert!(matches!(err, Some(SealError::Header(HeaderError::NoData))));
-        let err = seal_to_vec("m", &[("a", b"x")], &key, &SealOptions { chunk_size: 10 }).err();
+        assert!(matches!(err, Some(SealError::Manifest(ManifestError::NoData))));
+        let err = seal_to_vec("", &[("a", b"x")], &key, &SealOptions::default()).err();
+        assert!(matches!(err, Some(SealError::Manifest(ManifestError::ModelName("empty")))));
+        let err = seal_to_vec("m", &[("a", b"x")], &key, &SealOptions { chunk_size: 10, ..SealOptions::default() }).err();
         assert!(matches!(err, Some(SealError::Header(HeaderError::ChunkSize(10)))));
     }
 }

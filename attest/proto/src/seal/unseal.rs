@@ -1,46 +1,58 @@
 //! Runtime side: decrypt a sealed bundle straight into per-file memory buffers, in parallel
-//! across cores, and check each file's SHA-256 against the header.
+//! across cores, and check each file's SHA-256 against the manifest.
 //!
-//! Each file gets one zeroize-on-drop buffer of its exact size; chunk *i* of a file is copied
-//! (or read) into its place in that buffer and decrypted in place by whichever worker takes
-//! it, so plaintext exists once and is never copied. Workers take chunks in body order; the
-//! first failure stops them and the lowest failing chunk index is reported. File hashes are
-//! computed by hasher threads that consume decrypted chunks in order while decryption goes
-//! on. On any failure every buffer is dropped, and so zeroized: nothing half-decrypted is
-//! returned.
+//! Each file gets one zeroize-on-drop buffer of its exact size. A chunk whose plaintext lies
+//! inside one file (every v1 chunk, most v2 chunks) is copied (or read) into its place in that
+//! buffer and decrypted there, so that plaintext exists once and is never copied. A v2 chunk
+//! that spans a file boundary or holds padding is decrypted in a zeroizing scratch buffer of
+//! one chunk and its pieces copied out (at most one such chunk per file, plus the padding).
+//! Workers take chunks in body order; the first failure stops them and the lowest failing
+//! chunk index is reported. File hashes are computed by hasher threads that consume
+//! decrypted pieces in order while decryption goes on. On any failure every buffer is
+//! dropped, and so zeroized: nothing half-decrypted is returned.
+//!
+//! v1 names the files in the clear header, so the buffers are allocated up front. v2 keeps
+//! them in the encrypted manifest at the start of the stream: its chunks are decrypted first,
+//! on the calling thread, then the buffers are allocated and the rest runs as for v1.
 //!
 //! Trust: the bundle bytes are untrusted; the key came from an attested key release. The
 //! header is parsed and its sizes checked against the input before any allocation that
-//! depends on them (slices), or against [`UnsealOptions::max_plaintext`] (readers).
+//! depends on them (slices, files), and against [`UnsealOptions::max_plaintext`] (all
+//! paths). For v2 that limit can only be applied to the padded stream length before the
+//! manifest is read.
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::cipher::ChunkCipher;
-use super::format::{HeaderError, Layout, MAX_HEADER_LEN, PREAMBLE_LEN, SealedHeader, TAG_LEN, parse_preamble, read_header};
+use super::format::{
+    BundleHeader, FileSpan, HeaderError, Layout, MANIFEST_LEN_PREFIX, MAX_HEADER_LEN, Manifest, ManifestError, PREAMBLE_LEN,
+    SealedHeader, TAG_LEN, parse_preamble, read_header,
+};
 use super::key::DataKey;
 use crate::eventlog::Digest384;
 
-/// Options for [`unseal_with`] and [`unseal_reader`].
+/// Options for [`unseal_with`], [`unseal_reader`] and [`unseal_file`].
 #[derive(Clone, Debug)]
 pub struct UnsealOptions {
     /// Worker threads; `None` means one per available core. With one thread everything runs
     /// on the calling thread.
     pub threads: Option<NonZeroUsize>,
-    /// Check each file's SHA-256 against the header (on by default). The AEAD already
-    /// authenticates every byte under the owner's key; this check makes the header's file
-    /// hashes, which the runtime measures, a statement about what was actually loaded. It
-    /// costs one sequential SHA-256 pass per file, overlapped with decryption.
+    /// Check each file's SHA-256 against the manifest (on by default). The AEAD already
+    /// authenticates every byte under the owner's key; this check makes the manifest's file
+    /// hashes a statement about what was actually loaded. It costs one sequential SHA-256
+    /// pass per file, overlapped with decryption.
     pub verify_sha256: bool,
     /// Refuse bundles whose header declares more plaintext than this (the runtime sets its
-    /// memory budget; a reader's header is not yet checked against any input length).
+    /// memory budget). Compared with [`Layout::stream_len`]: for v2 the padded stream, since
+    /// the files' exact total is in the encrypted manifest.
     pub max_plaintext: u64,
     /// Zero bytes tolerated after the last chunk by [`unseal_file`]. A bundle attached as a
     /// disk is read from a block device whose size is rounded up to whole sectors; the
@@ -62,6 +74,10 @@ pub enum UnsealError {
     /// The header is malformed or invalid.
     #[error("sealed header: {0}")]
     Header(#[from] HeaderError),
+    /// The v2 manifest, decrypted and authenticated, is invalid (only a key holder can
+    /// write one: a sealer bug or a lying sealer).
+    #[error("sealed manifest: {0}")]
+    Manifest(#[from] ManifestError),
     /// The body ends early.
     #[error("bundle truncated: body is {got} of {expected} bytes, incomplete from chunk {chunk}")]
     Truncated {
@@ -84,9 +100,9 @@ pub enum UnsealError {
         /// Index of the lowest failing chunk.
         chunk: u32,
     },
-    /// A file decrypted but its SHA-256 differs from the header's (a sealer bug or a lying
+    /// A file decrypted but its SHA-256 differs from the manifest's (a sealer bug or a lying
     /// sealer: the AEAD proved the key holder produced it).
-    #[error("{file}: plaintext does not match the SHA-256 in the header")]
+    #[error("{file}: plaintext does not match the SHA-256 in the manifest")]
     HashMismatch {
         /// The file's name.
         file: String,
@@ -94,7 +110,7 @@ pub enum UnsealError {
     /// More plaintext than [`UnsealOptions::max_plaintext`].
     #[error("bundle declares {bytes} plaintext bytes, limit {limit}")]
     TooLarge {
-        /// Declared plaintext bytes.
+        /// Declared plaintext bytes ([`Layout::stream_len`]).
         bytes: u64,
         /// The limit.
         limit: u64,
@@ -115,9 +131,9 @@ pub struct UnsealedFile {
     pub data: Zeroizing<Vec<u8>>,
 }
 
-/// Everything a bundle held, in header order.
+/// Everything a bundle held, in manifest order (the same for v1 and v2).
 pub struct UnsealedFiles {
-    /// The header's model name.
+    /// The model name (v1: from the clear header; v2: from the encrypted manifest).
     pub model_name: String,
     /// SHA-384 of the header (what the runtime measured).
     pub header_digest: Digest384,
@@ -167,53 +183,19 @@ pub fn unseal_with(bundle: &[u8], key: &DataKey, opts: &UnsealOptions) -> Result
     if let Some(extra) = got.checked_sub(layout.body_len).filter(|&extra| extra > 0) {
         return Err(UnsealError::Trailing { extra });
     }
-    check_limit(layout, opts)?;
-    let mut bufs = allocate(layout);
-    let cs = layout.chunk_size as usize;
-    let mut rest = body;
-    let jobs = chunk_slots(&mut bufs, cs).map(|(index, file, dst)| {
-        // The body length was checked against the layout: these cannot fail.
-        let truncated = || UnsealError::Truncated { expected: layout.body_len, got, chunk: index };
-        let (ct, after) = rest.split_at_checked(dst.len()).ok_or_else(truncated)?;
-        let (tag, after) = after.split_first_chunk::<TAG_LEN>().ok_or_else(truncated)?;
-        rest = after;
-        Ok(Job { index, last: layout.is_last(index), file, dst, src: Src::Slice(ct), tag: *tag })
-    });
-    run(key, &header, threads(opts), opts.verify_sha256, jobs)?;
-    Ok(finish(&header, bufs))
+    unseal_body(key, &header, opts, Body::Slice { rest: body, got })
 }
 
 /// Unseal a bundle from a reader (a file, a disk): ciphertext is read directly into the
 /// destination buffers and decrypted there while the next chunks are read.
 pub fn unseal_reader<R: Read>(mut reader: R, key: &DataKey, opts: &UnsealOptions) -> Result<UnsealedFiles, UnsealError> {
     let header = read_header_from(&mut reader)?;
-    let layout = &header.layout;
-    check_limit(layout, opts)?;
-    let mut bufs = allocate(layout);
-    let cs = layout.chunk_size as usize;
-    let mut got = 0u64;
-    {
-        let got = &mut got;
-        let reader = &mut reader;
-        let jobs = chunk_slots(&mut bufs, cs).map(|(index, file, dst)| {
-            let mut tag = [0u8; TAG_LEN];
-            for part in [&mut dst[..], &mut tag[..]] {
-                let n = read_full(reader, part).map_err(UnsealError::Io)?;
-                // Bounded by the body length the layout allows, which fits a u64.
-                *got = got.saturating_add(n as u64);
-                if n < part.len() {
-                    return Err(UnsealError::Truncated { expected: layout.body_len, got: *got, chunk: index });
-                }
-            }
-            Ok(Job { index, last: layout.is_last(index), file, dst, src: Src::Filled, tag })
-        });
-        run(key, &header, threads(opts), opts.verify_sha256, jobs)?;
-    }
+    let files = unseal_body(key, &header, opts, Body::Reader { r: &mut reader, got: 0 })?;
     let extra = io::copy(&mut reader, &mut io::sink()).map_err(UnsealError::Io)?;
     if extra > 0 {
         return Err(UnsealError::Trailing { extra });
     }
-    Ok(finish(&header, bufs))
+    Ok(files)
 }
 
 /// Unseal a bundle file: the workers read their own chunks with positioned reads, so copying
@@ -235,19 +217,7 @@ pub fn unseal_file(file: &File, key: &DataKey, opts: &UnsealOptions) -> Result<U
             return Err(UnsealError::Trailing { extra });
         }
     }
-    check_limit(layout, opts)?;
-    let mut bufs = allocate(layout);
-    let cs = layout.chunk_size as usize;
-    let mut off = header.len() as u64;
-    let jobs = chunk_slots(&mut bufs, cs).map(|(index, file_idx, dst)| {
-        let at = off;
-        // The file length was checked against the layout above, so the offsets fit a u64; a
-        // saturated offset would only make the positioned read fail.
-        off = off.saturating_add(dst.len() as u64).saturating_add(TAG_LEN as u64);
-        Ok(Job { index, last: layout.is_last(index), file: file_idx, dst, src: Src::File(file, at), tag: [0; TAG_LEN] })
-    });
-    run(key, &header, threads(opts), opts.verify_sha256, jobs)?;
-    Ok(finish(&header, bufs))
+    unseal_body(key, &header, opts, Body::File { file, off: header.len() as u64 })
 }
 
 /// Whether `len` bytes of `file` at `at` are all zero.
@@ -272,11 +242,12 @@ impl Read for AtReader<'_> {
     }
 }
 
-/// Read and parse only the header from a reader, leaving it positioned at the body.
+/// Read and parse only the header from a reader, leaving it positioned at the body. Needs no
+/// key, for either version: what the runtime measures at boot.
 pub fn read_header_from<R: Read>(reader: &mut R) -> Result<SealedHeader, UnsealError> {
     let mut pre = [0u8; PREAMBLE_LEN];
     let n = read_full(reader, &mut pre).map_err(UnsealError::Io)?;
-    let total = parse_preamble(pre.get(..n).unwrap_or_default())?;
+    let (_, total) = parse_preamble(pre.get(..n).unwrap_or_default())?;
     debug_assert!(total <= PREAMBLE_LEN + MAX_HEADER_LEN);
     let mut raw = vec![0u8; total];
     let (head, tail) =
@@ -290,11 +261,11 @@ pub fn read_header_from<R: Read>(reader: &mut R) -> Result<SealedHeader, UnsealE
 }
 
 fn check_limit(layout: &Layout, opts: &UnsealOptions) -> Result<(), UnsealError> {
-    if layout.total_plaintext > opts.max_plaintext {
-        return Err(UnsealError::TooLarge { bytes: layout.total_plaintext, limit: opts.max_plaintext });
+    if layout.stream_len > opts.max_plaintext {
+        return Err(UnsealError::TooLarge { bytes: layout.stream_len, limit: opts.max_plaintext });
     }
-    if usize::try_from(layout.total_plaintext).is_err() {
-        return Err(UnsealError::TooLarge { bytes: layout.total_plaintext, limit: usize::MAX as u64 });
+    if usize::try_from(layout.stream_len).is_err() {
+        return Err(UnsealError::TooLarge { bytes: layout.stream_len, limit: usize::MAX as u64 });
     }
     Ok(())
 }
@@ -304,25 +275,229 @@ fn threads(opts: &UnsealOptions) -> usize {
 }
 
 /// One zeroed buffer per file (sizes already checked against the input or the limit).
-fn allocate(layout: &Layout) -> Vec<Zeroizing<Vec<u8>>> {
+fn allocate(spans: &[FileSpan]) -> Vec<Zeroizing<Vec<u8>>> {
     // `vec![0; n]` maps zero pages lazily: the workers touch them in parallel.
-    layout.files.iter().map(|f| Zeroizing::new(vec![0u8; usize::try_from(f.size).unwrap_or(0)])).collect()
+    spans.iter().map(|f| Zeroizing::new(vec![0u8; usize::try_from(f.size).unwrap_or(0)])).collect()
 }
 
-/// Every chunk's destination, in body order: (global index, file index, slot).
-fn chunk_slots(bufs: &mut [Zeroizing<Vec<u8>>], cs: usize) -> impl Iterator<Item = (u32, usize, &mut [u8])> {
-    bufs.iter_mut()
-        .enumerate()
-        .flat_map(move |(f, b)| b.chunks_mut(cs).map(move |d| (f, d)))
-        .zip(0u32..)
-        .map(|((f, d), i)| (i, f, d))
+/// Where the body's chunks come from; hands out each chunk's ciphertext source in order.
+enum Body<'b> {
+    /// In memory, length already checked: the part not yet handed out.
+    Slice { rest: &'b [u8], got: u64 },
+    /// A stream: each chunk is read when it is handed out; `got` counts body bytes read.
+    Reader { r: &'b mut dyn Read, got: u64 },
+    /// A file, length already checked: the offset of the next chunk.
+    File { file: &'b File, off: u64 },
 }
 
-fn finish(header: &SealedHeader, bufs: Vec<Zeroizing<Vec<u8>>>) -> UnsealedFiles {
+impl<'b> Body<'b> {
+    /// The next chunk (`index`, `dst.len()` plaintext bytes): where its ciphertext is and its
+    /// tag. A reader's ciphertext is read into `dst` here.
+    fn next(&mut self, index: u32, layout: &Layout, dst: &mut [u8]) -> Result<(Src<'b>, [u8; TAG_LEN]), UnsealError> {
+        let truncated = |got| UnsealError::Truncated { expected: layout.body_len, got, chunk: index };
+        match self {
+            Body::Slice { rest, got } => {
+                // The body length was checked against the layout: these cannot fail.
+                let (ct, after) = rest.split_at_checked(dst.len()).ok_or_else(|| truncated(*got))?;
+                let (tag, after) = after.split_first_chunk::<TAG_LEN>().ok_or_else(|| truncated(*got))?;
+                *rest = after;
+                Ok((Src::Slice(ct), *tag))
+            }
+            Body::Reader { r, got } => {
+                let mut tag = [0u8; TAG_LEN];
+                for part in [&mut dst[..], &mut tag[..]] {
+                    let n = read_full(*r, part).map_err(UnsealError::Io)?;
+                    // Bounded by the body length the layout allows, which fits a u64.
+                    *got = got.saturating_add(n as u64);
+                    if n < part.len() {
+                        return Err(truncated(*got));
+                    }
+                }
+                Ok((Src::Filled, tag))
+            }
+            Body::File { file, off } => {
+                let at = *off;
+                // The file length was checked against the layout, so the offsets fit a u64; a
+                // saturated offset would only make the positioned read fail.
+                *off = off.saturating_add(dst.len() as u64).saturating_add(TAG_LEN as u64);
+                Ok((Src::File(file, at), [0; TAG_LEN]))
+            }
+        }
+    }
+}
+
+/// The next stream bytes as slots in the file buffers, files in stream order.
+struct Carver<'a> {
+    rest: std::iter::Enumerate<std::slice::IterMut<'a, Zeroizing<Vec<u8>>>>,
+    cur: Option<(usize, &'a mut [u8])>,
+}
+
+impl<'a> Carver<'a> {
+    fn new(bufs: &'a mut [Zeroizing<Vec<u8>>]) -> Self {
+        Carver { rest: bufs.iter_mut().enumerate(), cur: None }
+    }
+
+    /// Up to `n` stream bytes as (file, slot) pieces; fewer once the files are used up (the
+    /// rest of the stream is padding).
+    fn take(&mut self, mut n: usize) -> Vec<(usize, &'a mut [u8])> {
+        let mut out = Vec::new();
+        while n > 0 {
+            let (f, slot) = match self.cur.take() {
+                Some(c) => c,
+                None => match self.rest.next() {
+                    Some((f, b)) => (f, b.as_mut_slice()),
+                    None => break,
+                },
+            };
+            let k = n.min(slot.len());
+            let (head, tail) = slot.split_at_mut(k);
+            if !head.is_empty() {
+                out.push((f, head));
+            }
+            if !tail.is_empty() {
+                self.cur = Some((f, tail));
+            }
+            n = n.saturating_sub(k);
+        }
+        out
+    }
+}
+
+/// What the stream holds and where the file buffers are, once known (v1: from the header;
+/// v2: after the manifest chunks were decrypted).
+struct Plan<'a> {
+    manifest: Manifest,
+    spans: Vec<FileSpan>,
+    /// Pieces already decrypted (v2: file bytes in the manifest's last chunk), for the hashers.
+    ready: Vec<Piece<'a>>,
+}
+
+/// A decrypted piece of a file: (chunk index, file index, bytes in the file's buffer).
+type Piece<'a> = (u32, usize, &'a [u8]);
+
+fn unseal_body(
+    key: &DataKey,
+    header: &SealedHeader,
+    opts: &UnsealOptions,
+    mut body: Body<'_>,
+) -> Result<UnsealedFiles, UnsealError> {
+    let layout = &header.layout;
+    check_limit(layout, opts)?;
+    let cipher = ChunkCipher::new(key, header.header.nonce_prefix(), header.digest());
+    let cs = layout.chunk_size as usize;
+    match &header.header {
+        BundleHeader::V1(h) => {
+            let spans = layout.files.clone();
+            let mut bufs = allocate(&spans);
+            let plan = Plan { manifest: h.manifest(), spans, ready: Vec::new() };
+            let slots = bufs
+                .iter_mut()
+                .enumerate()
+                .flat_map(move |(f, b)| b.chunks_mut(cs).map(move |d| (f, d)))
+                .zip(0u32..)
+                .map(|((f, d), i)| (i, Dst::InPlace(f, d)));
+            let jobs = jobs(slots, &mut body, layout);
+            run(&cipher, &plan, threads(opts), opts.verify_sha256, jobs)?;
+            Ok(finish(header, plan.manifest, bufs))
+        }
+        BundleHeader::V2(_) => {
+            let ManifestChunks { stream, manifest, manifest_len, chunks: first } = read_manifest(&cipher, layout, &mut body)?;
+            let spans = manifest.spans(layout, manifest_len)?;
+            let mut bufs = allocate(&spans);
+            let mut carver = Carver::new(&mut bufs);
+            // The manifest's last chunk may already hold file bytes, then padding.
+            let tail_at = MANIFEST_LEN_PREFIX.saturating_add(manifest_len);
+            let tail = stream.get(tail_at..).unwrap_or_default();
+            let last_manifest_chunk = first.saturating_sub(1);
+            let mut ready = Vec::new();
+            let mut used = 0usize;
+            for (f, slot) in carver.take(tail.len()) {
+                let end = used.saturating_add(slot.len());
+                slot.copy_from_slice(tail.get(used..end).unwrap_or_default());
+                used = end;
+                ready.push((last_manifest_chunk, f, &*slot));
+            }
+            if tail.get(used..).unwrap_or_default().iter().any(|&b| b != 0) {
+                return Err(ManifestError::Padding { chunk: last_manifest_chunk }.into());
+            }
+            drop(stream);
+            let plan = Plan { manifest, spans, ready };
+            let dsts = (first..layout.chunk_count).map(move |i| {
+                let pieces = carver.take(cs);
+                match <[_; 1]>::try_from(pieces) {
+                    Ok([(f, slot)]) if slot.len() == cs => (i, Dst::InPlace(f, slot)),
+                    Ok(one) => (i, Dst::Split(Zeroizing::new(vec![0u8; cs]), Vec::from(one))),
+                    Err(pieces) => (i, Dst::Split(Zeroizing::new(vec![0u8; cs]), pieces)),
+                }
+            });
+            let jobs = jobs(dsts, &mut body, layout);
+            run(&cipher, &plan, threads(opts), opts.verify_sha256, jobs)?;
+            Ok(finish(header, plan.manifest, bufs))
+        }
+    }
+}
+
+/// The decrypted start of a v2 stream: the chunks holding the length prefix and manifest.
+struct ManifestChunks {
+    /// Those chunks' plaintext (the manifest, maybe file bytes and padding after it).
+    stream: Zeroizing<Vec<u8>>,
+    manifest: Manifest,
+    /// `M`, the manifest's encoded length.
+    manifest_len: usize,
+    /// How many chunks `stream` holds: the first chunk left to decrypt.
+    chunks: u32,
+}
+
+/// v2: decrypt the chunks that hold the length prefix and the manifest, on this thread.
+fn read_manifest(cipher: &ChunkCipher, layout: &Layout, body: &mut Body<'_>) -> Result<ManifestChunks, UnsealError> {
+    let cs = layout.chunk_size as usize;
+    let mut open = |index: u32, dst: &mut [u8]| -> Result<(), UnsealError> {
+        let (src, mut tag) = body.next(index, layout, dst)?;
+        match fill(&src, dst, &mut tag) {
+            Ok(()) => {}
+            Err(JobError::Io(e)) => return Err(UnsealError::Io(e)),
+            Err(_) => return Err(UnsealError::Decrypt { chunk: index }),
+        }
+        cipher.open(index, layout.is_last(index), dst, &tag).map_err(|_| UnsealError::Decrypt { chunk: index })
+    };
+    let mut first = Zeroizing::new(vec![0u8; cs]);
+    open(0, &mut first)?;
+    let manifest_len = Manifest::declared_len(&first, layout.stream_len)?;
+    // `declared_len` checked that prefix and manifest fit the stream: at most chunk_count chunks.
+    let chunks = MANIFEST_LEN_PREFIX.saturating_add(manifest_len).div_ceil(cs);
+    let count = u32::try_from(chunks).map_err(|_| ManifestError::TooLarge(manifest_len as u64))?;
+    // A fresh buffer rather than growing `first`: a reallocation would leave plaintext behind.
+    let mut stream = Zeroizing::new(vec![0u8; chunks.saturating_mul(cs)]);
+    let mut parts = stream.chunks_mut(cs);
+    if let Some(p) = parts.next() {
+        p.copy_from_slice(&first);
+    }
+    drop(first);
+    for (index, p) in (1..count).zip(parts) {
+        open(index, p)?;
+    }
+    let bytes = stream.get(MANIFEST_LEN_PREFIX..MANIFEST_LEN_PREFIX.saturating_add(manifest_len)).unwrap_or_default();
+    let manifest = Manifest::decode(bytes)?;
+    Ok(ManifestChunks { stream, manifest, manifest_len, chunks: count })
+}
+
+/// One job per chunk destination, with its ciphertext source from `body`.
+fn jobs<'a, 'b: 'a>(
+    dsts: impl Iterator<Item = (u32, Dst<'a>)> + 'a,
+    body: &'a mut Body<'b>,
+    layout: &'a Layout,
+) -> impl Iterator<Item = Result<Job<'a>, UnsealError>> + 'a {
+    dsts.map(move |(index, mut dst)| {
+        let (src, tag) = body.next(index, layout, dst.buf())?;
+        Ok(Job { index, last: layout.is_last(index), dst, src, tag })
+    })
+}
+
+fn finish(header: &SealedHeader, manifest: Manifest, bufs: Vec<Zeroizing<Vec<u8>>>) -> UnsealedFiles {
     UnsealedFiles {
-        model_name: header.header.model_name.clone(),
+        model_name: manifest.model_name,
         header_digest: header.digest(),
-        files: header.header.files.iter().zip(bufs).map(|(e, data)| UnsealedFile { name: e.name.clone(), data }).collect(),
+        files: manifest.files.into_iter().zip(bufs).map(|(e, data)| UnsealedFile { name: e.name, data }).collect(),
     }
 }
 
@@ -354,12 +529,52 @@ enum Src<'a> {
     File(&'a File, u64),
 }
 
-/// One chunk to decrypt: its slot in a file buffer and where its ciphertext is.
+/// Where a chunk's plaintext goes.
+enum Dst<'a> {
+    /// The chunk is exactly this slot of one file: decrypted in place.
+    InPlace(usize, &'a mut [u8]),
+    /// v2: the chunk holds the end of one file and the start of the next, or padding:
+    /// decrypted in its own zeroizing buffer, then these pieces (stream order, from the
+    /// buffer's start) are copied out; the bytes after them must be zero.
+    Split(Zeroizing<Vec<u8>>, Vec<(usize, &'a mut [u8])>),
+}
+
+impl<'a> Dst<'a> {
+    /// The buffer the chunk is decrypted in.
+    fn buf(&mut self) -> &mut [u8] {
+        match self {
+            Dst::InPlace(_, slot) => slot,
+            Dst::Split(buf, _) => buf,
+        }
+    }
+
+    /// After decryption: the plaintext pieces in the file buffers.
+    fn deliver(self, index: u32) -> Result<Vec<Piece<'a>>, JobError> {
+        match self {
+            Dst::InPlace(f, slot) => Ok(vec![(index, f, &*slot)]),
+            Dst::Split(buf, pieces) => {
+                let mut out = Vec::with_capacity(pieces.len());
+                let mut used = 0usize;
+                for (f, slot) in pieces {
+                    let end = used.saturating_add(slot.len());
+                    slot.copy_from_slice(buf.get(used..end).ok_or(JobError::Padding)?);
+                    used = end;
+                    out.push((index, f, &*slot));
+                }
+                if buf.get(used..).unwrap_or_default().iter().any(|&b| b != 0) {
+                    return Err(JobError::Padding);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// One chunk to decrypt: where its plaintext goes and where its ciphertext is.
 struct Job<'a> {
     index: u32,
     last: bool,
-    file: usize,
-    dst: &'a mut [u8],
+    dst: Dst<'a>,
     src: Src<'a>,
     tag: [u8; TAG_LEN],
 }
@@ -367,50 +582,65 @@ struct Job<'a> {
 enum JobError {
     Auth,
     Io(io::Error),
+    /// Non-zero bytes after the last file (authenticated: a key holder wrote them).
+    Padding,
 }
 
-fn open_job(cipher: &ChunkCipher, job: &mut Job<'_>) -> Result<(), JobError> {
-    match job.src {
+/// Bring a chunk's ciphertext and tag into `dst` and `tag`.
+fn fill(src: &Src<'_>, dst: &mut [u8], tag: &mut [u8; TAG_LEN]) -> Result<(), JobError> {
+    match *src {
         Src::Filled => {}
-        Src::Slice(src) => {
-            if src.len() != job.dst.len() {
+        Src::Slice(ct) => {
+            if ct.len() != dst.len() {
                 return Err(JobError::Auth);
             }
-            job.dst.copy_from_slice(src);
+            dst.copy_from_slice(ct);
         }
         Src::File(f, off) => {
-            f.read_exact_at(job.dst, off).map_err(JobError::Io)?;
+            f.read_exact_at(dst, off).map_err(JobError::Io)?;
             let tag_at = off
-                .checked_add(job.dst.len() as u64)
+                .checked_add(dst.len() as u64)
                 .ok_or_else(|| JobError::Io(io::Error::other("chunk tag offset overflows u64")))?;
-            f.read_exact_at(&mut job.tag, tag_at).map_err(JobError::Io)?;
+            f.read_exact_at(tag, tag_at).map_err(JobError::Io)?;
         }
     }
-    cipher.open(job.index, job.last, job.dst, &job.tag).map_err(|_| JobError::Auth)
+    Ok(())
+}
+
+fn open_job<'a>(cipher: &ChunkCipher, mut job: Job<'a>) -> Result<Vec<Piece<'a>>, JobError> {
+    let buf = job.dst.buf();
+    fill(&job.src, buf, &mut job.tag)?;
+    cipher.open(job.index, job.last, buf, &job.tag).map_err(|_| JobError::Auth)?;
+    job.dst.deliver(job.index)
 }
 
 /// Decrypt every job, with `threads` workers, and check file hashes if asked.
 fn run<'a>(
-    key: &DataKey,
-    header: &SealedHeader,
+    cipher: &ChunkCipher,
+    plan: &Plan<'a>,
     threads: usize,
     verify: bool,
     jobs: impl Iterator<Item = Result<Job<'a>, UnsealError>>,
 ) -> Result<(), UnsealError> {
-    let cipher = ChunkCipher::new(key, header.header.nonce_prefix, header.digest());
-    let expected: Vec<[u8; 32]> = header.header.files.iter().map(|f| f.sha256).collect();
+    let files = &plan.manifest.files;
+    let expected: Vec<[u8; 32]> = files.iter().map(|f| f.sha256).collect();
     if verify {
         let empty: [u8; 32] = Sha256::digest([]).into();
-        for (e, span) in header.header.files.iter().zip(&header.layout.files) {
+        for (e, span) in files.iter().zip(&plan.spans) {
             if span.chunks == 0 && e.sha256 != empty {
                 return Err(UnsealError::HashMismatch { file: e.name.clone() });
             }
         }
     }
-    let mismatch =
-        |f: usize| UnsealError::HashMismatch { file: header.header.files.get(f).map(|e| e.name.clone()).unwrap_or_default() };
+    let mismatch = |f: usize| UnsealError::HashMismatch { file: files.get(f).map(|e| e.name.clone()).unwrap_or_default() };
+    let job_error = |index: u32, e: JobError| match e {
+        JobError::Auth => UnsealError::Decrypt { chunk: index },
+        JobError::Io(e) => UnsealError::Io(e),
+        JobError::Padding => ManifestError::Padding { chunk: index }.into(),
+    };
     if threads <= 1 {
-        // Sequential: hash each chunk right after decrypting it, while it is in cache.
+        // Sequential: hash each piece right after decrypting it, while it is in cache.
+        // Pieces arrive in stream order, so each file's pieces are consecutive.
         let mut cur: Option<(usize, Sha256)> = None;
         let done = |cur: Option<(usize, Sha256)>| match cur {
             Some((f, h)) => {
@@ -422,62 +652,80 @@ fn run<'a>(
             }
             None => Ok(()),
         };
-        for job in jobs {
-            let mut job = job?;
-            match open_job(&cipher, &mut job) {
-                Ok(()) => {}
-                Err(JobError::Auth) => return Err(UnsealError::Decrypt { chunk: job.index }),
-                Err(JobError::Io(e)) => return Err(UnsealError::Io(e)),
+        let mut feed = |pieces: &[Piece<'_>]| -> Result<(), UnsealError> {
+            if !verify {
+                return Ok(());
             }
-            if verify {
+            for &(_, f, data) in pieces {
                 match &mut cur {
-                    Some((f, h)) if *f == job.file => h.update(&*job.dst),
+                    Some((g, h)) if *g == f => h.update(data),
                     _ => {
                         done(cur.take())?;
                         let mut h = Sha256::new();
-                        h.update(&*job.dst);
-                        cur = Some((job.file, h));
+                        h.update(data);
+                        cur = Some((f, h));
                     }
                 }
             }
+            Ok(())
+        };
+        feed(&plan.ready)?;
+        for job in jobs {
+            let job = job?;
+            let index = job.index;
+            let pieces = open_job(cipher, job).map_err(|e| job_error(index, e))?;
+            feed(&pieces)?;
         }
         return done(cur);
     }
 
     let abort = AtomicBool::new(false);
     let failed: Mutex<Option<u32>> = Mutex::new(None);
-    let io_failed: Mutex<Option<io::Error>> = Mutex::new(None);
-    let (job_tx, job_rx) = mpsc::channel::<Job<'a>>();
-    let job_rx = Mutex::new(job_rx);
+    let other_failed: Mutex<Option<UnsealError>> = Mutex::new(None);
 
-    // Hashers: files with data, dealt round-robin; each consumes its files' chunks in order.
-    let nonempty: Vec<usize> = header.layout.files.iter().enumerate().filter(|(_, s)| s.chunks > 0).map(|(i, _)| i).collect();
+    // Hashers: files with data, dealt round-robin; each consumes its files' pieces in order.
+    let nonempty: Vec<usize> = plan.spans.iter().enumerate().filter(|(_, s)| s.chunks > 0).map(|(i, _)| i).collect();
     let hashers = if verify { nonempty.len().min(threads).max(1) } else { 0 };
-    let mut hasher_of = vec![0usize; header.layout.files.len()];
+    let mut hasher_of = vec![0usize; plan.spans.len()];
     let mut plans: Vec<Vec<usize>> = vec![Vec::new(); hashers];
     for (&f, h) in nonempty.iter().zip((0..hashers).cycle()) {
-        if let (Some(slot), Some(plan)) = (hasher_of.get_mut(f), plans.get_mut(h)) {
+        if let (Some(slot), Some(p)) = (hasher_of.get_mut(f), plans.get_mut(h)) {
             *slot = h;
-            plan.push(f);
+            p.push(f);
         }
     }
 
+    let send = |txs: &[mpsc::Sender<Piece<'a>>], piece: Piece<'a>| {
+        if let Some(tx) = hasher_of.get(piece.1).and_then(|&h| txs.get(h)) {
+            // A closed hasher already reported its verdict.
+            let _ = tx.send(piece);
+        }
+    };
     let mut producer_err = None;
     let outcome = std::thread::scope(|scope| {
         let mut hash_txs = Vec::with_capacity(hashers);
         let mut hash_handles = Vec::with_capacity(hashers);
-        for plan in plans {
-            let (tx, rx) = mpsc::channel::<(u32, &'a [u8])>();
+        for p in plans {
+            let (tx, rx) = mpsc::channel::<Piece<'a>>();
             hash_txs.push(tx);
-            let layout = &header.layout;
-            let expected = &expected;
-            hash_handles.push(scope.spawn(move || hash_files(&rx, &plan, layout, expected)));
+            let (spans, expected) = (&plan.spans, &expected);
+            hash_handles.push(scope.spawn(move || hash_files(&rx, &p, spans, expected)));
         }
+        if verify {
+            for &p in &plan.ready {
+                send(&hash_txs, p);
+            }
+        }
+        // Bounded: a split chunk owns a chunk-sized buffer, so the queue bounds the memory
+        // that jobs waiting for a worker hold. The receiver is shared by the workers only, so
+        // once they have all stopped a blocked send fails instead of waiting forever.
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job<'a>>(threads.saturating_mul(2));
+        let job_rx = Arc::new(Mutex::new(job_rx));
         let mut workers = Vec::with_capacity(threads);
         for _ in 0..threads {
-            let txs = hash_txs.clone();
-            let (abort, failed, io_failed, job_rx, cipher, hasher_of) =
-                (&abort, &failed, &io_failed, &job_rx, &cipher, &hasher_of);
+            let txs = if verify { hash_txs.clone() } else { Vec::new() };
+            let job_rx = Arc::clone(&job_rx);
+            let (abort, failed, other_failed, send, job_error) = (&abort, &failed, &other_failed, &send, &job_error);
             workers.push(scope.spawn(move || {
                 loop {
                     if abort.load(Ordering::Relaxed) {
@@ -487,32 +735,33 @@ fn run<'a>(
                         Ok(rx) => rx.recv(),
                         Err(_) => break,
                     };
-                    let Ok(mut job) = next else { break };
-                    match open_job(cipher, &mut job) {
-                        Ok(()) => {}
+                    let Ok(job) = next else { break };
+                    let index = job.index;
+                    match open_job(cipher, job) {
+                        Ok(pieces) => {
+                            for p in pieces {
+                                send(&txs, p);
+                            }
+                        }
                         Err(JobError::Auth) => {
                             abort.store(true, Ordering::Relaxed);
                             if let Ok(mut f) = failed.lock() {
-                                *f = Some(f.map_or(job.index, |x| x.min(job.index)));
+                                *f = Some(f.map_or(index, |x| x.min(index)));
                             }
                             break;
                         }
-                        Err(JobError::Io(e)) => {
+                        Err(e) => {
                             abort.store(true, Ordering::Relaxed);
-                            if let Ok(mut slot) = io_failed.lock() {
-                                slot.get_or_insert(e);
+                            if let Ok(mut slot) = other_failed.lock() {
+                                slot.get_or_insert(job_error(index, e));
                             }
                             break;
                         }
-                    }
-                    if let Some(tx) = hasher_of.get(job.file).and_then(|&h| txs.get(h)) {
-                        let plain: &'a [u8] = job.dst;
-                        // A closed hasher already reported its verdict.
-                        let _ = tx.send((job.index, plain));
                     }
                 }
             }));
         }
+        drop(job_rx);
         drop(hash_txs);
         for job in jobs {
             if abort.load(Ordering::Relaxed) {
@@ -552,8 +801,8 @@ fn run<'a>(
     if let Some(chunk) = failed.lock().ok().and_then(|f| *f) {
         return Err(UnsealError::Decrypt { chunk });
     }
-    if let Some(e) = io_failed.into_inner().ok().flatten() {
-        return Err(UnsealError::Io(e));
+    if let Some(e) = other_failed.into_inner().ok().flatten() {
+        return Err(e);
     }
     if let Some(e) = producer_err {
         return Err(e);
@@ -570,23 +819,24 @@ fn run<'a>(
 enum HashOutcome {
     Ok,
     Mismatch(usize),
-    /// Decryption stopped before all chunks arrived.
+    /// Decryption stopped before all pieces arrived.
     Incomplete,
 }
 
-fn hash_files(rx: &mpsc::Receiver<(u32, &[u8])>, plan: &[usize], layout: &Layout, expected: &[[u8; 32]]) -> HashOutcome {
+fn hash_files(rx: &mpsc::Receiver<Piece<'_>>, plan: &[usize], spans: &[FileSpan], expected: &[[u8; 32]]) -> HashOutcome {
+    // Keyed by (file, chunk): in v2 one chunk may hold pieces of several files of this hasher.
     let mut pending = std::collections::BTreeMap::new();
     for &f in plan {
-        let Some(span) = layout.files.get(f) else { return HashOutcome::Mismatch(f) };
+        let Some(span) = spans.get(f) else { return HashOutcome::Mismatch(f) };
         let mut h = Sha256::new();
         for idx in span.first_chunk..span.first_chunk.saturating_add(span.chunks) {
             let piece = loop {
-                if let Some(p) = pending.remove(&idx) {
+                if let Some(p) = pending.remove(&(f, idx)) {
                     break p;
                 }
                 match rx.recv() {
-                    Ok((i, p)) => {
-                        pending.insert(i, p);
+                    Ok((i, g, p)) => {
+                        pending.insert((g, i), p);
                     }
                     Err(_) => return HashOutcome::Incomplete,
                 }
@@ -618,7 +868,7 @@ mod tests {
             "m",
             &[("a.safetensors", &a), ("empty", b""), ("config.json", &b)],
             &key,
-            &SealOptions { chunk_size: 4096 },
+            &SealOptions { chunk_size: 4096, ..SealOptions::default() },
         )
         .expect("seals");
         for t in [1, 2, 5] {
@@ -640,18 +890,19 @@ mod tests {
 
     #[test]
     fn lying_header_hash_is_caught_after_decryption() {
-        // A key holder can write a header whose hashes lie; the AEAD accepts it, the hash check does not.
+        // A key holder can write a v1 header whose hashes lie; the AEAD accepts it, the hash
+        // check does not. (The v2 case is in tests/seal_tamper.rs.)
         use crate::seal::cipher::ChunkCipher;
-        use crate::seal::format::{BundleHeader, FORMAT_VERSION, FileEntry};
+        use crate::seal::format::{BundleHeader, FORMAT_V1, FileEntry, HeaderV1};
         let key = DataKey::generate().expect("rng");
         let data = vec![5u8; 5000];
-        let header = BundleHeader {
-            format_version: FORMAT_VERSION,
+        let header = BundleHeader::V1(HeaderV1 {
+            format_version: FORMAT_V1,
             model_name: "m".into(),
             chunk_size: 4096,
             nonce_prefix: [1; 7],
             files: vec![FileEntry { name: "w.gguf".into(), size: 5000, sha256: [0; 32] }],
-        }
+        })
         .to_sealed()
         .expect("valid");
         let c = ChunkCipher::new(&key, [1; 7], header.digest());
@@ -674,7 +925,17 @@ mod tests {
     fn limit_is_enforced_before_allocation() {
         let key = DataKey::generate().expect("rng");
         let bundle = seal_to_vec("m", &[("a", &[1u8; 100])], &key, &SealOptions::default()).expect("seals");
-        let o = UnsealOptions { max_plaintext: 99, ..UnsealOptions::default() };
-        assert!(matches!(unseal_reader(&bundle[..], &key, &o), Err(UnsealError::TooLarge { bytes: 100, limit: 99 })));
+        // v2: the limit applies to the padded stream (one chunk here), checked before the
+        // manifest is decrypted: a wrong key still reports the limit, not a decryption failure.
+        let cs = u64::from(SealOptions::default().chunk_size);
+        let o = UnsealOptions { max_plaintext: cs - 1, ..UnsealOptions::default() };
+        let wrong = DataKey::generate().expect("rng");
+        for k in [&key, &wrong] {
+            let e = unseal_reader(&bundle[..], k, &o).err();
+            assert!(matches!(e, Some(UnsealError::TooLarge { bytes, limit }) if bytes == cs && limit == cs - 1), "{e:?}");
+            assert!(matches!(unseal_with(&bundle, k, &o), Err(UnsealError::TooLarge { .. })));
+        }
+        let o = UnsealOptions { max_plaintext: cs, ..UnsealOptions::default() };
+        assert_eq!(unseal_with(&bundle, &key, &o).expect("fits").total_bytes(), 100);
     }
 }
