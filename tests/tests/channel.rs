@@ -253,6 +253,7 @@ fn openai_client_through_the_verifying_proxy_and_attacks_on_the_channel() {
         key_out: key.clone(),
         name: Some("tiny-llama".into()),
         chunk_size: 1 << 20,
+        padme: false,
         json: false,
     })
     .unwrap();
