@@ -198,7 +198,13 @@ mod tests {
             assert_eq!(h["stage"], serde_json::json!({"state": "serving", "model": "Test Model"}), "{h}");
             assert!(h["last_error"].is_null(), "{h}");
         }
-        assert_eq!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model, "Test Model");
+        assert_eq!(
+            f.session
+                .sign_receipt(crate::session::ReceiptRequest { target: "t".into(), id: [0; 16], sha384: [0; 48] }, 200, [0; 48])
+                .body
+                .model,
+            "Test Model"
+        );
     }
 
     /// A flood of 32-byte nonces gets 429 with Retry-After once the book is full, and the

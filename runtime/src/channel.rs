@@ -20,13 +20,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrysalis_proto::channel::crypto::{RecordSealer, ResponseMode, ResponseSealer, Target};
 use chrysalis_proto::channel::receipt::{Hasher, request_hash};
+use chrysalis_proto::channel::replay::ReplayError;
 use chrysalis_proto::channel::{self as ch, frame};
 use chrysalis_proto::eventlog::DIGEST_LEN;
 use chrysalis_proto::keyrelease::PUBLIC_KEY_LEN;
 use futures_util::StreamExt as _;
 
 use crate::serve::ApiError;
-use crate::session::Session;
+use crate::session::{OpenError, ReceiptRequest, Session};
 
 /// What the channel layer needs.
 #[derive(Debug)]
@@ -82,7 +83,7 @@ pub async fn guard(State(st): State<Arc<ChannelState>>, req: Request, next: Next
             StatusCode::FORBIDDEN,
             "permission_error",
             ch::CODE_CHANNEL_REQUIRED,
-            "this runtime accepts only requests encrypted to its attested key (chrysalis channel v1): \
+            "this runtime accepts only requests encrypted to its attested key (chrysalis channel v2): \
              send them through `attest proxy`, which verifies the runtime's evidence first; \
              unencrypted requests are enabled only by the measured setting chrysalis.plaintext=1"
                 .into(),
@@ -117,24 +118,30 @@ pub async fn guard(State(st): State<Arc<ChannelState>>, req: Request, next: Next
     }
     let target = Target::new(req.method().as_str(), req.uri().path_and_query().map_or_else(|| req.uri().path(), |p| p.as_str()));
     let (mut parts, body) = req.into_parts();
-    let limit = st.max_body_bytes.saturating_add(chrysalis_proto::channel::crypto::REQUEST_OVERHEAD);
+    let limit = chrysalis_proto::channel::crypto::sealed_request_len(st.max_body_bytes);
     let sealed = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => return ApiError::too_large(st.max_body_bytes).into_response(),
     };
-    let (mut plaintext, sealer) = match st.session.open_request(&target, &enc, &sealed) {
+    let (opened, sealer) = match st.session.open_request(&target, &enc, &sealed) {
         Ok(v) => v,
         Err(e) => {
             log::warn!("channel: {} {}: {e}", target.method, target.path);
-            return channel_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                ch::CODE_DECRYPT_FAILED,
-                format!("{e}; nothing was processed"),
-            );
+            let (status, code) = match &e {
+                OpenError::Channel(_) => (StatusCode::BAD_REQUEST, ch::CODE_DECRYPT_FAILED),
+                OpenError::Replay(ReplayError::Replayed(_)) => (StatusCode::CONFLICT, ch::CODE_REPLAYED),
+                OpenError::Replay(_) => (StatusCode::BAD_REQUEST, ch::CODE_STALE),
+            };
+            return channel_error(status, "invalid_request_error", code, format!("{e}; nothing was processed"));
         }
     };
-    let request_sha384 = request_hash(&plaintext);
+    let mut plaintext = opened.body;
+    // The sealed limit is the padded bucket of the largest body; the body itself is checked
+    // here.
+    if plaintext.len() > st.max_body_bytes {
+        return ApiError::too_large(st.max_body_bytes).into_response();
+    }
+    let request = ReceiptRequest { target: target.line(), id: opened.meta.id, sha384: request_hash(&plaintext) };
     for name in [ch::HEADER_CHANNEL, ch::HEADER_ENC, ch::HEADER_LOG_DIGEST] {
         parts.headers.remove(name);
     }
@@ -146,7 +153,15 @@ pub async fn guard(State(st): State<Arc<ChannelState>>, req: Request, next: Next
     }
     let inner = Request::from_parts(parts, Body::from(std::mem::take(&mut *plaintext)));
     let resp = next.run(inner).await;
-    seal_response(st.session.clone(), target, request_sha384, sealer, resp).await
+    seal_response(st.session.clone(), request, sealer, resp).await
+}
+
+/// Zeroize a plaintext buffer that is no longer needed, when this is its only reference
+/// (request bodies and response bytes are; a shared buffer is left to its other owner).
+pub(crate) fn wipe(bytes: Bytes) {
+    if let Ok(mut owned) = bytes.try_into_mut() {
+        zeroize::Zeroize::zeroize(owned.as_mut());
+    }
 }
 
 fn copy_advisory_headers(from: &HeaderMap, to: &mut HeaderMap) {
@@ -162,13 +177,7 @@ fn channel_headers(content_type: &'static str) -> [(HeaderName, HeaderValue); 2]
     ]
 }
 
-async fn seal_response(
-    session: Arc<Session>,
-    target: Target,
-    request_sha384: [u8; DIGEST_LEN],
-    sealer: ResponseSealer,
-    resp: Response,
-) -> Response {
+async fn seal_response(session: Arc<Session>, request: ReceiptRequest, sealer: ResponseSealer, resp: Response) -> Response {
     let status = resp.status();
     let streaming = resp
         .headers()
@@ -178,14 +187,13 @@ async fn seal_response(
     let (parts, body) = resp.into_parts();
     if streaming {
         let records = sealer.response(status.as_u16(), ResponseMode::Stream);
-        let stream =
-            SealedStream { session, target, request_sha384, status: status.as_u16(), records, hasher: Hasher::response() };
+        let stream = SealedStream { session, request, status: status.as_u16(), records, hasher: Hasher::response() };
         let mut out = (status, channel_headers("text/event-stream"), Body::from_stream(stream.into_stream(body))).into_response();
         out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         copy_advisory_headers(&parts.headers, out.headers_mut());
         return out;
     }
-    let plain = match axum::body::to_bytes(body, frame::MAX_RECORD_LEN - 64).await {
+    let plain = match axum::body::to_bytes(body, frame::MAX_DATA_LEN).await {
         Ok(b) => b,
         Err(e) => {
             log::error!("channel: reading the inner response failed: {e}");
@@ -193,7 +201,7 @@ async fn seal_response(
         }
     };
     let mut records = sealer.response(status.as_u16(), ResponseMode::Whole);
-    let receipt = session.sign_receipt(target.line(), request_sha384, status.as_u16(), {
+    let receipt = session.sign_receipt(request, status.as_u16(), {
         let mut h = Hasher::response();
         h.update(&plain);
         h.finish()
@@ -205,6 +213,7 @@ async fn seal_response(
         frame::push_length_prefixed(&mut out, &r1)?;
         Ok(out)
     });
+    wipe(plain);
     match sealed {
         Ok(bytes) => {
             let mut out = (status, channel_headers(chrysalis_proto::routes::SEALED_RESPONSE_MEDIA_TYPE), bytes).into_response();
@@ -221,8 +230,7 @@ async fn seal_response(
 /// The state of one sealed event stream.
 struct SealedStream {
     session: Arc<Session>,
-    target: Target,
-    request_sha384: [u8; DIGEST_LEN],
+    request: ReceiptRequest,
     status: u16,
     records: RecordSealer,
     hasher: Hasher,
@@ -240,7 +248,9 @@ impl SealedStream {
                     Some(Ok(bytes)) if bytes.is_empty() => continue,
                     Some(Ok(bytes)) => {
                         s.hasher.update(&bytes);
-                        return match s.records.seal(&bytes) {
+                        let sealed = s.records.seal(&bytes);
+                        wipe(bytes);
+                        return match sealed {
                             Ok(r) => Some((Ok(Bytes::from(frame::sse_event(&r))), (Some(s), inner))),
                             Err(e) => {
                                 log::error!("channel: sealing a stream record failed: {e}");
@@ -253,8 +263,8 @@ impl SealedStream {
                         return None;
                     }
                     None => {
-                        let SealedStream { session, target, request_sha384, status, mut records, hasher } = s;
-                        let receipt = session.sign_receipt(target.line(), request_sha384, status, hasher.finish());
+                        let SealedStream { session, request, status, mut records, hasher } = s;
+                        let receipt = session.sign_receipt(request, status, hasher.finish());
                         return match records.seal_final(&receipt.to_bytes()) {
                             Ok(r) => Some((Ok(Bytes::from(frame::sse_event(&r))), (None, inner))),
                             Err(e) => {
@@ -326,7 +336,7 @@ mod tests {
         let r = Request::builder()
             .method(method)
             .uri(path)
-            .header(ch::HEADER_CHANNEL, "1")
+            .header(ch::HEADER_CHANNEL, ch::CHANNEL_VERSION)
             .header(ch::HEADER_ENC, hex::encode(req.enc))
             .header(ch::HEADER_LOG_DIGEST, hex::encode(session.log_digest()))
             .body(Body::from(req.ciphertext))
@@ -428,8 +438,75 @@ mod tests {
         let (status, _, body) = body_of(app(s.clone(), false).oneshot(req).await.unwrap()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(code_of(&body), ch::CODE_BAD_REQUEST);
-        let (req, _) = sealed(&s, &pk, "POST", "/v1/echo", &[b'x'; 2000]);
-        let (status, _, _) = body_of(app(s.clone(), false).oneshot(req).await.unwrap()).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Over the body limit but within its padded bucket (checked after opening), and
+        // beyond the bucket (checked before).
+        for n in [1025, 2000, 5000] {
+            let (req, _) = sealed(&s, &pk, "POST", "/v1/echo", &vec![b'x'; n]);
+            let (status, _, _) = body_of(app(s.clone(), false).oneshot(req).await.unwrap()).await;
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{n} bytes");
+        }
+    }
+
+    fn sealed_with(
+        session: &Session,
+        pk: &[u8; 32],
+        meta: chrysalis_proto::channel::crypto::RequestMeta,
+        body: &[u8],
+    ) -> (Vec<u8>, [u8; 32], ResponseOpener) {
+        let target = Target::new("POST", "/v1/echo");
+        let (req, opener) =
+            chrysalis_proto::channel::crypto::seal_request_with(pk, &session.log_digest(), &target, meta, body).unwrap();
+        (req.ciphertext, req.enc, opener)
+    }
+
+    fn request_of(session: &Session, enc: &[u8; 32], ciphertext: Vec<u8>) -> Request {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/echo")
+            .header(ch::HEADER_CHANNEL, ch::CHANNEL_VERSION)
+            .header(ch::HEADER_ENC, hex::encode(enc))
+            .header(ch::HEADER_LOG_DIGEST, hex::encode(session.log_digest()))
+            .body(Body::from(ciphertext))
+            .unwrap()
+    }
+
+    /// A captured sealed request sent again is refused (409, its id named), a request issued
+    /// outside the window is refused as stale (400), and the receipt names the request id.
+    #[tokio::test]
+    async fn replayed_and_stale_requests_are_refused() {
+        let (s, pk, rk) = session();
+        let code_of =
+            |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap()["error"]["code"].as_str().unwrap().to_owned();
+        let meta = chrysalis_proto::channel::crypto::RequestMeta::fresh().unwrap();
+        let (ct, enc, opener) = sealed_with(&s, &pk, meta, b"{\"prompt\":\"hi\"}");
+        let (status, _, body) = body_of(app(s.clone(), false).oneshot(request_of(&s, &enc, ct.clone())).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        let recs = frame::split_length_prefixed(&body).unwrap();
+        let mut o = opener.response(200, ResponseMode::Whole);
+        o.open(recs[0]).unwrap();
+        let receipt = Receipt::from_bytes(o.open(recs[1]).unwrap().receipt().unwrap()).unwrap();
+        receipt.verify_signature(&rk).unwrap();
+        assert_eq!(receipt.body.request_id, meta.id);
+
+        // The same bytes again.
+        let (status, headers, body) = body_of(app(s.clone(), false).oneshot(request_of(&s, &enc, ct)).await.unwrap()).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(headers.get(ch::HEADER_CHANNEL).is_none(), "a plaintext refusal");
+        assert_eq!(code_of(&body), ch::CODE_REPLAYED);
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains(&hex::encode(meta.id)) && text.contains("replayed"), "{text}");
+
+        // Issued an hour ago, or an hour ahead.
+        for shift in [-3600i64, 3600] {
+            let meta = chrysalis_proto::channel::crypto::RequestMeta {
+                id: chrysalis_proto::channel::crypto::RequestMeta::fresh().unwrap().id,
+                issued_unix_s: meta.issued_unix_s.saturating_add_signed(shift),
+            };
+            let (ct, enc, _) = sealed_with(&s, &pk, meta, b"{}");
+            let (status, _, body) = body_of(app(s.clone(), false).oneshot(request_of(&s, &enc, ct)).await.unwrap()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{shift}");
+            assert_eq!(code_of(&body), ch::CODE_STALE);
+            assert!(String::from_utf8_lossy(&body).contains("check the client's clock"));
+        }
     }
 }

@@ -84,7 +84,7 @@ fn check_batch_equals_alone(path: &Path, step_tokens: usize, kv_blocks: Option<u
     let alone: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| alone_engine.generate(p, &greedy(MAX_TOKENS), &mut |_| std::ops::ControlFlow::Continue(())))
-        .map(|o| o.unwrap_or_else(|e| panic!("alone: {e}")).tokens)
+        .map(|o| o.unwrap_or_else(|e| panic!("alone: {e}")).tokens.to_vec())
         .collect();
     let block_bytes = alone_engine.info().kv_block_bytes;
     drop(alone_engine);
@@ -109,7 +109,7 @@ fn check_batch_equals_alone(path: &Path, step_tokens: usize, kv_blocks: Option<u
     let mut outs = Vec::new();
     for rx in first.iter_mut().chain(late.iter_mut()) {
         let rx = rx.as_mut().unwrap_or_else(|e| panic!("submit: {e}"));
-        outs.push(wait(rx).tokens);
+        outs.push(wait(rx).tokens.to_vec());
     }
     for (i, (b, a)) in outs.iter().zip(&alone).enumerate() {
         assert_eq!(b, a, "prompt {i} ({} tokens): batched output differs from alone", prompts[i].len());

@@ -7,6 +7,7 @@
 //! (b) a proxy whose policy lacks the runtime's measurement refuses to forward and says why;
 //! (c) a man in the middle that swaps the runtime's public key in its evidence is detected;
 //! (d) a flipped byte in a sealed request, a sealed response or a sealed stream is rejected;
+//! (e) a sealed request replayed by a relay is refused by the runtime (409 `channel_replayed`);
 //!
 //! and the runtime itself refuses an unencrypted request with 403. One boot serves all
 //! scenarios (QEMU under TCG is slow); generated lengths are a few tokens.
@@ -113,6 +114,8 @@ enum Tamper {
     FlipRequest,
     /// Flip a byte of the sealed response body (whole or stream) of inference requests.
     FlipResponse,
+    /// Send each sealed inference request to the runtime twice, answering with the second.
+    Replay,
 }
 
 struct Relay {
@@ -195,6 +198,13 @@ fn relay(upstream: SocketAddr, tamper: Tamper) -> Relay {
                     && let Some(b) = body.last_mut()
                 {
                     *b ^= 0x01;
+                }
+                if tamper == Tamper::Replay && inference {
+                    // The first answer is read and dropped; the client sees the replay's.
+                    let Ok(mut first) = TcpStream::connect(upstream) else { return };
+                    let _ = first.write_all(with_content_length(&head, body.len()).as_bytes());
+                    let _ = first.write_all(&body);
+                    let _ = first.read_to_end(&mut Vec::new());
                 }
                 let Ok(mut up) = TcpStream::connect(upstream) else { return };
                 let _ = up.write_all(with_content_length(&head, body.len()).as_bytes());
@@ -360,6 +370,15 @@ fn openai_client_through_the_verifying_proxy_and_attacks_on_the_channel() {
     let (_, text) = client("error", &format!("http://{}/v1", p.addr), &[]);
     let e = last_json(&text);
     assert_eq!((e["status"].as_u64(), e["code"].as_str()), (Some(400), Some("channel_decrypt_failed")), "{text}");
+    drop((p, mitm));
+
+    // (e) A captured sealed request sent again: the runtime answers it once and refuses the
+    // replay (409, its request id named).
+    let mitm = relay(upstream, Tamper::Replay);
+    let p = start_proxy(&proxy_args(&format!("http://{}", mitm.addr), &policy, None));
+    let (_, text) = client("error", &format!("http://{}/v1", p.addr), &[]);
+    let e = last_json(&text);
+    assert_eq!((e["status"].as_u64(), e["code"].as_str()), (Some(409), Some("channel_replayed")), "{text}");
     drop((p, mitm));
 
     let mitm = relay(upstream, Tamper::FlipResponse);

@@ -71,6 +71,7 @@ pub fn run(args: &VerifyReceiptArgs, verifier: &dyn EvidenceVerifier) -> anyhow:
     let nonce = hex::decode(args.nonce.trim()).context("--nonce is not hex")?;
     let expect = ReceiptExpectations {
         target: None,
+        request_id: None,
         request_sha384: args.request.as_ref().map(read).transpose()?.map(|b| request_hash(&b)),
         status: None,
         response_sha384: args.response.as_ref().map(read).transpose()?.map(|b| response_hash(&b)),
@@ -78,6 +79,7 @@ pub fn run(args: &VerifyReceiptArgs, verifier: &dyn EvidenceVerifier) -> anyhow:
     let b = &receipt.body;
     let statement = serde_json::json!({
         "target": b.target,
+        "request_id": hex::encode(b.request_id),
         "status": b.status,
         "model": b.model,
         "request_sha384": hex::encode(b.request_sha384),

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
+use zeroize::Zeroizing;
 
 /// The model and its cache, locked by whoever runs a step.
 pub struct Core {
@@ -77,8 +78,8 @@ pub struct BatchLimits {
 
 /// A validated request on its way to the scheduler.
 pub struct Job {
-    /// Prompt ids (non-empty, in the vocabulary).
-    pub prompt: Vec<u32>,
+    /// Prompt ids (non-empty, in the vocabulary); zeroized when dropped.
+    pub prompt: Zeroizing<Vec<u32>>,
     /// Most tokens to generate (≥ 1; prompt + this fits the context and the cache).
     pub max_tokens: usize,
     /// Sampling.
@@ -111,8 +112,9 @@ pub struct Shared {
 }
 
 struct Seq<'t> {
-    /// Prompt then generated tokens.
-    tokens: Vec<u32>,
+    /// Prompt then generated tokens (zeroized when the sequence ends; allocated once for the
+    /// whole generation, so no reallocation leaves a copy behind).
+    tokens: Zeroizing<Vec<u32>>,
     prompt_len: usize,
     /// Tokens whose keys and values are in the cache.
     computed: usize,
@@ -149,7 +151,7 @@ impl Seq<'_> {
             prompt_tokens: self.prompt_len,
             cached_prompt_tokens: self.cached_tokens,
             completion_tokens: self.generated(),
-            tokens: self.tokens[self.prompt_len..].to_vec(),
+            tokens: Zeroizing::new(self.tokens[self.prompt_len..].to_vec()),
             time_to_first_token: first - self.arrived,
             generation_time: now - first,
         };
@@ -267,9 +269,11 @@ pub fn run(shared: Arc<Shared>, jobs: Receiver<Job>) {
 }
 
 fn seq<'t>(shared: &'t Shared, job: Job) -> Seq<'t> {
+    let mut tokens = Zeroizing::new(Vec::with_capacity(job.prompt.len().saturating_add(job.max_tokens)));
+    tokens.extend_from_slice(&job.prompt);
     Seq {
         prompt_len: job.prompt.len(),
-        tokens: job.prompt,
+        tokens,
         computed: 0,
         blocks: Vec::new(),
         registered: 0,

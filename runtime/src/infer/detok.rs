@@ -4,6 +4,7 @@
 //! Trusts: token ids come from the model; stop strings from the client (bounded by the API).
 
 use tokenizers::Tokenizer;
+use zeroize::Zeroizing;
 
 /// What the detokenizer says after each token.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,10 +18,11 @@ pub enum Delta {
 /// Incremental detokenizer with stop-string matching.
 pub struct TextStream<'a> {
     tokenizer: &'a Tokenizer,
-    tokens: Vec<u32>,
+    // Generated ids and text are zeroized when the stream ends.
+    tokens: Zeroizing<Vec<u32>>,
     prefix_offset: usize,
     read_offset: usize,
-    text: String,
+    text: Zeroizing<String>,
     sent: usize,
     stops: Vec<String>,
 }
@@ -28,7 +30,15 @@ pub struct TextStream<'a> {
 impl<'a> TextStream<'a> {
     /// A stream decoding with `tokenizer` and watching for `stops` (empty strings ignored).
     pub fn new(tokenizer: &'a Tokenizer, stops: Vec<String>) -> Self {
-        Self { tokenizer, tokens: Vec::new(), prefix_offset: 0, read_offset: 0, text: String::new(), sent: 0, stops }
+        Self {
+            tokenizer,
+            tokens: Zeroizing::default(),
+            prefix_offset: 0,
+            read_offset: 0,
+            text: Zeroizing::default(),
+            sent: 0,
+            stops,
+        }
     }
 
     fn decode(&self, from: usize, to: usize) -> String {

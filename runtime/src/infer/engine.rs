@@ -165,8 +165,8 @@ pub struct Outcome {
     pub cached_prompt_tokens: usize,
     /// Tokens generated (including a final end-of-sequence token).
     pub completion_tokens: usize,
-    /// The generated ids.
-    pub tokens: Vec<u32>,
+    /// The generated ids (zeroized when dropped).
+    pub tokens: Zeroizing<Vec<u32>>,
     /// Time from submission to the first token (queueing, prompt, first sample).
     pub time_to_first_token: Duration,
     /// Time spent generating after the first token.
@@ -509,7 +509,7 @@ impl Engine {
         }
         let (tx, rx) = unbounded_channel();
         let job = Job {
-            prompt,
+            prompt: Zeroizing::new(prompt),
             max_tokens,
             sampling: params.sampling.clone(),
             stop: params.stop.clone(),
@@ -544,7 +544,7 @@ impl Engine {
                             prompt_tokens: prompt.len(),
                             cached_prompt_tokens: 0,
                             completion_tokens: 0,
-                            tokens: Vec::new(),
+                            tokens: Zeroizing::default(),
                             time_to_first_token: Duration::ZERO,
                             generation_time: Duration::ZERO,
                         });

@@ -17,6 +17,12 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+impl Drop for ChatMessage {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.content);
+    }
+}
+
 /// A compiled chat template plus the special-token strings templates refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,

@@ -80,7 +80,9 @@ async fn read_json<T: DeserializeOwned>(state: &InferenceState, req: Request) ->
     let bytes = read.map_err(|e| {
         if is_length_limit(&e) { ApiError::too_large(limit) } else { ApiError::invalid(None, "could not read the request body") }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")))
+    let parsed = serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")));
+    crate::channel::wipe(bytes);
+    parsed
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -231,10 +233,13 @@ async fn run(state: Arc<InferenceState>, job: Job) -> Response {
     if validated.stream {
         return Sse::new(sse_stream(rx, meta, validated.include_usage)).into_response();
     }
-    let mut text = String::new();
+    let mut text = zeroize::Zeroizing::new(String::new());
     while let Some(msg) = rx.recv().await {
         match msg {
-            Event::Text(t) => text.push_str(&t),
+            Event::Text(mut t) => {
+                text.push_str(&t);
+                zeroize::Zeroize::zeroize(&mut t);
+            }
             Event::Failed(e) => return ApiError::from(e).into_response(),
             Event::Done(outcome) => return axum::Json(meta.full(&text, &outcome)).into_response(),
         }

@@ -5,6 +5,7 @@
 use super::error::ApiError;
 use crate::infer::{ChatMessage, SamplingParams};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
 
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOPS: usize = 4;
@@ -164,6 +165,33 @@ pub enum PromptInput {
     Texts(Vec<String>),
     /// Token ids.
     Tokens(Vec<u32>),
+}
+
+// Prompt text in the request types is zeroized when the request is dropped (serde builds
+// them, so `Drop` does not get in its way). Copies made by allocator growth while parsing and
+// by the tokenizer are not covered: see runtime/README.md, "What stays in memory".
+impl Drop for PromptInput {
+    fn drop(&mut self) {
+        match self {
+            PromptInput::Text(t) => t.zeroize(),
+            PromptInput::Texts(ts) => ts.iter_mut().for_each(Zeroize::zeroize),
+            PromptInput::Tokens(ids) => ids.zeroize(),
+        }
+    }
+}
+
+impl Drop for Content {
+    fn drop(&mut self) {
+        if let Content::Text(t) = self {
+            t.zeroize();
+        }
+    }
+}
+
+impl Drop for ContentPart {
+    fn drop(&mut self) {
+        self.text.zeroize();
+    }
 }
 
 /// `POST /v1/completions` body.

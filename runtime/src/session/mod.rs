@@ -14,8 +14,7 @@ mod attestation;
 mod identity;
 mod unseal;
 
-use chrysalis_proto::channel::ChannelError;
-use chrysalis_proto::channel::crypto::{ResponseSealer, Target};
+use chrysalis_proto::channel::crypto::{OpenedRequest, ResponseSealer, Target};
 use chrysalis_proto::channel::receipt::{Receipt, ReceiptSigner};
 use chrysalis_proto::eventlog::{Digest384, EventLog};
 use chrysalis_proto::evidence::{Evidence, GpuEvidence};
@@ -27,7 +26,7 @@ use crate::bundle::Bundle;
 use crate::tee::EvidenceSource;
 
 pub use attestation::{Attestation, NONCE_LEN_RANGE};
-pub use identity::Identity;
+pub use identity::{Identity, OpenError, ReceiptRequest};
 pub use unseal::{Milestones, Stage, UnsealError, Unsealer};
 
 /// Loads unsealed files into the inference engine; returns the served model's id.
@@ -167,14 +166,14 @@ impl Session {
         target: &Target,
         enc: &[u8; PUBLIC_KEY_LEN],
         ciphertext: &[u8],
-    ) -> Result<(zeroize::Zeroizing<Vec<u8>>, ResponseSealer), ChannelError> {
+    ) -> Result<(OpenedRequest, ResponseSealer), OpenError> {
         self.identity.open_request(target, enc, ciphertext)
     }
 
     /// Sign the receipt of one response, naming the served model (if any).
-    pub fn sign_receipt(&self, target: String, request_sha384: Digest384, status: u16, response_sha384: Digest384) -> Receipt {
+    pub fn sign_receipt(&self, request: ReceiptRequest, status: u16, response_sha384: Digest384) -> Receipt {
         let model = self.unsealer.serving().unwrap_or_default();
-        self.identity.sign_receipt(model, target, request_sha384, status, response_sha384)
+        self.identity.sign_receipt(model, request, status, response_sha384)
     }
 
     /// Current status.
@@ -337,7 +336,13 @@ mod tests {
         assert_eq!(st.last_error, Some("unseal_failed"));
         let json = serde_json::to_string(&st).unwrap();
         assert!(!json.contains("changed since boot") && !json.contains(&hex::encode(measured)), "{json}");
-        assert!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model.is_empty());
+        assert!(
+            f.session
+                .sign_receipt(ReceiptRequest { target: "t".into(), id: [0; 16], sha384: [0; 48] }, 200, [0; 48])
+                .body
+                .model
+                .is_empty()
+        );
     }
 
     /// The bundle measured at boot, left in place, unseals and is served.
@@ -420,7 +425,13 @@ mod tests {
             let st = f.session.status();
             assert_eq!(st.stage, Stage::Serving { model: "Test Model".into() });
             assert_eq!(st.last_error, None);
-            assert_eq!(f.session.sign_receipt("t".into(), [0; 48], 200, [0; 48]).body.model, "Test Model");
+            assert_eq!(
+                f.session
+                    .sign_receipt(ReceiptRequest { target: "t".into(), id: [0; 16], sha384: [0; 48] }, 200, [0; 48])
+                    .body
+                    .model,
+                "Test Model"
+            );
         }
     }
 

@@ -4,16 +4,20 @@
 //!
 //! ```text
 //! target      = method || " " || path-and-query                 e.g. "POST /v1/chat/completions"
-//! info        = SHA-384("chrysalis/channel/v1/info" || D_n (48 B) || u16_be(len target) || target)
+//! info        = SHA-384("chrysalis/channel/v2/info" || D_n (48 B) || u16_be(len target) || target)
 //! (enc, ctx)  = HPKE.SetupBaseS(pkR, info)   X25519-HKDF-SHA256 / HKDF-SHA256 / AES-256-GCM
-//! request     = ctx.Seal(aad = "chrysalis/channel/v1/request", body)        (HPKE sequence 0)
-//! key || pfx  = ctx.Export("chrysalis/channel/v1/response", 39)            (32 B key, 7 B prefix)
-//! aad_resp    = SHA-384("chrysalis/channel/v1/response" || u16_be(status) || u8 mode)
-//! record_i    = u8 last || AES-256-GCM(key, pfx || u32_be(i) || last, aad_resp, plaintext_i)
+//! inner       = request_id (16 B) || u64_be(issued, s since 1970) || padded(body)
+//! request     = ctx.Seal(aad = "chrysalis/channel/v2/request", inner)       (HPKE sequence 0)
+//! key || pfx  = ctx.Export("chrysalis/channel/v2/response", 39)            (32 B key, 7 B prefix)
+//! aad_resp    = SHA-384("chrysalis/channel/v2/response" || u16_be(status) || u8 mode)
+//! record_i    = u8 last || AES-256-GCM(key, pfx || u32_be(i) || last, aad_resp, padded(plaintext_i))
 //! ```
 //!
-//! `mode` is 0 for a whole body and 1 for an event stream; `last` is 1 only on the final
-//! record, which carries the receipt. The record cipher is `crate::seal::cipher::ChunkCipher`.
+//! `padded` is [`super::pad`]: every body and record is padded to a bucket, so lengths on the
+//! wire do not spell out token lengths. `mode` is 0 for a whole body and 1 for an event
+//! stream; `last` is 1 only on the final record, which carries the receipt. The record cipher
+//! is `crate::seal::cipher::ChunkCipher`. The request id and issue time feed the runtime's
+//! replay window ([`super::replay`]) and the receipt.
 //!
 //! Trust: ciphertexts are untrusted; failures are opaque ([`ChannelError::RequestDecrypt`],
 //! [`ChannelError::ResponseDecrypt`] with the record index only).
@@ -24,6 +28,8 @@ use sha2::{Digest, Sha384};
 use zeroize::Zeroizing;
 
 use super::ChannelError;
+use super::pad::{pad_into, padded_len, unpad};
+use super::replay::{REQUEST_ID_LEN, RequestId};
 use crate::eventlog::Digest384;
 use crate::keyrelease::{Cipher, Kdf, PUBLIC_KEY_LEN, RuntimeKeyPair};
 use crate::seal::cipher::ChunkCipher;
@@ -33,17 +39,56 @@ use crate::seal::key::{DATA_KEY_LEN, DataKey};
 type Kem = X25519HkdfSha256;
 
 /// Domain of the HPKE `info` hash.
-pub const INFO_DOMAIN: &[u8] = b"chrysalis/channel/v1/info";
+pub const INFO_DOMAIN: &[u8] = b"chrysalis/channel/v2/info";
 /// HPKE associated data of the request body.
-pub const REQUEST_AAD: &[u8] = b"chrysalis/channel/v1/request";
+pub const REQUEST_AAD: &[u8] = b"chrysalis/channel/v2/request";
 /// HPKE exporter context of the response keys.
-pub const RESPONSE_EXPORT: &[u8] = b"chrysalis/channel/v1/response";
+pub const RESPONSE_EXPORT: &[u8] = b"chrysalis/channel/v2/response";
 /// Domain of the response associated data.
-pub const RESPONSE_AAD_DOMAIN: &[u8] = b"chrysalis/channel/v1/response";
-/// Bytes a sealed request adds to the body (the AEAD tag).
-pub const REQUEST_OVERHEAD: usize = TAG_LEN;
-/// Bytes a record adds to its plaintext (flag byte and tag).
+pub const RESPONSE_AAD_DOMAIN: &[u8] = b"chrysalis/channel/v2/response";
+/// Bytes before the padded body in a request's plaintext: request id and issue time.
+pub const REQUEST_META_LEN: usize = REQUEST_ID_LEN + 8;
+/// Bytes a record adds to its padded plaintext (flag byte and tag).
 pub const RECORD_OVERHEAD: usize = 1 + TAG_LEN;
+
+/// The length of a sealed request whose body is `body_len` bytes.
+pub fn sealed_request_len(body_len: usize) -> usize {
+    REQUEST_META_LEN.saturating_add(padded_len(body_len)).saturating_add(TAG_LEN)
+}
+
+/// The length of a record carrying `len` bytes.
+pub fn record_len(len: usize) -> usize {
+    padded_len(len).saturating_add(RECORD_OVERHEAD)
+}
+
+/// What a sealed request carries besides its body, inside the ciphertext: a random id (the
+/// runtime answers each id once and names it in the receipt) and the client's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// Random per request.
+    pub id: RequestId,
+    /// When the client sealed it (seconds since 1970).
+    pub issued_unix_s: u64,
+}
+
+impl RequestMeta {
+    /// A fresh random id, issued now by this machine's clock.
+    pub fn fresh() -> Result<Self, ChannelError> {
+        let mut id = [0u8; REQUEST_ID_LEN];
+        getrandom::fill(&mut id).map_err(|_| ChannelError::Random)?;
+        let issued_unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(RequestMeta { id, issued_unix_s })
+    }
+}
+
+/// A request as the runtime opened it.
+#[derive(Debug)]
+pub struct OpenedRequest {
+    /// Its id and issue time.
+    pub meta: RequestMeta,
+    /// The body (the inner handler's request body).
+    pub body: Zeroizing<Vec<u8>>,
+}
 
 /// The route a request is bound to: its method and path-and-query as the runtime sees them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,11 +183,23 @@ impl ResponseKeys {
 }
 
 /// Client side: seal `body` for `target` to the runtime key `runtime_public_key` of the
-/// runtime state `log_digest`; returns the request and what opens its response.
+/// runtime state `log_digest`, with a fresh request id issued now; returns the request and
+/// what opens its response.
 pub fn seal_request(
     runtime_public_key: &[u8; PUBLIC_KEY_LEN],
     log_digest: &Digest384,
     target: &Target,
+    body: &[u8],
+) -> Result<(SealedRequest, ResponseOpener), ChannelError> {
+    seal_request_with(runtime_public_key, log_digest, target, RequestMeta::fresh()?, body)
+}
+
+/// [`seal_request`] with a given id and issue time (tests, replays of one's own requests).
+pub fn seal_request_with(
+    runtime_public_key: &[u8; PUBLIC_KEY_LEN],
+    log_digest: &Digest384,
+    target: &Target,
+    meta: RequestMeta,
     body: &[u8],
 ) -> Result<(SealedRequest, ResponseOpener), ChannelError> {
     let pk = <Kem as KemTrait>::PublicKey::from_bytes(runtime_public_key).map_err(|_| ChannelError::InvalidPublicKey)?;
@@ -150,27 +207,38 @@ pub fn seal_request(
     let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
     let (enc, mut ctx) = hpke::setup_sender_with_rng::<Cipher, Kdf, Kem>(&OpModeS::Base, &pk, &info, &mut rng)
         .map_err(|_| ChannelError::InvalidPublicKey)?;
-    let ciphertext = ctx.seal(body, REQUEST_AAD).map_err(|_| ChannelError::InvalidPublicKey)?;
+    let mut inner = Zeroizing::new(Vec::with_capacity(sealed_request_len(body.len())));
+    inner.extend_from_slice(&meta.id);
+    inner.extend_from_slice(&meta.issued_unix_s.to_be_bytes());
+    pad_into(&mut inner, body)?;
+    let ciphertext = ctx.seal(&inner, REQUEST_AAD).map_err(|_| ChannelError::InvalidPublicKey)?;
     let keys = ResponseKeys::export(|out| ctx.export(RESPONSE_EXPORT, out))?;
     let mut e = [0u8; PUBLIC_KEY_LEN];
     e.copy_from_slice(&enc.to_bytes());
-    Ok((SealedRequest { enc: e, ciphertext }, ResponseOpener { keys }))
+    Ok((SealedRequest { enc: e, ciphertext }, ResponseOpener { keys, meta }))
 }
 
 /// Runtime side: open a sealed request to `target` with the runtime's key, for its own
-/// event-log digest; returns the plaintext body and what seals the response.
+/// event-log digest; returns the request (id, issue time, body) and what seals the response.
+/// The caller still has to admit the id to its replay window.
 pub fn open_request(
     keys: &RuntimeKeyPair,
     log_digest: &Digest384,
     target: &Target,
     enc: &[u8; PUBLIC_KEY_LEN],
     ciphertext: &[u8],
-) -> Result<(Zeroizing<Vec<u8>>, ResponseSealer), ChannelError> {
+) -> Result<(OpenedRequest, ResponseSealer), ChannelError> {
     let info = channel_info(log_digest, target);
     let mut ctx = keys.setup_receiver(enc, &info).map_err(|_| ChannelError::RequestDecrypt)?;
-    let body = Zeroizing::new(ctx.open(ciphertext, REQUEST_AAD).map_err(|_| ChannelError::RequestDecrypt)?);
+    let inner = Zeroizing::new(ctx.open(ciphertext, REQUEST_AAD).map_err(|_| ChannelError::RequestDecrypt)?);
+    let (id, rest) =
+        inner.split_first_chunk::<REQUEST_ID_LEN>().ok_or_else(|| ChannelError::Padding("request shorter than its id".into()))?;
+    let (issued, padded) =
+        rest.split_first_chunk::<8>().ok_or_else(|| ChannelError::Padding("request shorter than its issue time".into()))?;
+    let meta = RequestMeta { id: *id, issued_unix_s: u64::from_be_bytes(*issued) };
+    let body = Zeroizing::new(unpad(padded)?.to_vec());
     let keys = ResponseKeys::export(|out| ctx.export(RESPONSE_EXPORT, out))?;
-    Ok((body, ResponseSealer { keys }))
+    Ok((OpenedRequest { meta, body }, ResponseSealer { keys }))
 }
 
 /// Runtime side: the response keys of one opened request.
@@ -194,6 +262,7 @@ impl ResponseSealer {
 /// Client side: the response keys of one sealed request.
 pub struct ResponseOpener {
     keys: ResponseKeys,
+    meta: RequestMeta,
 }
 
 impl std::fmt::Debug for ResponseOpener {
@@ -203,6 +272,11 @@ impl std::fmt::Debug for ResponseOpener {
 }
 
 impl ResponseOpener {
+    /// The id and issue time the request was sealed with (the receipt must name this id).
+    pub fn meta(&self) -> RequestMeta {
+        self.meta
+    }
+
     /// Expect a response with HTTP `status` in `mode` (both are bound: a changed status or a
     /// stream passed off as a whole body does not open).
     pub fn response(self, status: u16, mode: ResponseMode) -> RecordOpener {
@@ -230,9 +304,9 @@ impl RecordSealer {
         }
         // Index u32::MAX is never used, so the counter cannot wrap.
         let following = self.next.checked_add(1).ok_or(ChannelError::TooManyRecords)?;
-        let mut out = Vec::with_capacity(plaintext.len().saturating_add(RECORD_OVERHEAD));
+        let mut out = Vec::with_capacity(record_len(plaintext.len()));
         out.push(u8::from(last));
-        out.extend_from_slice(plaintext);
+        pad_into(&mut out, plaintext)?;
         let body = out.get_mut(1..).ok_or(ChannelError::ResponseDecrypt(self.next))?;
         let tag = self.cipher.seal(self.next, last, body).map_err(|_| ChannelError::ResponseDecrypt(self.next))?;
         out.extend_from_slice(&tag);
@@ -318,12 +392,13 @@ impl RecordOpener {
         let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| ChannelError::ResponseDecrypt(index))?;
         let mut buf = Zeroizing::new(ct.to_vec());
         self.cipher.open(index, last, &mut buf, &tag).map_err(|_| ChannelError::ResponseDecrypt(index))?;
+        let data = unpad(&buf)?;
         self.next = following;
         if last {
             self.done = true;
-            Ok(Opened::Final(buf.to_vec()))
+            Ok(Opened::Final(data.to_vec()))
         } else {
-            Ok(Opened::Data(buf))
+            Ok(Opened::Data(Zeroizing::new(data.to_vec())))
         }
     }
 
@@ -351,7 +426,8 @@ mod tests {
     fn pair(keys: &RuntimeKeyPair, target: &Target, body: &[u8]) -> (Vec<u8>, ResponseSealer, ResponseOpener) {
         let (req, opener) = seal_request(&keys.public_key(), &D, target, body).expect("seals");
         let (pt, sealer) = open_request(keys, &D, target, &req.enc, &req.ciphertext).expect("opens");
-        (pt.to_vec(), sealer, opener)
+        assert_eq!(pt.meta, opener.meta());
+        (pt.body.to_vec(), sealer, opener)
     }
 
     #[test]
@@ -385,7 +461,7 @@ mod tests {
     fn tampered_request_wrong_key_wrong_state_or_route() {
         let keys = RuntimeKeyPair::generate().unwrap();
         let (req, _) = seal_request(&keys.public_key(), &D, &chat(), b"secret prompt").unwrap();
-        assert_eq!(req.ciphertext.len(), b"secret prompt".len() + REQUEST_OVERHEAD);
+        assert_eq!(req.ciphertext.len(), sealed_request_len(b"secret prompt".len()));
         // Every bit of the ciphertext and of the encapsulated key matters.
         for i in 0..req.ciphertext.len() * 8 {
             let mut ct = req.ciphertext.clone();
@@ -493,9 +569,75 @@ mod tests {
         assert_eq!(o.open(&not_final), Err(ChannelError::ResponseDecrypt(4)));
     }
 
+    /// Record and request lengths depend on the bucket, not on the token or prompt length:
+    /// every OpenAI stream chunk of a typical token has the same length on the wire.
+    #[test]
+    fn lengths_do_not_depend_on_token_or_prompt_length() {
+        let keys = RuntimeKeyPair::generate().unwrap();
+        let (_, sealer, opener) = pair(&keys, &chat(), b"{}");
+        let mut s = sealer.response(200, ResponseMode::Stream);
+        let tokens = ["a", " the", " confidential", " computing", "\\n", " supercalifragilisticexpialidocious"];
+        let frame = |t: &str| {
+            format!(
+                "data: {{\"id\":\"chatcmpl-0123456789abcdef\",\"object\":\"chat.completion.chunk\",\"created\":1800000000,\
+                 \"model\":\"HuggingFaceTB/SmolLM2-135M-Instruct\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{t}\"}},\
+                 \"finish_reason\":null}}]}}\n\n"
+            )
+        };
+        let recs: Vec<Vec<u8>> = tokens.iter().map(|t| s.seal(frame(t).as_bytes()).unwrap()).collect();
+        let lens: Vec<usize> = recs.iter().map(Vec::len).collect();
+        assert!(lens.iter().all(|&l| l == lens[0]), "record lengths {lens:?}");
+        assert_eq!(lens[0], 512 + RECORD_OVERHEAD);
+        // And they open to the exact frames.
+        let mut o = opener.response(200, ResponseMode::Stream);
+        for (t, r) in tokens.iter().zip(&recs) {
+            assert_eq!(o.open(r).unwrap().data(), Some(frame(t).as_bytes()));
+        }
+        // Prompts of different lengths in one bucket seal to equal lengths.
+        let a =
+            seal_request(&keys.public_key(), &D, &chat(), b"{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}").unwrap();
+        let b = seal_request(&keys.public_key(), &D, &chat(), &[b' '; 400]).unwrap();
+        assert_eq!(a.0.ciphertext.len(), b.0.ciphertext.len());
+    }
+
+    /// The request id and issue time travel inside the ciphertext, as sealed.
+    #[test]
+    fn request_meta_round_trips() {
+        let keys = RuntimeKeyPair::generate().unwrap();
+        let meta = RequestMeta { id: [0xab; 16], issued_unix_s: 1_800_000_123 };
+        let (req, opener) = seal_request_with(&keys.public_key(), &D, &chat(), meta, b"{}").unwrap();
+        assert_eq!(opener.meta(), meta);
+        let (opened, _) = open_request(&keys, &D, &chat(), &req.enc, &req.ciphertext).unwrap();
+        assert_eq!((opened.meta, opened.body.as_slice()), (meta, &b"{}"[..]));
+        // Two fresh requests get different ids.
+        let (x, y) = (RequestMeta::fresh().unwrap(), RequestMeta::fresh().unwrap());
+        assert_ne!(x.id, y.id);
+    }
+
+    /// The fixed-input digests printed in CHANNEL_FORMAT.md §9.
+    #[test]
+    fn documented_vectors() {
+        assert_eq!(
+            hex::encode(channel_info(&D, &Target::new("GET", "/v1/models/x"))),
+            "5b7e9f5ed258c1f506f4093ce0b1d2656d2b03c4c8de298b1f7291f943f47da1c42b184ad0fc7d3faefa853b0e0a0c1b"
+        );
+        assert_eq!(
+            hex::encode(response_aad(200, ResponseMode::Whole)),
+            "0f51a6dfafe0f559cd756a8c8336a98df6fe2de630deddf62d759c90cf59221dc1dc35bca8773244206fd447dc68a0d6"
+        );
+        assert_eq!(
+            hex::encode(response_aad(200, ResponseMode::Stream)),
+            "5ed225cc72e8c8db901de430283b3730e17e2659ab690cde1860b63742783e3e27c47c47d16b91a2a984e848e2373c71"
+        );
+        assert_eq!(
+            hex::encode(crate::channel::receipt::request_hash(b"{}")),
+            "6dcf164ab4d6f1b464def74ac0c76fb6d42be1bd5cd38d7bfd0f8282f9f4517e90e4591fe8264b8d79d944d85e773b27"
+        );
+    }
+
     #[test]
     fn info_layout_is_as_documented() {
-        let mut raw = b"chrysalis/channel/v1/info".to_vec();
+        let mut raw = b"chrysalis/channel/v2/info".to_vec();
         raw.extend_from_slice(&D);
         raw.extend_from_slice(&[0, 16]);
         raw.extend_from_slice(b"GET /v1/models/x");

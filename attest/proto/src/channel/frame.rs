@@ -13,8 +13,11 @@ use base64::engine::general_purpose::STANDARD;
 
 use super::ChannelError;
 
-/// Largest record accepted (a whole response body plus overhead).
+/// Largest record accepted (a whole response body, padded, plus overhead).
 pub const MAX_RECORD_LEN: usize = 16 << 20;
+/// Largest data one record carries: its padded record stays within [`MAX_RECORD_LEN`]
+/// (Padmé adds at most 12 %).
+pub const MAX_DATA_LEN: usize = 14 << 20;
 
 /// Append `record` to a whole-body response.
 pub fn push_length_prefixed(out: &mut Vec<u8>, record: &[u8]) -> Result<(), ChannelError> {
@@ -209,6 +212,11 @@ mod tests {
             assert!(fed <= MAX_RECORD_LEN * 2, "an endless line was never refused");
         };
         assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+
+    #[test]
+    fn the_largest_data_fits_a_record() {
+        assert!(crate::channel::crypto::record_len(MAX_DATA_LEN) <= MAX_RECORD_LEN);
     }
 
     proptest! {

@@ -37,10 +37,13 @@
 
 pub mod crypto;
 pub mod frame;
+pub mod pad;
 pub mod receipt;
+pub mod replay;
 
-/// Version of the channel, sent in [`HEADER_CHANNEL`].
-pub const CHANNEL_VERSION: &str = "1";
+/// Version of the channel, sent in [`HEADER_CHANNEL`]. Version 2 added padding, the request
+/// id and issue time, and the request id in receipts; version 1 is refused.
+pub const CHANNEL_VERSION: &str = "2";
 /// Marks a sealed request or a sealed response; its value is [`CHANNEL_VERSION`].
 pub const HEADER_CHANNEL: &str = "chrysalis-channel";
 /// The HPKE encapsulated key of a request (64 lowercase hex digits).
@@ -58,6 +61,10 @@ pub const CODE_KEY_UNKNOWN: &str = "channel_key_unknown";
 pub const CODE_DECRYPT_FAILED: &str = "channel_decrypt_failed";
 /// Error `code` for malformed channel headers (400).
 pub const CODE_BAD_REQUEST: &str = "channel_bad_request";
+/// Error `code` when a sealed request was received before (409): replayed.
+pub const CODE_REPLAYED: &str = "channel_replayed";
+/// Error `code` when a sealed request's issue time is outside the runtime's window (400).
+pub const CODE_STALE: &str = "channel_stale";
 
 /// Why a channel operation failed. Decryption failures are one opaque variant per direction.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -85,6 +92,9 @@ pub enum ChannelError {
     /// More records than the counter allows.
     #[error("too many response records")]
     TooManyRecords,
+    /// A decrypted plaintext is not padded as the channel requires.
+    #[error("plaintext padding is malformed: {0}")]
+    Padding(String),
     /// The record framing is malformed.
     #[error("malformed channel framing: {0}")]
     Framing(String),
@@ -113,6 +123,7 @@ mod tests {
             ChannelError::Truncated(2),
             ChannelError::TooManyRecords,
             ChannelError::Framing("x".into()),
+            ChannelError::Padding("x".into()),
             ChannelError::Header { name: HEADER_ENC, why: "x".into() },
         ];
         for e in errs {

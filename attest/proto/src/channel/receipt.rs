@@ -5,13 +5,15 @@
 //! whose verified log carries that key — which is what `attest verify-receipt` checks.
 //!
 //! ```text
-//! request_sha384  = SHA-384("chrysalis/receipt/v1/request"  || request body plaintext)
-//! response_sha384 = SHA-384("chrysalis/receipt/v1/response" || response body plaintext)
-//! signature       = Ed25519(sk_receipt, "chrysalis/receipt/v1" || postcard(ReceiptBody))
+//! request_sha384  = SHA-384("chrysalis/receipt/v2/request"  || request body plaintext)
+//! response_sha384 = SHA-384("chrysalis/receipt/v2/response" || response body plaintext)
+//! signature       = Ed25519(sk_receipt, "chrysalis/receipt/v2" || postcard(ReceiptBody))
 //! Receipt         = postcard { body: ReceiptBody, signature: [u8; 64] }
 //! ```
 //!
 //! For a stream, the response plaintext is the exact event-stream bytes the runtime wrote.
+//! Version 2 added the request id (from inside the sealed request), so a receipt names one
+//! exchange; version 1 receipts are refused with their version named.
 //!
 //! Trust: receipt bytes are untrusted; decoding is total, and nothing in a receipt means
 //! anything until its signature verifies under a `ReceiptKey` from verified evidence.
@@ -26,13 +28,13 @@ use crate::eventlog::{DIGEST_LEN, Digest384, Event, EventKind};
 use crate::evidence::PlatformEvidence;
 
 /// Version of the receipt format.
-pub const RECEIPT_VERSION: u16 = 1;
+pub const RECEIPT_VERSION: u16 = 2;
 /// Prefix of the signed bytes.
-pub const RECEIPT_DOMAIN: &[u8] = b"chrysalis/receipt/v1";
+pub const RECEIPT_DOMAIN: &[u8] = b"chrysalis/receipt/v2";
 /// Domain of the request hash.
-pub const REQUEST_HASH_DOMAIN: &[u8] = b"chrysalis/receipt/v1/request";
+pub const REQUEST_HASH_DOMAIN: &[u8] = b"chrysalis/receipt/v2/request";
 /// Domain of the response hash.
-pub const RESPONSE_HASH_DOMAIN: &[u8] = b"chrysalis/receipt/v1/response";
+pub const RESPONSE_HASH_DOMAIN: &[u8] = b"chrysalis/receipt/v2/response";
 /// Largest encoded receipt accepted.
 pub const MAX_RECEIPT_LEN: usize = 4096;
 /// Ed25519 public key length.
@@ -74,6 +76,8 @@ pub struct ReceiptBody {
     pub version: u16,
     /// `method SP path` of the request.
     pub target: String,
+    /// The request's id, from inside the sealed request (`channel::crypto::RequestMeta`).
+    pub request_id: crate::channel::replay::RequestId,
     /// [`request_hash`] of the request body.
     #[serde(with = "BigArray")]
     pub request_sha384: Digest384,
@@ -124,6 +128,12 @@ impl Receipt {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ReceiptError> {
         if bytes.len() > MAX_RECEIPT_LEN {
             return Err(ReceiptError::TooLarge(bytes.len()));
+        }
+        // The version leads the encoding: another version is named, not "malformed".
+        if let Ok((version, _)) = postcard::take_from_bytes::<u16>(bytes)
+            && version != RECEIPT_VERSION
+        {
+            return Err(ReceiptError::Version(version));
         }
         let (r, rest): (Receipt, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
@@ -277,6 +287,7 @@ mod tests {
         ReceiptBody {
             version: RECEIPT_VERSION,
             target: "POST /v1/chat/completions".into(),
+            request_id: [3; 16],
             request_sha384: request_hash(b"{\"messages\":[]}"),
             status: 200,
             response_sha384: response_hash(b"{\"choices\":[]}"),
@@ -310,7 +321,8 @@ mod tests {
         let r = s.sign(body());
         type Change = Box<dyn Fn(&mut ReceiptBody)>;
         let changes: Vec<(&str, Change)> = vec![
-            ("version", Box::new(|b| b.version = 2)),
+            ("version", Box::new(|b| b.version = 1)),
+            ("request id", Box::new(|b| b.request_id[15] ^= 1)),
             ("target", Box::new(|b| b.target = "POST /v1/completions".into())),
             ("request", Box::new(|b| b.request_sha384[0] ^= 1)),
             ("status", Box::new(|b| b.status = 500)),

@@ -16,6 +16,7 @@ use chrysalis_proto::channel::ChannelError;
 use chrysalis_proto::channel::crypto::{Opened, RecordOpener, ResponseMode, ResponseOpener, SealedRequest, Target, seal_request};
 use chrysalis_proto::channel::frame::{SseDecoder, split_length_prefixed};
 use chrysalis_proto::channel::receipt::{Hasher, Receipt, ReceiptError, request_hash};
+use chrysalis_proto::channel::replay::RequestId;
 use chrysalis_proto::eventlog::Digest384;
 
 /// Why a response is not accepted.
@@ -54,22 +55,33 @@ pub struct SealedCall {
     request_sha384: Digest384,
 }
 
-/// Seal `body` for `target` to `runtime`.
+/// Seal `body` for `target` to `runtime`, with a fresh request id.
 pub fn seal_call(runtime: &AttestedRuntime, target: Target, body: &[u8]) -> Result<SealedCall, ChannelError> {
     let (request, opener) = seal_request(&runtime.public_key, &runtime.log_digest, &target, body)?;
     Ok(SealedCall { request_sha384: request_hash(body), target, request, opener })
 }
 
-fn check(
-    runtime: &AttestedRuntime,
-    receipt: &Receipt,
-    target: &Target,
+impl SealedCall {
+    /// The id sealed into the request; the receipt must name it.
+    pub fn request_id(&self) -> RequestId {
+        self.opener.meta().id
+    }
+}
+
+/// What one exchange must match in its receipt.
+#[derive(Debug)]
+struct Exchange {
+    target: Target,
+    request_id: RequestId,
     request_sha384: Digest384,
     status: u16,
-    response_sha384: Digest384,
-) -> Result<(), ClientError> {
+}
+
+fn check(runtime: &AttestedRuntime, receipt: &Receipt, x: &Exchange, response_sha384: Digest384) -> Result<(), ClientError> {
+    let (target, request_sha384, status) = (&x.target, x.request_sha384, x.status);
     let expect = ReceiptExpectations {
         target: Some(target.line()),
+        request_id: Some(x.request_id),
         request_sha384: Some(request_sha384),
         status: Some(status),
         response_sha384: Some(response_sha384),
@@ -87,6 +99,8 @@ impl SealedCall {
     /// the checked receipt.
     pub fn open_whole(self, runtime: &AttestedRuntime, status: u16, body: &[u8]) -> Result<(Vec<u8>, Receipt), ClientError> {
         let records = split_length_prefixed(body)?;
+        let exchange =
+            Exchange { request_id: self.request_id(), target: self.target, request_sha384: self.request_sha384, status };
         let mut opener = self.opener.response(status, ResponseMode::Whole);
         let mut plain = Vec::new();
         let mut receipt = None;
@@ -100,21 +114,21 @@ impl SealedCall {
         let receipt = Receipt::from_bytes(&receipt.unwrap_or_default())?;
         let mut h = Hasher::response();
         h.update(&plain);
-        check(runtime, &receipt, &self.target, self.request_sha384, status, h.finish())?;
+        check(runtime, &receipt, &exchange, h.finish())?;
         Ok((plain, receipt))
     }
 
     /// Start opening a streamed response with HTTP `status`.
     pub fn open_stream(self, status: u16) -> StreamReader {
+        let exchange =
+            Exchange { request_id: self.request_id(), target: self.target, request_sha384: self.request_sha384, status };
         StreamReader {
             decoder: SseDecoder::new(),
             records: self.opener.response(status, ResponseMode::Stream),
             hasher: Some(Hasher::response()),
             held: Vec::new(),
             receipt: None,
-            target: self.target,
-            request_sha384: self.request_sha384,
-            status,
+            exchange,
         }
     }
 }
@@ -127,9 +141,7 @@ pub struct StreamReader {
     hasher: Option<Hasher>,
     held: Vec<u8>,
     receipt: Option<Vec<u8>>,
-    target: Target,
-    request_sha384: Digest384,
-    status: u16,
+    exchange: Exchange,
 }
 
 const DONE: &[u8] = b"data: [DONE]";
@@ -163,7 +175,7 @@ impl StreamReader {
         self.records.finish()?;
         let receipt = Receipt::from_bytes(&self.receipt.take().unwrap_or_default())?;
         let hash = self.hasher.take().map_or([0; 48], Hasher::finish);
-        check(runtime, &receipt, &self.target, self.request_sha384, self.status, hash)?;
+        check(runtime, &receipt, &self.exchange, hash)?;
         Ok((std::mem::take(&mut self.held), receipt))
     }
 }
@@ -213,14 +225,16 @@ mod tests {
     impl Fake {
         /// The runtime's side: open the call and answer with `frames` (stream) or one body.
         fn answer(&self, call: &SealedCall, status: u16, mode: ResponseMode, frames: &[&[u8]]) -> Vec<Vec<u8>> {
-            let (body, sealer) =
+            let (opened, sealer) =
                 open_request(&self.keys, &self.runtime.log_digest, &call.target, &call.request.enc, &call.request.ciphertext)
                     .unwrap();
+            let body = opened.body;
             let mut s = sealer.response(status, mode);
             let mut recs: Vec<Vec<u8>> = frames.iter().map(|f| s.seal(f).unwrap()).collect();
             let receipt = self.signer.sign(ReceiptBody {
                 version: RECEIPT_VERSION,
                 target: call.target.line(),
+                request_id: opened.meta.id,
                 request_sha384: request_hash(&body),
                 status,
                 response_sha384: response_hash(&frames.concat()),

@@ -15,6 +15,8 @@ use crate::policy::Check;
 pub struct ReceiptExpectations {
     /// `method SP path` of the request, when known.
     pub target: Option<String>,
+    /// The id the request was sealed with, when known (the client that sealed it knows it).
+    pub request_id: Option<chrysalis_proto::channel::replay::RequestId>,
     /// The request body's hash (`receipt::request_hash`), when the body is at hand.
     pub request_sha384: Option<Digest384>,
     /// The response status, when known.
@@ -72,6 +74,12 @@ pub fn check_receipt(receipt: &Receipt, runtime: &AttestedRuntime, expect: &Rece
     );
     if let Some(t) = &expect.target {
         out.push(Check::new("receipt.target", &b.target == t, b.target.clone(), t.clone()));
+    }
+    if let Some(id) = expect.request_id {
+        out.push(
+            Check::new("receipt.request_id", b.request_id == id, hex::encode(b.request_id), hex::encode(id))
+                .detail("the id sealed into this request: the receipt answers this request, not a replay of another"),
+        );
     }
     if let Some(h) = expect.request_sha384 {
         out.push(Check::new("receipt.request", b.request_sha384 == h, hex::encode(b.request_sha384), hex::encode(h)));
@@ -139,6 +147,7 @@ pub(crate) mod tests {
         let body = ReceiptBody {
             version: RECEIPT_VERSION,
             target: "POST /v1/completions".into(),
+            request_id: [7; 16],
             request_sha384: request_hash(b"req"),
             status: 200,
             response_sha384: response_hash(b"resp"),
@@ -150,6 +159,7 @@ pub(crate) mod tests {
         };
         let expect = ReceiptExpectations {
             target: Some("POST /v1/completions".into()),
+            request_id: Some([7; 16]),
             request_sha384: Some(request_hash(b"req")),
             status: Some(200),
             response_sha384: Some(response_hash(b"resp")),
@@ -166,6 +176,7 @@ pub(crate) mod tests {
             ("receipt.bundle_header", Box::new(|b| b.bundle_header_sha384 = None)),
             ("receipt.target", Box::new(|b| b.target = "POST /v1/chat/completions".into())),
             ("receipt.request", Box::new(|b| b.request_sha384 = request_hash(b"other"))),
+            ("receipt.request_id", Box::new(|b| b.request_id[0] ^= 1)),
             ("receipt.status", Box::new(|b| b.status = 400)),
             ("receipt.response", Box::new(|b| b.response_sha384 = response_hash(b"other"))),
         ];
