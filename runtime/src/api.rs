@@ -57,7 +57,12 @@ fn session_error(e: &SessionError) -> Response {
         SessionError::BadNonce(_) => StatusCode::BAD_REQUEST,
         SessionError::NoEvidence(_) | SessionError::NoBundle(_) => StatusCode::SERVICE_UNAVAILABLE,
         SessionError::Busy | SessionError::AlreadyServing(_) => StatusCode::CONFLICT,
-        SessionError::TooManyNonces { retry_after_s } => {
+        SessionError::EvidenceBusy => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));
+            return r;
+        }
+        SessionError::TooManyNonces { retry_after_s } | SessionError::ClientNonces { retry_after_s } => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string());
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after_s));
             return r;
@@ -90,8 +95,13 @@ struct NonceQuery {
 
 async fn attestation(
     State(state): State<Arc<RuntimeState>>,
+    extensions: axum::http::Extensions,
     q: Result<Query<NonceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    // The peer address, set by `serve::http::serve` for every connection.
+    let client = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(crate::session::Client::Local, |c| crate::session::Client::of(c.0.ip()));
     let Some(hex_nonce) = q.ok().and_then(|Query(q)| q.nonce) else {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "missing query parameter nonce=<hex>".into());
     };
@@ -100,11 +110,11 @@ async fn attestation(
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("bad nonce: not hex ({e})")),
     };
     let session = state.session.clone();
-    match tokio::task::spawn_blocking(move || session.evidence(&nonce)).await {
+    match tokio::task::spawn_blocking(move || session.evidence(&nonce, client)).await {
         Ok(Ok(ev)) => ([(header::CONTENT_TYPE, EVIDENCE_MEDIA_TYPE)], ev.to_bytes()).into_response(),
         Ok(Err(e)) => {
             // A flood of nonces is refused cheaply; one console line each would not be.
-            if matches!(e, SessionError::TooManyNonces { .. }) {
+            if matches!(e, SessionError::TooManyNonces { .. } | SessionError::ClientNonces { .. } | SessionError::EvidenceBusy) {
                 log::debug!("attestation: {e}");
             } else {
                 log::warn!("attestation: {e}");

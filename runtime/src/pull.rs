@@ -53,7 +53,7 @@ async fn attempt(key_url: &str, session: &Arc<Session>) -> Result<String> {
     let text = std::str::from_utf8(&challenge).context("challenge is not text")?.trim();
     let nonce = hex::decode(text).context("challenge is not hex")?;
     let s = session.clone();
-    let evidence = tokio::task::spawn_blocking(move || s.evidence(&nonce)).await??;
+    let evidence = tokio::task::spawn_blocking(move || s.evidence(&nonce, crate::session::Client::Local)).await??;
     let answer = http(key_url, "POST", routes::RELEASE, evidence.to_bytes()).await?;
     if answer.len() > MAX_KEY_RELEASE_LEN {
         bail!("key service answered {} bytes, more than a key release", answer.len());

@@ -129,7 +129,7 @@ pub async fn serve(
                 Err(_) => return Ok(()),
             },
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -145,7 +145,8 @@ pub async fn serve(
         if let Some(bytes) = limits.send_buffer_bytes {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
         }
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers that bound work per client read the peer from `ConnectInfo`.
+        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))));
         let builder = builder.clone();
         let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
         tokio::spawn(async move {

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::bundle::Bundle;
 use crate::tee::EvidenceSource;
 
-pub use attestation::{Attestation, NONCE_LEN_RANGE};
+pub use attestation::{Attestation, Client, MAX_EVIDENCE_IN_FLIGHT, NONCE_LEN_RANGE, PER_CLIENT_NONCES};
 pub use identity::{Identity, OpenError, ReceiptRequest};
 pub use unseal::{Milestones, Stage, UnsealError, Unsealer};
 
@@ -62,6 +62,19 @@ pub enum SessionError {
         /// Seconds until a slot frees.
         retry_after_s: u64,
     },
+    /// This client registered its share of key-release nonces in the last nonce lifetime.
+    #[error(
+        "this client asked for {} key-release nonces in the last {} s, the most one client may: retry in {retry_after_s} s",
+        attestation::PER_CLIENT_NONCES,
+        chrysalis_proto::keyrelease::DEFAULT_NONCE_TTL.as_secs()
+    )]
+    ClientNonces {
+        /// Seconds until its oldest one expires.
+        retry_after_s: u64,
+    },
+    /// The most evidence requests are being served at once.
+    #[error("{} evidence requests are in progress, the most served at once: retry in 1 s", attestation::MAX_EVIDENCE_IN_FLIGHT)]
+    EvidenceBusy,
     /// There is no bundle to unseal.
     #[error("no sealed bundle: {0}")]
     NoBundle(String),
@@ -84,6 +97,8 @@ impl SessionError {
             SessionError::Busy => "busy",
             SessionError::AlreadyServing(_) => "already_serving",
             SessionError::TooManyNonces { .. } => "too_many_nonces",
+            SessionError::ClientNonces { .. } => "client_nonces",
+            SessionError::EvidenceBusy => "evidence_busy",
             SessionError::NoBundle(_) => "no_bundle",
             SessionError::Unseal(_) => "unseal_failed",
             SessionError::Load(_) => "load_failed",
@@ -184,8 +199,8 @@ impl Session {
 
     /// Evidence for a verifier's nonce (blocking: talks to the TEE); see
     /// [`Attestation::evidence`].
-    pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, SessionError> {
-        let evidence = self.attestation.evidence(&self.identity, nonce)?;
+    pub fn evidence(&self, nonce: &[u8], client: Client) -> Result<Evidence, SessionError> {
+        let evidence = self.attestation.evidence(&self.identity, nonce, client)?;
         self.unsealer.record_evidence_served();
         Ok(evidence)
     }
@@ -321,7 +336,7 @@ mod tests {
         let other = sealed("Other Model", b"weights B", &f.key);
         let other_digest = chrysalis_proto::seal::read_header(&other).unwrap().digest();
         std::fs::write(&f.bundle_path, &other).unwrap();
-        f.session.evidence(&nonce(1)).unwrap();
+        f.session.evidence(&nonce(1), Client::Local).unwrap();
         let err = f.session.release(&f.owner_release(nonce(1))).unwrap_err();
         let want = format!(
             "the bundle on disk changed since boot: header sha384 {}, measured {}",
@@ -349,7 +364,7 @@ mod tests {
     #[test]
     fn the_measured_bundle_unseals() {
         let f = Fixture::new("same");
-        f.session.evidence(&nonce(1)).unwrap();
+        f.session.evidence(&nonce(1), Client::Local).unwrap();
         assert_eq!(f.session.release(&f.owner_release(nonce(1))).unwrap(), "Test Model");
         assert_eq!(f.session.status().stage, Stage::Serving { model: "Test Model".into() });
     }
@@ -372,7 +387,7 @@ mod tests {
     #[test]
     fn junk_keys_change_nothing_and_the_owner_key_still_opens() {
         let f = Fixture::new("junk");
-        f.session.evidence(&nonce(1)).unwrap();
+        f.session.evidence(&nonce(1), Client::Local).unwrap();
         for junk in junk_keys(&f, nonce(1)).iter().cycle().take(30) {
             assert!(matches!(f.session.release(junk), Err(SessionError::Key(_))));
             let st = f.session.status();
@@ -388,7 +403,7 @@ mod tests {
     fn a_burst_of_junk_does_not_make_the_owner_key_find_the_runtime_busy() {
         for round in 0..20 {
             let f = Fixture::new("burst");
-            f.session.evidence(&nonce(1)).unwrap();
+            f.session.evidence(&nonce(1), Client::Local).unwrap();
             let junk = junk_keys(&f, nonce(1));
             let stop = std::sync::atomic::AtomicBool::new(false);
             let owner = f.owner_release(nonce(1));
@@ -416,9 +431,9 @@ mod tests {
     #[test]
     fn a_key_after_serving_is_refused_and_changes_nothing() {
         let f = Fixture::new("after");
-        f.session.evidence(&nonce(1)).unwrap();
+        f.session.evidence(&nonce(1), Client::Local).unwrap();
         f.session.release(&f.owner_release(nonce(1))).unwrap();
-        f.session.evidence(&nonce(2)).unwrap();
+        f.session.evidence(&nonce(2), Client::Local).unwrap();
         for msg in [f.owner_release(nonce(1)), f.owner_release(nonce(2)), f.owner_release(nonce(3))] {
             let err = f.session.release(&msg).unwrap_err();
             assert!(matches!(&err, SessionError::AlreadyServing(m) if m == "Test Model"), "{err}");
@@ -440,10 +455,10 @@ mod tests {
     #[test]
     fn a_nonce_flood_cannot_evict_the_owners_nonce() {
         let f = Fixture::new("flood");
-        f.session.evidence(&nonce(0)).unwrap();
+        f.session.evidence(&nonce(0), Client::Local).unwrap();
         let (mut served, mut refused) = (0, 0);
         for i in 1..=300 {
-            match f.session.evidence(&nonce(i)) {
+            match f.session.evidence(&nonce(i), Client::Local) {
                 Ok(_) => served += 1,
                 Err(SessionError::TooManyNonces { retry_after_s }) => {
                     assert!((1..=300).contains(&retry_after_s), "{retry_after_s}");
@@ -455,9 +470,38 @@ mod tests {
         let capacity = chrysalis_proto::keyrelease::OnceNonces::<()>::CAPACITY;
         assert_eq!((served, refused), (capacity - 1, 300 - (capacity - 1)));
         // Short nonces are never registered, so they are still served.
-        assert!(f.session.evidence(&[1; 16]).is_ok());
+        assert!(f.session.evidence(&[1; 16], Client::Local).is_ok());
         assert_eq!(f.session.release(&f.owner_release(nonce(0))).unwrap(), "Test Model");
         // Once serving, no key is taken and no nonce registered: evidence is served again.
-        assert!(f.session.evidence(&nonce(1000)).is_ok());
+        assert!(f.session.evidence(&nonce(1000), Client::Local).is_ok());
+    }
+
+    /// One client flooding gets its own 429s after its share; the book is not filled, and the
+    /// owner, from another address, gets a nonce and releases the key.
+    #[test]
+    fn one_client_cannot_hold_off_the_owner() {
+        let f = Fixture::new("per-client");
+        let flooder = Client::of("203.0.113.7".parse().unwrap());
+        let (mut served, mut refused) = (0, 0);
+        for i in 1..=300 {
+            match f.session.evidence(&nonce(i), flooder) {
+                Ok(_) => served += 1,
+                Err(e @ SessionError::ClientNonces { retry_after_s }) => {
+                    assert!((1..=300).contains(&retry_after_s), "{retry_after_s}");
+                    assert!(e.to_string().contains("the most one client may"), "{e}");
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((served, refused), (PER_CLIENT_NONCES, 300 - PER_CLIENT_NONCES));
+        // Another address of the same IPv6 /64 counts as the same client.
+        let a = Client::of("2001:db8:1:2::1".parse().unwrap());
+        assert_eq!(a, Client::of("2001:db8:1:2:ffff::9".parse().unwrap()));
+        assert_ne!(a, Client::of("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(Client::of("::ffff:203.0.113.7".parse().unwrap()), flooder);
+        let owner = Client::of("198.51.100.1".parse().unwrap());
+        f.session.evidence(&nonce(5000), owner).unwrap();
+        assert_eq!(f.session.release(&f.owner_release(nonce(5000))).unwrap(), "Test Model");
     }
 }
