@@ -92,6 +92,17 @@ pub struct Confidential {
 /// Name of the virtio-serial port the simulated TEE uses.
 pub const SIM_TEE_PORT: &str = "org.chrysalis.simtee";
 
+/// QEMU CPU model of an SEV-SNP launch (its CPUID signature is in the measured VMSAs; the
+/// published digests cover this and the other models in `cargo xtask measure`).
+pub const SNP_CPU_MODEL: &str = "EPYC-v4";
+/// SEV-SNP C-bit position and reduced physical address bits: 51 / 1 hold for Milan, Genoa
+/// and Turin.
+pub const SNP_CBITPOS: u32 = 51;
+/// See [`SNP_CBITPOS`].
+pub const SNP_REDUCED_PHYS_BITS: u32 = 1;
+/// fw_cfg entry that gives OVMF a 64-bit MMIO window large enough for an 80 GB GPU's BARs.
+pub const GPU_MMIO64_FWCFG: (&str, &str) = ("opt/ovmf/X-PciMmio64Mb", "262144");
+
 impl VmConfig {
     /// Defaults for an image in `out_dir`.
     pub fn for_image(out_dir: &Path, work_dir: &Path) -> Result<Self> {
@@ -125,12 +136,17 @@ impl VmConfig {
                 push(&accel.args());
             }
             Some(Confidential { tee: HardwareTee::Snp, firmware }) => {
-                push(&["-accel", "kvm", "-cpu", "EPYC-v4"]);
+                push(&["-accel", "kvm", "-cpu", SNP_CPU_MODEL]);
                 push(&["-machine", "q35,confidential-guest-support=sev0,memory-backend=ram0,vmport=off"]);
                 push(&["-object", &format!("memory-backend-memfd,id=ram0,size={mem},share=true,prealloc=false")]);
                 // cbitpos 51 / reduced-phys-bits 1 hold for Milan, Genoa and Turin; kernel-hashes=on
                 // makes OVMF measure kernel, initrd and cmdline into the launch digest.
-                push(&["-object", "sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on"]);
+                push(&[
+                    "-object",
+                    &format!(
+                        "sev-snp-guest,id=sev0,cbitpos={SNP_CBITPOS},reduced-phys-bits={SNP_REDUCED_PHYS_BITS},kernel-hashes=on"
+                    ),
+                ]);
                 push(&["-bios", &firmware.display().to_string()]);
             }
             Some(Confidential { tee: HardwareTee::Tdx, firmware }) => {
@@ -163,7 +179,8 @@ impl VmConfig {
             push(&["-object", "iommufd,id=iommufd0"]);
             push(&["-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1"]);
             push(&["-device", &format!("vfio-pci,host={bdf},bus=rp0,iommufd=iommufd0")]);
-            push(&["-fw_cfg", "name=opt/ovmf/X-PciMmio64Mb,string=262144"]);
+            let (name, value) = GPU_MMIO64_FWCFG;
+            push(&["-fw_cfg", &format!("name={name},string={value}")]);
         }
         a
     }
