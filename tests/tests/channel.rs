@@ -78,6 +78,7 @@ fn proxy_args(url: &str, policy: &Path, receipts: Option<PathBuf>) -> ProxyArgs 
     ProxyArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         url: url.to_owned(),
+        upstreams: None,
         policy: policy.to_owned(),
         reattest_secs: 300,
         save_bodies: receipts.is_some(),

@@ -112,6 +112,7 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     let proxy_args = ProxyArgs {
         listen: "127.0.0.1:0".parse()?,
         url: vm.url(),
+        upstreams: None,
         policy: policy_path.clone(),
         reattest_secs: 300,
         receipts: Some(demo.join("receipts")),

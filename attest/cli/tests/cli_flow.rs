@@ -372,6 +372,7 @@ fn proxy_labels_plaintext_errors_and_rate_limits_forged_key_unknown() {
     let args = cli::proxy::ProxyArgs {
         listen: "127.0.0.1:0".parse().expect("addr"),
         url: format!("http://{upstream}"),
+        upstreams: None,
         policy: dir.path().join("unused-policy.toml"),
         reattest_secs: 300,
         receipts: None,

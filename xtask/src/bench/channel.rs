@@ -58,6 +58,7 @@ pub fn run(root: &Path, runs: usize, max_tokens: u32, tiny: bool) -> Result<()> 
     let args = ProxyArgs {
         listen: "127.0.0.1:0".parse()?,
         url: vm.url(),
+        upstreams: None,
         policy: policy_path.clone(),
         reattest_secs: 3600,
         receipts: None,
