@@ -380,6 +380,27 @@ fn proxy_refuses_a_policy_that_pins_no_model() {
     assert!(stderr(&o).contains("pins no model") && stderr(&o).contains("bundle_header_sha384"), "{}", stderr(&o));
 }
 
+/// The proxy needs one runtime (`--url`) or a list (`--upstreams FILE`), not both; a list
+/// that does not parse is refused naming the file and line.
+#[test]
+fn proxy_takes_a_url_or_an_upstreams_file() {
+    let dir = scratch("proxy-upstreams");
+    let policy = virtee_policy(&dir, &"00".repeat(48));
+    let base = ["proxy", "--listen", "127.0.0.1:0", "--any-model", "--policy", &policy];
+    let o = attest(&base);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--url") && stderr(&o).contains("--upstreams"), "{}", stderr(&o));
+    let list = dir.join("upstreams");
+    std::fs::write(&list, "# fleet\nhttp://127.0.0.1:9\nhttps://127.0.0.1:10\n").unwrap();
+    let list = list.display().to_string();
+    let o = attest(&[&base[..], &["--url", "http://127.0.0.1:9", "--upstreams", &list]].concat());
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+    let o = attest(&[&base[..], &["--upstreams", &list]].concat());
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("upstreams line 3") && stderr(&o).contains("use http://"), "{}", stderr(&o));
+}
+
 /// `attest verify … | head -1`: the reader closes the pipe before the table is written; the
 /// tool ends as a SIGPIPE would (status 141), without a panic on stderr.
 #[test]

@@ -48,7 +48,8 @@ impl EvidenceVerifier for Measured {
         };
         let m = report.get(0x90..0xC0).unwrap_or_default();
         if m != GOOD {
-            return Err(AttestError::Refused(format!("sim.measurement {} is not in the policy", hex::encode(m))));
+            // Not naming the measurement: the proxy must name it itself.
+            return Err(AttestError::Refused("sim.measurement is not in the policy".into()));
         }
         Ok(VerifiedRuntime {
             report_data: report[..64].try_into().map_err(|_| AttestError::Refused("short report".into()))?,
