@@ -224,7 +224,7 @@ fn libvirt_domain_boots_serves_and_has_the_measured_shape() {
 fn debian13() -> Result<PathBuf, String> {
     let base = root().join(".cache/debian13");
     let tree = base.join("root");
-    let ready = base.join("unpacked");
+    let ready = base.join("unpacked-qemu-libvirt-common");
     if ready.exists() {
         return Ok(tree);
     }
@@ -286,7 +286,8 @@ fn debian13() -> Result<PathBuf, String> {
         .collect();
     pkgs.sort();
     pkgs.dedup();
-    pkgs.push("libvirt0".into());
+    // libvirt-common carries the schemas (virt-xml-validate's domain.rng).
+    pkgs.push("libvirt-common".into());
     let debs = apt.join("debs");
     let mut args = vec!["download"];
     args.extend(pkgs.iter().map(String::as_str));
@@ -364,7 +365,6 @@ fn snp_launch_line_and_domain_pass_debian13_qemu_and_libvirt_schema() {
         emulator: None,
         network: libvirt::Network::Passt,
     };
-    cfg.gpu = Some("0000:41:00.0".into());
     for gpu in [None, Some("0000:41:00.0")] {
         cfg.gpu = gpu.map(str::to_owned);
         let xml = libvirt::domain_xml(&cfg, &opts).unwrap();
@@ -377,5 +377,9 @@ fn snp_launch_line_and_domain_pass_debian13_qemu_and_libvirt_schema() {
         }
         println!("{} validates against Debian 13's libvirt schema", p.display());
     }
+    println!(
+        "not validated: the TDX domain (Debian 13's libvirt 11.3 schema has no launchSecurity type='tdx'; TDX support \
+         came in a later libvirt)"
+    );
     println!("Debian 13 SNP check: {:.1} s", t0.elapsed().as_secs_f64());
 }

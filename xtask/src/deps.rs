@@ -43,6 +43,11 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Debian packages of the libvirt launch (`cargo xtask run --libvirt`, the libvirt e2e test):
+/// the system daemon, `virsh` and `virt-xml-validate`, its `xmllint`, and passt (libvirt's
+/// user-mode network from 9.2 on).
+pub const LIBVIRT_PACKAGES: &[&str] = &["libvirt-daemon-system", "libvirt-clients", "libxml2-utils", "passt"];
+
 /// Debian packages the image build needs: dpkg-deb to unpack the kernel package, and the
 /// musl C toolchain (`x86_64-linux-musl-gcc`, in musl-dev, which musl-tools brings) that
 /// `ring` compiles its C and assembly with for the static musl runtime. Their versions are

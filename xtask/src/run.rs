@@ -1,7 +1,8 @@
 //! `cargo xtask run`: boot the image in QEMU, console on this terminal (or a log file),
 //! the API forwarded to localhost; prints the exact QEMU command line. `--tee snp|tdx`
 //! prints the launch line for a confidential host (and runs it with `--exec`); `--tee sim`
-//! boots locally with the labelled simulated TEE.
+//! boots locally with the labelled simulated TEE. `--libvirt` writes the same launch as a
+//! libvirt domain (`out/libvirt/<variant>.xml`) and, for a plain boot, defines and starts it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,6 +61,13 @@ pub struct RunArgs {
     /// Build the image first.
     #[arg(long)]
     build: bool,
+    /// Write the launch as a libvirt domain XML (out/libvirt/<cpu|snp|tdx>[-gpu].xml) and,
+    /// for --tee none, define and start it with virsh (qemu:///system).
+    #[arg(long)]
+    libvirt: bool,
+    /// With --libvirt: only write the XML.
+    #[arg(long, requires = "libvirt")]
+    xml_only: bool,
 }
 
 /// Boot (or print) according to `args`.
@@ -67,6 +75,9 @@ pub fn run(root: &Path, args: RunArgs) -> Result<()> {
     let out = root.join("out");
     if args.build || !out.join("initramfs.cpio.gz").exists() {
         crate::image::build(root, &crate::image::Options::defaults(root))?;
+    }
+    if args.libvirt {
+        return libvirt(root, &args);
     }
     match args.tee {
         Tee::Snp | Tee::Tdx => provider(root, &args),
@@ -97,6 +108,89 @@ fn provider(root: &Path, args: &RunArgs) -> Result<()> {
         let status = Command::new("qemu-system-x86_64").args(&qargs).status().context("running QEMU")?;
         say(format!("QEMU exited with {status}"));
     }
+    Ok(())
+}
+
+/// `--libvirt`: the domain XML of the same launch as the QEMU line (one `VmConfig`).
+fn libvirt(root: &Path, args: &RunArgs) -> Result<()> {
+    use chrysalis_e2e::libvirt::{DomainOptions, Network, domain_xml, network_for, variant_name, virsh};
+    let dir = root.join("out/libvirt");
+    std::fs::create_dir_all(&dir)?;
+    let mut cfg = VmConfig::for_image(&root.join("out"), &dir)?;
+    cfg.disk = args.bundle.clone();
+    cfg.cpus = args.vcpus;
+    cfg.memory_mib = args.memory;
+    cfg.gpu = args.gpu.clone();
+    let accel = match args.tee {
+        Tee::Snp | Tee::Tdx => {
+            let fw = crate::firmware::ensure_firmware(root)?;
+            let (tee, firmware) =
+                if args.tee == Tee::Snp { (HardwareTee::Snp, fw.amd_sev) } else { (HardwareTee::Tdx, fw.intel_tdx) };
+            cfg.confidential = Some(Confidential { tee, firmware });
+            Accel::Kvm
+        }
+        Tee::Sim => bail!("--libvirt with --tee sim: not supported (the simulated PSP is a host process); use --tee none"),
+        Tee::None => match args.accel.as_str() {
+            "kvm" => Accel::Kvm,
+            "tcg" => Accel::Tcg,
+            "auto" => {
+                if qemu::kvm_probe(&cfg.kernel, false).usable {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                }
+            }
+            other => bail!("--accel {other}: expected kvm, tcg or auto"),
+        },
+    };
+    if args.gpu.is_some() && cfg.confidential.is_none() {
+        bail!("--gpu with --libvirt needs --tee snp or --tee tdx");
+    }
+    let variant = variant_name(&cfg);
+    // Confidential hosts have a libvirt with passt (SNP needs >= 10.5); a plain local boot
+    // uses what this host's libvirt supports.
+    let network = if cfg.confidential.is_some() {
+        Network::Passt
+    } else {
+        let v = Command::new("virsh").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        v.map(|v| network_for(&v)).unwrap_or(Network::Passt)
+    };
+    let serial_log = dir.join(format!("{variant}-serial.log"));
+    let opts = DomainOptions {
+        name: format!("chrysalis-{variant}"),
+        accel,
+        host_port: if args.port == 0 { qemu::free_port()? } else { args.port },
+        serial_log: (cfg.confidential.is_none()).then(|| serial_log.clone()),
+        emulator: None,
+        network,
+    };
+    let xml = domain_xml(&cfg, &opts)?;
+    let path = dir.join(format!("{variant}.xml"));
+    std::fs::write(&path, &xml).with_context(|| format!("writing {}", path.display()))?;
+    say(format!("libvirt domain {} ({}) written to {}", opts.name, accel.name(), path.display()));
+    if cfg.confidential.is_some() {
+        say(
+            "define and start it on the provider's host: virsh define <xml> && virsh start <name> (SEV-SNP: libvirt >= 10.5, QEMU >= 9.1; TDX: a libvirt with launchSecurity type='tdx', QEMU >= 10.1)",
+        );
+        return Ok(());
+    }
+    if args.xml_only {
+        return Ok(());
+    }
+    crate::deps::ensure_packages(crate::deps::LIBVIRT_PACKAGES)?;
+    chrysalis_e2e::libvirt::ensure_daemon()?;
+    let _ = virsh(&["destroy", &opts.name]);
+    let _ = virsh(&["undefine", &opts.name]);
+    virsh(&["define", &path.display().to_string()])?;
+    virsh(&["start", &opts.name])?;
+    say(format!(
+        "started; console: {} ; API: http://127.0.0.1:{}{} ; stop: virsh destroy {} && virsh undefine {}",
+        serial_log.display(),
+        opts.host_port,
+        routes::HEALTH,
+        opts.name,
+        opts.name
+    ));
     Ok(())
 }
 

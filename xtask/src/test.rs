@@ -13,6 +13,7 @@ use crate::{deps, image, pins, repro};
 pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
     let total = Stage::start("test suite");
     deps::ensure_packages(deps::BASE_PACKAGES)?;
+    deps::ensure_packages(deps::LIBVIRT_PACKAGES)?;
     let settings = pins::image(root)?;
     deps::ensure_rust_target(root, &settings.target)?;
     let python = deps::ensure_venv(root)?;
