@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::{bench, gpu, run};
+use crate::{bench, gpu, k8s, run};
 
 /// Chrysalis build automation.
 #[derive(Parser)]
@@ -103,6 +103,9 @@ pub enum Cmd {
         #[command(subcommand)]
         what: GpuCmd,
     },
+    /// Kubernetes manifests for a fleet into out/k8s/, from the pinned definition: a KubeVirt
+    /// VirtualMachine (TDX) and a node-agent DaemonSet (SEV-SNP); see FLEET.md.
+    K8s(k8s::K8sArgs),
     /// Benchmarks (results under out/bench/).
     Bench {
         #[command(subcommand)]

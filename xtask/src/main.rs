@@ -13,6 +13,7 @@ mod firmware;
 mod flags;
 mod gpu;
 mod image;
+mod k8s;
 mod kernel;
 mod measure;
 mod package;
@@ -136,5 +137,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Gpu { what } => run_gpu(&root, what),
         Cmd::Bench { which } => bench::run(&root, which),
+        Cmd::K8s(args) => k8s::run(&root, args),
     }
 }
