@@ -384,12 +384,18 @@ impl Vm {
     /// tried first and abandoned (for this host, remembered) if the guest does not reach
     /// READY: /dev/kvm can exist without being able to run this guest (nested setups).
     pub fn start(cfg: &VmConfig) -> Result<Vm> {
+        Vm::start_on(cfg, None)
+    }
+
+    /// [`Vm::start`] forwarding `host_port` (a free one when `None`): a node restarted on
+    /// its old port keeps its URL, as a provider's restarted VM would.
+    pub fn start_on(cfg: &VmConfig, host_port: Option<u16>) -> Result<Vm> {
         let accel = match cfg.accel {
             Some(a) => a,
             None => preferred_accel(&cfg.kernel)?,
         };
         if cfg.accel.is_none() && accel == Accel::Kvm {
-            let mut vm = Vm::start_with(cfg, Accel::Kvm)?;
+            let mut vm = Vm::launch(cfg, Accel::Kvm, host_port)?;
             match vm.wait_for("READY", Duration::from_secs(60)) {
                 Ok(_) => return Ok(vm),
                 Err(e) => {
@@ -398,19 +404,26 @@ impl Vm {
                     drop(vm);
                 }
             }
-            return Vm::start_with(cfg, Accel::Tcg);
+            return Vm::launch(cfg, Accel::Tcg, host_port);
         }
-        Vm::start_with(cfg, accel)
+        Vm::launch(cfg, accel, host_port)
     }
 
     /// Start QEMU with a given accelerator.
     pub fn start_with(cfg: &VmConfig, accel: Accel) -> Result<Vm> {
+        Vm::launch(cfg, accel, None)
+    }
+
+    fn launch(cfg: &VmConfig, accel: Accel, host_port: Option<u16>) -> Result<Vm> {
         let qemu = qemu_binary()?;
         std::fs::create_dir_all(&cfg.work_dir)?;
         let serial_log = cfg.work_dir.join("serial.log");
         let _ = std::fs::remove_file(&serial_log);
         let _ = std::fs::remove_file(cfg.monitor_path());
-        let host_port = free_port()?;
+        let host_port = match host_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let args = cfg.qemu_args(accel, host_port, &format!("file:{}", serial_log.display()));
         let command_line = shell_line(qemu, &args);
         let child = Command::new(qemu)

@@ -30,13 +30,18 @@ pub fn measurement(cfg: &VmConfig) -> Result<[u8; 48]> {
 
 /// Boot `cfg` with a simulated PSP signing with `root` (measurement computed from `cfg`'s
 /// files). `tweak` may change the PSP (e.g. set the debug policy bit) before it starts.
-pub fn boot(mut cfg: VmConfig, root: SimRoot, tweak: impl FnOnce(&mut SimPsp)) -> Result<Vm> {
+pub fn boot(cfg: VmConfig, root: SimRoot, tweak: impl FnOnce(&mut SimPsp)) -> Result<Vm> {
+    boot_on(cfg, root, None, tweak)
+}
+
+/// [`boot`] forwarding the API to `host_port` (a free port when `None`).
+pub fn boot_on(mut cfg: VmConfig, root: SimRoot, host_port: Option<u16>, tweak: impl FnOnce(&mut SimPsp)) -> Result<Vm> {
     let socket = cfg.work_dir.join("simtee.sock");
     let _ = std::fs::remove_file(&socket);
     cfg.sim_tee_socket = Some(socket.clone());
     let mut psp = SimPsp::new(root, measurement(&cfg)?);
     tweak(&mut psp);
-    let vm = Vm::start(&cfg)?;
+    let vm = Vm::start_on(&cfg, host_port)?;
     crate::simtee::serve(&socket, Box::new(move |rd| Ok(psp.report(rd))))?;
     Ok(vm)
 }
