@@ -9,6 +9,7 @@ use clap::Subcommand;
 pub mod boot;
 pub mod channel;
 pub mod e2e;
+pub mod fleet;
 pub mod infer;
 pub mod serve;
 pub mod unseal;
@@ -59,6 +60,22 @@ pub enum Which {
         #[arg(long)]
         tiny: bool,
     },
+    /// The attested router: aggregate tokens/s with 1, 2 and 3 nodes (tiny model, simulated
+    /// TEE) and the latency it adds per request against asking one node directly.
+    Fleet {
+        /// Concurrent clients in the throughput runs.
+        #[arg(long, default_value_t = 6)]
+        clients: usize,
+        /// Requests per client per run.
+        #[arg(long, default_value_t = 6)]
+        per_client: usize,
+        /// Tokens generated per throughput request.
+        #[arg(long, default_value_t = 32)]
+        max_tokens: u32,
+        /// One-token requests per latency path.
+        #[arg(long, default_value_t = 30)]
+        latency_runs: usize,
+    },
     /// Unseal throughput on a synthetic bundle against `openssl speed -evp aes-256-gcm`
     /// (one core and all cores) measured in the same run.
     Unseal {
@@ -74,6 +91,9 @@ pub fn run(root: &Path, which: Which) -> Result<()> {
         Which::Boot { runs } => boot::run(root, runs),
         Which::E2e { runs } => e2e::run(root, runs),
         Which::Channel { runs, max_tokens, tiny } => channel::run(root, runs, max_tokens, tiny),
+        Which::Fleet { clients, per_client, max_tokens, latency_runs } => {
+            fleet::run(root, &fleet::FleetBench { clients, per_client, max_tokens, latency_runs })
+        }
         Which::Unseal { args } => unseal::run(&args),
         Which::Infer { args } => infer::run(&infer::InferBench::from_args(&args)?),
         Which::Serve { args } => serve::run(&serve::ServeBench::from_args(&args)?),
