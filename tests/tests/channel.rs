@@ -75,19 +75,7 @@ fn last_json(text: &str) -> serde_json::Value {
 }
 
 fn proxy_args(url: &str, policy: &Path, receipts: Option<PathBuf>) -> ProxyArgs {
-    ProxyArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        url: url.to_owned(),
-        upstreams: None,
-        policy: policy.to_owned(),
-        reattest_secs: 300,
-        save_bodies: receipts.is_some(),
-        receipts,
-        max_body_bytes: 1 << 20,
-        timeout_s: 600,
-        any_model: false,
-        inputs: Default::default(),
-    }
+    ProxyArgs { url: url.to_owned(), save_bodies: receipts.is_some(), receipts, ..ProxyArgs::embedded(policy) }
 }
 
 fn start_proxy(args: &ProxyArgs) -> proxy::RunningProxy {

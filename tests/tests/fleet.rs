@@ -40,19 +40,7 @@ fn tiny_llama() -> PathBuf {
 }
 
 fn start_proxy(policy: &Path, upstreams: &Path) -> proxy::RunningProxy {
-    let args = ProxyArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        url: String::new(),
-        upstreams: Some(upstreams.to_owned()),
-        policy: policy.to_owned(),
-        reattest_secs: 300,
-        receipts: None,
-        save_bodies: false,
-        max_body_bytes: 1 << 20,
-        timeout_s: 600,
-        any_model: false,
-        inputs: Default::default(),
-    };
+    let args = ProxyArgs { upstreams: Some(upstreams.to_owned()), ..ProxyArgs::embedded(policy) };
     proxy::start(&args, Box::new(PolicyVerifier::new(Policy::load(policy).unwrap()))).unwrap()
 }
 

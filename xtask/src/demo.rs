@@ -109,19 +109,7 @@ pub fn run(root: &Path, prompt: &str, max_tokens: Option<u32>) -> Result<()> {
     stage.done();
 
     let stage = Stage::start("7/8 user: the openai Python client through `attest proxy` (verifies, then seals each request)");
-    let proxy_args = ProxyArgs {
-        listen: "127.0.0.1:0".parse()?,
-        url: vm.url(),
-        upstreams: None,
-        policy: policy_path.clone(),
-        reattest_secs: 300,
-        receipts: Some(demo.join("receipts")),
-        save_bodies: false,
-        max_body_bytes: 1 << 20,
-        timeout_s: 600,
-        any_model: false,
-        inputs: Default::default(),
-    };
+    let proxy_args = ProxyArgs { url: vm.url(), receipts: Some(demo.join("receipts")), ..ProxyArgs::embedded(&policy_path) };
     let proxy = proxy::start(&proxy_args, Box::new(PolicyVerifier::new(policy.clone())))?;
     let base = format!("http://{}/v1", proxy.addr);
     say(format!("    attest proxy on {base}: any OpenAI client pointed here talks to the attested runtime only"));

@@ -94,6 +94,27 @@ pub struct ProxyArgs {
     pub inputs: super::EvidenceInputs,
 }
 
+impl ProxyArgs {
+    /// A proxy embedded in a test, benchmark or the demo: loopback on a free port, the given
+    /// policy, bodies up to 1 MiB, everything else as the CLI's defaults; set `url` or
+    /// `upstreams` (and `receipts`) before starting it.
+    pub fn embedded(policy: &Path) -> Self {
+        ProxyArgs {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            url: String::new(),
+            upstreams: None,
+            policy: policy.to_path_buf(),
+            reattest_secs: 300,
+            receipts: None,
+            save_bodies: false,
+            max_body_bytes: 1 << 20,
+            timeout_s: 600,
+            any_model: false,
+            inputs: Default::default(),
+        }
+    }
+}
+
 /// Refuse a policy that does not name the model the runtime must serve (unless `any_model`):
 /// otherwise a provider could seal a model of its own and serve it through the genuine runtime.
 pub fn require_model_pin(policy: &Policy, any_model: bool) -> anyhow::Result<()> {

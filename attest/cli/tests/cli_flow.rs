@@ -370,17 +370,9 @@ fn proxy_labels_plaintext_errors_and_rate_limits_forged_key_unknown() {
     let upstream = listener.local_addr().expect("addr");
     rt.spawn(async move { axum::serve(listener, app).await });
     let args = cli::proxy::ProxyArgs {
-        listen: "127.0.0.1:0".parse().expect("addr"),
         url: format!("http://{upstream}"),
-        upstreams: None,
-        policy: dir.path().join("unused-policy.toml"),
-        reattest_secs: 300,
-        receipts: None,
-        save_bodies: false,
-        max_body_bytes: 1 << 20,
         timeout_s: 30,
-        any_model: false,
-        inputs: Default::default(),
+        ..cli::proxy::ProxyArgs::embedded(&dir.path().join("unused-policy.toml"))
     };
     let proxy = cli::proxy::start(&args, Box::new(BindingOnly)).expect("proxy");
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();

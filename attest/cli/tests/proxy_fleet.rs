@@ -242,17 +242,10 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn start_proxy(upstreams: &Path, receipts: Option<&Path>) -> RunningProxy {
     let args = ProxyArgs {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        url: String::new(),
         upstreams: Some(upstreams.to_owned()),
-        policy: upstreams.with_file_name("policy.toml"),
-        reattest_secs: 300,
         receipts: receipts.map(Path::to_owned),
-        save_bodies: false,
-        max_body_bytes: 1 << 20,
         timeout_s: 30,
-        any_model: false,
-        inputs: Default::default(),
+        ..ProxyArgs::embedded(&upstreams.with_file_name("policy.toml"))
     };
     proxy::start(&args, Box::new(Measured)).expect("proxy starts")
 }

@@ -49,25 +49,16 @@ pub fn run(root: &Path, runs: usize, max_tokens: u32, tiny: bool) -> Result<()> 
     cfg.disk = Some(sealed.bundle.clone());
     cfg.cmdline.push_str(" chrysalis.plaintext=1");
     let sim_root = chrysalis_verify::sim::SimRoot::generate();
-    let policy_path = owner::write_policy(&dir, &owner::sim_policy(&sim_root.public_key(), &sim::measurement(&cfg)?, None))?;
+    let policy_path = owner::write_policy(
+        &dir,
+        &owner::sim_policy(&sim_root.public_key(), &sim::measurement(&cfg)?, Some(&sealed.header_sha384)),
+    )?;
     let mut vm = sim::boot(cfg, sim_root, |_| {})?;
     let accel = vm.accel.name().to_owned();
     vm.wait_for("READY", Duration::from_secs(600))?;
     owner::release(&vm.url(), &policy_path, &sealed.key_file)?;
     let policy = Policy::load(&policy_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let args = ProxyArgs {
-        listen: "127.0.0.1:0".parse()?,
-        url: vm.url(),
-        upstreams: None,
-        policy: policy_path.clone(),
-        reattest_secs: 3600,
-        receipts: None,
-        save_bodies: false,
-        max_body_bytes: 1 << 20,
-        timeout_s: 600,
-        any_model: false,
-        inputs: Default::default(),
-    };
+    let args = ProxyArgs { url: vm.url(), reattest_secs: 3600, ..ProxyArgs::embedded(&policy_path) };
     let running = proxy::start(&args, Box::new(PolicyVerifier::new(policy)))?;
     let direct = vm.url();
     let sealed_url = format!("http://{}", running.addr);

@@ -150,19 +150,7 @@ pub fn run(root: &Path, b: &FleetBench) -> Result<()> {
 }
 
 fn args(policy: &Path, upstreams: &Path) -> ProxyArgs {
-    ProxyArgs {
-        listen: "127.0.0.1:0".parse().unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
-        url: String::new(),
-        upstreams: Some(upstreams.to_path_buf()),
-        policy: policy.to_path_buf(),
-        reattest_secs: 3600,
-        receipts: None,
-        save_bodies: false,
-        max_body_bytes: 1 << 20,
-        timeout_s: 600,
-        any_model: false,
-        inputs: Default::default(),
-    }
+    ProxyArgs { upstreams: Some(upstreams.to_path_buf()), reattest_secs: 3600, ..ProxyArgs::embedded(policy) }
 }
 
 /// Wait until the router has exactly `n` nodes in rotation.
