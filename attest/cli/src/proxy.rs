@@ -10,7 +10,7 @@
 //! A single `--url` is a fleet of one: the same code serves both. For each request the proxy
 //! picks a node in rotation ([`route`]: rendezvous hashing on the prompt's start, bounded by
 //! in-flight load), and when that node fails before any byte of its answer reached the
-//! client, it takes the node out ([`node`]) and seals the request again for another node
+//! client, it takes the node out (`node`) and seals the request again for another node
 //! (a sealed request is bound to one node's key and answered once). A node that fails after
 //! part of a stream was relayed ends that stream with an error event naming it. Every answer
 //! names its node (`chrysalis-node`), and its receipt names the node's event-log digest and
