@@ -216,18 +216,17 @@ pub fn run(shared: Arc<Shared>, jobs: Receiver<Job>) {
             }
             continue;
         }
-        let plan = plan(&mut core, &mut waiting, &mut running, limits.step_tokens, &shared.preempted);
-        let chunks: Vec<(Vec<u32>, usize, usize)> = plan; // (slots, seq index, tokens this step)
+        let planned = plan(&mut core, &mut waiting, &mut running, limits.step_tokens, &shared.preempted);
         let result = {
-            let views: Vec<Chunk<'_>> = chunks
+            let views: Vec<Chunk<'_>> = planned
                 .iter()
-                .map(|(slots, i, n)| {
-                    let s = &running[*i];
+                .map(|p| {
+                    let s = &running[p.seq];
                     Chunk {
-                        tokens: &s.tokens[s.computed..s.computed + n],
+                        tokens: &s.tokens[s.computed..s.computed + p.tokens],
                         start: s.computed,
-                        slots,
-                        logits: s.computed + n == s.tokens.len(),
+                        slots: &p.slots,
+                        logits: s.computed + p.tokens == s.tokens.len(),
                     }
                 })
                 .collect();
@@ -238,7 +237,7 @@ pub fn run(shared: Arc<Shared>, jobs: Receiver<Job>) {
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
-                log::error!("inference: a step of {} sequences failed: {e}", chunks.len());
+                log::error!("inference: a step of {} sequences failed: {e}", planned.len());
                 for s in running.drain(..) {
                     s.fail(&mut core, InferError::Candle(candle_core::Error::Msg(format!("{e}"))));
                 }
@@ -247,9 +246,9 @@ pub fn run(shared: Arc<Shared>, jobs: Receiver<Job>) {
         };
         let mut logits = logits.into_iter();
         let mut done = Vec::new();
-        for (_, i, n) in &chunks {
-            let s = &mut running[*i];
-            s.computed += n;
+        for p in &planned {
+            let s = &mut running[p.seq];
+            s.computed += p.tokens;
             if limits.prefix_cache {
                 register(&mut core.pool, s);
             }
@@ -257,13 +256,20 @@ pub fn run(shared: Arc<Shared>, jobs: Receiver<Job>) {
                 continue;
             }
             let Some(row) = logits.next() else { continue };
-            if let Some(reason) = step_token(&shared, s, &row) {
-                done.push((*i, reason));
+            match step_token(&shared, s, &row) {
+                Ok(None) => {}
+                Ok(Some(reason)) => done.push((p.seq, Ok(reason))),
+                Err(e) => done.push((p.seq, Err(e))),
             }
         }
         done.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-        for (i, reason) in done {
-            running.remove(i).finish(&mut core, reason);
+        for (i, end) in done {
+            let s = running.remove(i);
+            match end {
+                Ok(reason) => s.finish(&mut core, reason),
+                // The client gets the error and nothing after it.
+                Err(e) => s.fail(&mut core, e),
+            }
         }
     }
 }
@@ -331,16 +337,25 @@ fn admit<'t>(core: &mut Core, waiting: &mut VecDeque<Seq<'t>>, running: &mut Vec
     }
 }
 
+/// One sequence's share of a step.
+struct Planned {
+    /// Cache slots of its positions up to the end of this step's tokens.
+    slots: Vec<u32>,
+    /// Its index in `running`.
+    seq: usize,
+    /// How many of its tokens this step computes.
+    tokens: usize,
+}
+
 /// Chooses this step's tokens: one for each decoding sequence, then prompt chunks up to
 /// the budget; makes sure their blocks exist, preempting if the pool is dry.
-/// Returns (slots, index in `running`, tokens) per chunk.
 fn plan<'t>(
     core: &mut Core,
     waiting: &mut VecDeque<Seq<'t>>,
     running: &mut Vec<Seq<'t>>,
     budget: usize,
     preempted: &std::sync::atomic::AtomicUsize,
-) -> Vec<(Vec<u32>, usize, usize)> {
+) -> Vec<Planned> {
     // Decoding sequences first, so prompts never delay the running streams' next token.
     running.sort_by_key(|s| s.tokens.len() - s.computed > 1);
     let mut left = budget.max(1);
@@ -397,7 +412,7 @@ fn plan<'t>(
         .zip(&counts)
         .enumerate()
         .filter(|(_, (_, n))| **n > 0)
-        .map(|(i, (s, n))| (kv::slots(&s.blocks, s.computed + n), i, *n))
+        .map(|(i, (s, n))| Planned { slots: kv::slots(&s.blocks, s.computed + n), seq: i, tokens: *n })
         .collect()
 }
 
@@ -411,32 +426,27 @@ fn register(pool: &mut BlockPool, s: &mut Seq<'_>) {
     }
 }
 
-/// Samples the next token from `logits`, streams its text; `Some` when the sequence ends.
-fn step_token(shared: &Shared, s: &mut Seq<'_>, logits: &[f32]) -> Option<FinishReason> {
-    let next = match Tensor::new(logits, &Device::Cpu).and_then(|t| s.sampler.sample(&t)) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = s.tx.send(Event::Failed(InferError::Candle(e)));
-            return Some(FinishReason::Cancelled);
-        }
-    };
+/// Samples the next token from `logits`, streams its text; `Some` when the sequence ends,
+/// an error when sampling failed (the sequence then fails, with no `Done` after it).
+fn step_token(shared: &Shared, s: &mut Seq<'_>, logits: &[f32]) -> Result<Option<FinishReason>, InferError> {
+    let next = Tensor::new(logits, &Device::Cpu).and_then(|t| s.sampler.sample(&t)).map_err(InferError::Candle)?;
     s.first_token.get_or_insert_with(Instant::now);
     s.tokens.push(next);
     if !s.ignore_eos && shared.eos_ids.contains(&next) {
-        return Some(FinishReason::Stop);
+        return Ok(Some(FinishReason::Stop));
     }
     match s.stream.push(next) {
         Delta::Text(t) => {
             if !t.is_empty() && s.tx.send(Event::Text(t)).is_err() {
-                return Some(FinishReason::Cancelled);
+                return Ok(Some(FinishReason::Cancelled));
             }
         }
         Delta::Stopped(t) => {
             if !t.is_empty() {
                 let _ = s.tx.send(Event::Text(t));
             }
-            return Some(FinishReason::Stop);
+            return Ok(Some(FinishReason::Stop));
         }
     }
-    (s.generated() >= s.max_tokens).then_some(FinishReason::Length)
+    Ok((s.generated() >= s.max_tokens).then_some(FinishReason::Length))
 }

@@ -352,16 +352,11 @@ impl Engine {
         );
         let limits = BatchLimits { max_sequences, step_tokens: opts.step_tokens.max(1), prefix_cache: opts.prefix_cache };
         let core = Core { model, kv, pool: BlockPool::new(kv_blocks) };
-        let threads = std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        // Without `num_threads`, rayon takes RAYON_NUM_THREADS or one thread per core.
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
             .thread_name(|i| format!("chrysalis-infer-{i}"))
             .build()
-            .map_err(|e| InferError::Device(format!("starting {threads} inference threads: {e}")))?;
+            .map_err(|e| InferError::Device(format!("starting the inference threads: {e}")))?;
         let shared = Arc::new(Shared { core: Mutex::new(core), tokenizer, eos_ids, limits, preempted: Default::default(), pool });
         let (tx, rx) = mpsc::channel();
         let for_thread = shared.clone();
