@@ -1,5 +1,6 @@
 //! `cargo xtask ci`: everything CI checks, in the order that fails fastest — formatting,
-//! lints, rustdoc, the fuzz targets' build — then the whole test suite ([`crate::test`]).
+//! lints, the `cuda` type-check (stub nvcc), rustdoc, the fuzz targets' build — then the
+//! whole test suite ([`crate::test`]).
 //! `.ci/run` runs exactly this from a clean clone; the README's test command is this.
 
 use std::path::Path;
@@ -7,10 +8,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::util::{Stage, cargo, run, say};
-use crate::{deps, test};
+use crate::{deps, gpu, test};
 
-/// Features the workspace is checked with: everything that builds without a GPU toolchain
-/// (`cuda` needs nvcc; `cargo xtask gpu build-cuda` covers it).
+/// Features the workspace is checked with: everything that builds without a GPU toolchain.
+/// `cuda` needs nvcc: its Rust code is type-checked and linted with a stub nvcc
+/// ([`gpu::typecheck`]), and built for real only by `cargo xtask gpu check prepare`.
 const FEATURES: &str = "chrysalis-runtime/dev-server,chrysalis-runtime/gpu-evidence";
 
 /// The fuzz crate (its own workspace and lock file, so fuzzing dependencies stay out of
@@ -27,7 +29,7 @@ pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
     Ok(())
 }
 
-/// The static checks: fmt, clippy, rustdoc, fuzz build.
+/// The static checks: fmt, clippy, the `cuda` type-check, rustdoc, fuzz build.
 pub fn lint(root: &Path) -> Result<()> {
     // libFuzzer (built by libfuzzer-sys) is C++.
     deps::ensure_packages(&["g++"])?;
@@ -38,6 +40,11 @@ pub fn lint(root: &Path) -> Result<()> {
         &["clippy", "--workspace", "--all-targets", "--locked", "--features", FEATURES, "--", "-D", "warnings"],
         &[],
     )?;
+    // Every line of Rust behind `cuda`, with candle's PTX stubbed (no CUDA compiled); its own
+    // target dir, so about 5 min from cold on 2 cores.
+    let stage = Stage::start("cuda type-check (stub nvcc, PTX stubbed)");
+    gpu::typecheck_cuda(root)?;
+    stage.done();
     step(
         root,
         "cargo doc (warnings denied)",

@@ -127,6 +127,9 @@ pub enum GpuCmd {
     Nvcc,
     /// `cargo build -p chrysalis-runtime --features cuda --release` with the private nvcc.
     BuildCuda,
+    /// Type-check and lint the `cuda` Rust code with a STUB nvcc (PTX stubbed, nothing built
+    /// for a GPU; no CUDA toolchain needed). CI runs it.
+    Typecheck,
     /// `prepare` here, then `run` on a GPU machine: CUDA correctness + bench, results to a file.
     Check {
         /// prepare (here: build and pack) or run (on the GPU machine).

@@ -59,6 +59,10 @@ fn run_gpu(root: &std::path::Path, what: GpuCmd) -> Result<()> {
             let t = gpu::build_runtime_cuda(root)?;
             println!("cuda build took {:.0} s", t.as_secs_f64());
         }
+        GpuCmd::Typecheck => {
+            let t = gpu::typecheck_cuda(root)?;
+            println!("cuda type-check (stub nvcc, PTX stubbed) took {:.0} s", t.as_secs_f64());
+        }
         GpuCmd::Check { stage, out } => {
             let p = gpu::gpu_check(root, stage, out.as_deref())?;
             println!("{}", p.display());

@@ -11,6 +11,7 @@
 //! - [`modules`]: build NVIDIA's open kernel modules and check the build is reproducible.
 //! - [`nvcc`]: the private nvcc and the runtime's `cuda` build.
 //! - [`check`]: the two-stage GPU check (`prepare` here, `run` on a GPU machine).
+//! - [`typecheck`]: type-check the `cuda` Rust code with a stub nvcc (no CUDA toolchain; CI).
 
 use std::fs;
 use std::path::Path;
@@ -22,6 +23,7 @@ pub mod check;
 pub mod fetch;
 pub mod modules;
 pub mod nvcc;
+pub mod typecheck;
 
 // The entry points `cargo xtask gpu ...` calls; result types stay at their module paths
 // (`gpu::fetch::Fetched`, `gpu::modules::ModuleBuild`, `gpu::nvcc::Nvcc`).
@@ -29,6 +31,7 @@ pub use check::{GpuCheckStage, gpu_check};
 pub use fetch::fetch_gpu_inputs;
 pub use modules::{build_nvidia_modules, check_modules_reproducible};
 pub use nvcc::{build_runtime_cuda, ensure_nvcc};
+pub use typecheck::typecheck_cuda;
 
 /// The package pins, relative to the repository root.
 pub const PACKAGES_TOML: &str = "kernel/gpu-packages.toml";
