@@ -21,8 +21,10 @@
 //! // Client: seal the body to the attested key.
 //! let (req, opener) = seal_request(&runtime.public_key(), &log_digest, &target, b"{}").unwrap();
 //! // Runtime: open it, answer.
-//! let (body, sealer) = open_request(&runtime, &log_digest, &target, &req.enc, &req.ciphertext).unwrap();
-//! assert_eq!(&body[..], b"{}");
+//! let (opened, sealer) = open_request(&runtime, &log_digest, &target, &req.enc, &req.ciphertext).unwrap();
+//! assert_eq!(&opened.body[..], b"{}");
+//! // The runtime answers each request id once (`replay::ReplayWindow`); the receipt names it.
+//! assert_eq!(opened.meta, opener.meta());
 //! let mut out = sealer.response(200, ResponseMode::Whole);
 //! let records = [out.seal(b"{\"ok\":true}").unwrap(), out.seal_final(b"receipt").unwrap()];
 //! // Client: open the records in order; the final one carries the receipt.
