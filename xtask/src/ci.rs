@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::util::{Stage, cargo, run, say};
+use crate::util::{Stage, cargo, free_disk, remove_scratch, run, say};
 use crate::{deps, gpu, test};
 
 /// Features the workspace is checked with: everything that builds without a GPU toolchain.
@@ -18,10 +18,13 @@ const FEATURES: &str = "chrysalis-runtime/dev-server,chrysalis-runtime/gpu-evide
 /// The fuzz crate (its own workspace and lock file, so fuzzing dependencies stay out of
 /// the main lock file).
 const FUZZ_MANIFEST: &str = "attest/fuzz/Cargo.toml";
+/// Its target directory (a workspace of its own).
+const FUZZ_TARGET: &str = "attest/fuzz/target";
 
 /// Run every check, then the test suite.
 pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
     let total = Stage::start("ci");
+    say(format!("disk at the start: {}", free_disk(root)));
     lint(root)?;
     test::run_all(root, skip_repro)?;
     let secs = total.done();
@@ -45,6 +48,7 @@ pub fn lint(root: &Path) -> Result<()> {
     let stage = Stage::start("cuda type-check (stub nvcc, PTX stubbed)");
     gpu::typecheck_cuda(root)?;
     stage.done();
+    remove_scratch(&gpu::typecheck::target_dir(root), "the cuda type-check's target directory")?;
     step(
         root,
         "cargo doc (warnings denied)",
@@ -52,6 +56,7 @@ pub fn lint(root: &Path) -> Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     step(root, "fuzz targets build", &["build", "--manifest-path", FUZZ_MANIFEST, "--locked", "--bins"], &[])?;
+    remove_scratch(&root.join(FUZZ_TARGET), "the fuzz crate's target directory")?;
     Ok(())
 }
 

@@ -39,6 +39,8 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // The downloaded .deb files are not needed once installed.
+    run(Command::new("apt-get").arg("clean"))?;
     stage.done();
     Ok(())
 }
@@ -107,7 +109,9 @@ pub fn ensure_venv_with(root: &Path, requirements: &[&str]) -> Result<PathBuf> {
     }
     let stage = Stage::start(format!("pip install -r {}", requirements.join(" -r ")));
     let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "--progress-bar", "off", "--disable-pip-version-check"]);
+    // No wheel cache: the torch wheel and the CUDA wheels it pulls are gigabytes, installed
+    // once into .venv; a second copy in ~/.cache/pip only costs disk.
+    pip.args(["-m", "pip", "install", "--progress-bar", "off", "--disable-pip-version-check", "--no-cache-dir"]);
     for req in requirements {
         pip.arg("-r").arg(root.join(req));
     }

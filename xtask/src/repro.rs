@@ -24,9 +24,13 @@ pub enum Isolation {
     SharedDependencies,
 }
 
+/// Where build 2 happens (the copy of the tree, its out/, its own target and cargo home),
+/// relative to the root.
+pub const SCRATCH: &str = "target/repro";
+
 /// Run the reproducibility check.
 pub fn run(root: &Path, kernel_deb: Option<PathBuf>, isolation: Isolation) -> Result<()> {
-    let base = root.join("target/repro");
+    let base = root.join(SCRATCH);
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
     let kernel_deb = match kernel_deb {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::util::{Stage, cargo, run, say};
+use crate::util::{Stage, cargo, free_disk, remove_scratch, run, say};
 use crate::{deps, image, pins, repro};
 
 /// Run the suite.
@@ -25,11 +25,13 @@ pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
         // Builds out/ from this tree, a second time from a copy elsewhere (sharing the compiled
         // registry dependencies; `cargo xtask repro` shares nothing), and compares.
         repro::run(root, None, repro::Isolation::SharedDependencies)?;
+        remove_scratch(&root.join(repro::SCRATCH), "the reproducibility check's copy")?;
     }
     // The build must also equal the values published for this source (image/expected.json),
     // which independent rebuilds on other machines are compared with.
     crate::expected::check(root, &root.join("out"))?;
 
+    say(format!("disk before the test build: {}", free_disk(root)));
     let stage = Stage::start("cargo test --workspace");
     run(cargo()
         .current_dir(root)

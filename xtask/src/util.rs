@@ -44,9 +44,45 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// The `cargo` that runs xtask (so builds use the pinned toolchain).
+/// The `cargo` that runs xtask (so builds use the pinned toolchain). Incremental compilation
+/// is off: xtask runs whole builds and suites, not an edit-compile loop, and the incremental
+/// caches doubled the test build's size on disk (CI ran out of disk with them).
 pub fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.env("CARGO_INCREMENTAL", "0");
+    cmd
+}
+
+/// Whether this runs on a CI machine (`CI` set and not `false`, as `.ci/run` is run). There a
+/// clean clone is built once and disk is what runs out first, so scratch build trees are
+/// removed as soon as their step has passed ([`remove_scratch`]).
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// On a CI machine ([`on_ci`]), remove a scratch directory that no later step reads (a
+/// separate target directory, the reproducibility copy) and say how much disk is free.
+/// Elsewhere keep it, so that a rerun is incremental.
+pub fn remove_scratch(path: &Path, what: &str) -> Result<()> {
+    if !on_ci() || !path.exists() {
+        return Ok(());
+    }
+    std::fs::remove_dir_all(path).with_context(|| format!("removing {what} ({})", path.display()))?;
+    say(format!("removed {what} ({}), no later step reads it; {}", path.display(), free_disk(path)));
+    Ok(())
+}
+
+/// "N.N GiB free on <mount>" for the file system holding `path` (its nearest existing
+/// ancestor), from `df`; "free disk unknown" when `df` cannot tell.
+pub fn free_disk(path: &Path) -> String {
+    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let out = Command::new("df").args(["-Pk"]).arg(existing).output();
+    let line = out.ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.lines().nth(1).map(str::to_owned));
+    let fields: Vec<&str> = line.as_deref().unwrap_or("").split_whitespace().collect();
+    match (fields.get(3).and_then(|k| k.parse::<f64>().ok()), fields.get(5)) {
+        (Some(kib), Some(mount)) => format!("{:.1} GiB free on {mount}", kib / (1024.0 * 1024.0)),
+        _ => "free disk unknown".into(),
+    }
 }
 
 /// Measures a stage and prints its duration when done.
