@@ -66,8 +66,32 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
+/// The engine, or 503 once the request's body was read (within the usual limits) and wiped:
+/// a response sent before the body is read makes hyper close the connection, and a client
+/// that reuses it at that moment sees a connection error instead of the 503. (A body declared
+/// larger than the limit is not read; that connection closes, as for any oversized body.)
+async fn ready_engine(state: &InferenceState, req: Request) -> Result<(Arc<Engine>, Request), ApiError> {
+    match state.engine() {
+        Some(engine) => Ok((engine, req)),
+        None => {
+            if let Ok(bytes) = read_body(state, req).await {
+                crate::channel::wipe(bytes);
+            }
+            Err(ApiError::not_unsealed())
+        }
+    }
+}
+
 /// Reads and parses a JSON body of at most `max_body_bytes`.
 async fn read_json<T: DeserializeOwned>(state: &InferenceState, req: Request) -> Result<T, ApiError> {
+    let bytes = read_body(state, req).await?;
+    let parsed = serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")));
+    crate::channel::wipe(bytes);
+    parsed
+}
+
+/// Reads a body of at most `max_body_bytes` within the body deadline.
+async fn read_body(state: &InferenceState, req: Request) -> Result<axum::body::Bytes, ApiError> {
     let limit = state.config().max_body_bytes;
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
@@ -77,12 +101,9 @@ async fn read_json<T: DeserializeOwned>(state: &InferenceState, req: Request) ->
     let read = tokio::time::timeout(deadline, axum::body::to_bytes(req.into_body(), limit))
         .await
         .map_err(|_| ApiError::body_timeout(deadline))?;
-    let bytes = read.map_err(|e| {
+    read.map_err(|e| {
         if is_length_limit(&e) { ApiError::too_large(limit) } else { ApiError::invalid(None, "could not read the request body") }
-    })?;
-    let parsed = serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")));
-    crate::channel::wipe(bytes);
-    parsed
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -120,7 +141,7 @@ fn admit(state: &InferenceState) -> Result<OwnedSemaphorePermit, ApiError> {
 }
 
 async fn prepare_completion(state: &InferenceState, req: Request) -> Result<Job, ApiError> {
-    let engine = engine(state)?;
+    let (engine, req) = ready_engine(state, req).await?;
     let body: CompletionRequest = read_json(state, req).await?;
     if body.common.model != engine.info().id {
         return Err(ApiError::unknown_model(&body.common.model));
@@ -154,7 +175,7 @@ async fn prepare_completion(state: &InferenceState, req: Request) -> Result<Job,
 }
 
 async fn prepare_chat(state: &InferenceState, req: Request) -> Result<Job, ApiError> {
-    let engine = engine(state)?;
+    let (engine, req) = ready_engine(state, req).await?;
     let body: ChatRequest = read_json(state, req).await?;
     if body.common.model != engine.info().id {
         return Err(ApiError::unknown_model(&body.common.model));

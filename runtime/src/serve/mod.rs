@@ -169,4 +169,27 @@ mod tests {
         let (status, _) = raw(addr, req.as_bytes()).await;
         assert_eq!(status, 503);
     }
+
+    /// Before unsealing, a POST's 503 leaves a kept-alive connection usable: the body is read
+    /// first, so hyper does not close the connection under a client that reuses it. (The body
+    /// arrives after the headers, as from a client that writes them separately.)
+    #[tokio::test]
+    async fn a_503_before_unsealing_keeps_the_connection_alive() {
+        let addr = start().await;
+        let body = r#"{"model":"m","prompt":"hi"}"#;
+        let head = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+        s.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // The body, then a second request on the same connection asking to close it.
+        let rest = format!("{body}GET /v1/models HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(rest.as_bytes()).await;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert_eq!(text.matches("HTTP/1.1 503").count(), 2, "both requests answered on one connection: {text}");
+    }
 }

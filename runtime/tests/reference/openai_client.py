@@ -217,16 +217,14 @@ def batch(base, model):
 
 
 def unsealed(base, model):
-    # One client (one connection) per request: the runtime answers these 503s without reading
-    # the request body, after which hyper closes the connection, and a client that reuses it
-    # at that moment sees a connection error (max_retries=0 here; the default client retries).
-    def client():
-        return openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=30)
-    e = expect_error("unsealed.models", lambda: client().models.list(), 503, "model_not_ready")
+    # One client, one kept-alive connection, no retries: each 503 must leave the connection
+    # usable for the next request (the runtime reads the body before answering).
+    client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=30)
+    e = expect_error("unsealed.models", lambda: client.models.list(), 503, "model_not_ready")
     check("unsealed.retry_after", e is not None and e.response.headers.get("retry-after") is not None)
-    expect_error("unsealed.chat", lambda: client().chat.completions.create(
+    expect_error("unsealed.chat", lambda: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}]), 503, "model_not_ready")
-    expect_error("unsealed.completions", lambda: client().completions.create(
+    expect_error("unsealed.completions", lambda: client.completions.create(
         model=model, prompt="hi"), 503, "model_not_ready")
 
 
