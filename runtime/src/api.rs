@@ -56,7 +56,8 @@ fn session_error(e: &SessionError) -> Response {
     let status = match e {
         SessionError::BadNonce(_) => StatusCode::BAD_REQUEST,
         SessionError::NoEvidence(_) | SessionError::NoBundle(_) => StatusCode::SERVICE_UNAVAILABLE,
-        SessionError::Busy | SessionError::AlreadyServing(_) => StatusCode::CONFLICT,
+        SessionError::Busy | SessionError::AlreadyServing(_) | SessionError::Stopped(_) => StatusCode::CONFLICT,
+        SessionError::Renewal(_) => StatusCode::FORBIDDEN,
         SessionError::EvidenceBusy => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string());
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(1u64));

@@ -69,6 +69,13 @@ pub struct Config {
     /// sending its headers, sending its body, or reading a response the server is blocked
     /// on writing. Past it the connection is closed and its generation cancelled.
     pub client_timeout_s: u32,
+    /// Pull mode on a lease (`chrysalis.lease_s=N`, 3–86400, needs `chrysalis.key_url`): the
+    /// runtime renews its key with the key service every third of the lease and stops
+    /// serving, dropping the model, when a renewal is refused or none succeeded for `N`
+    /// seconds. Absent: the released key is kept for the whole boot. (Left out of the
+    /// canonical encoding when absent, so configs without a lease measure as before.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_s: Option<u32>,
 }
 
 impl Default for Config {
@@ -86,6 +93,7 @@ impl Default for Config {
             kv_mib: None,
             prefix_cache: true,
             client_timeout_s: 10,
+            lease_s: None,
         }
     }
 }
@@ -175,11 +183,23 @@ impl Config {
                     cfg.client_timeout_s =
                         value.parse().ok().filter(|n| (1..=3600).contains(n)).ok_or_else(|| bad("expected seconds, 1-3600"))?;
                 }
+                "lease_s" => {
+                    cfg.lease_s = Some(
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|n| (3..=86_400).contains(n))
+                            .ok_or_else(|| bad("expected seconds, 3-86400"))?,
+                    );
+                }
                 _ => return Err(ConfigError::UnknownKey(key.to_owned())),
             }
         }
         if cfg.gateway.is_some() && cfg.ip.is_none() {
             return Err(ConfigError::Inconsistent("chrysalis.gw needs chrysalis.ip"));
+        }
+        if cfg.lease_s.is_some() && cfg.key_url.is_none() {
+            return Err(ConfigError::Inconsistent("chrysalis.lease_s needs chrysalis.key_url (leases are renewed in pull mode)"));
         }
         Ok(cfg)
     }
@@ -206,7 +226,7 @@ mod tests {
             "console=ttyS0 panic=-1 chrysalis.ip=10.0.2.15/24 chrysalis.gw=10.0.2.2 chrysalis.port=8080 \
              chrysalis.tee=sim chrysalis.bundle=/dev/vda chrysalis.key_url=http://10.0.2.2:9000/ \
              chrysalis.plaintext=1 chrysalis.log=debug chrysalis.max_seqs=4 chrysalis.kv_mib=512 \
-             chrysalis.prefix_cache=0 chrysalis.client_timeout_s=30",
+             chrysalis.prefix_cache=0 chrysalis.client_timeout_s=30 chrysalis.lease_s=60",
         )
         .unwrap();
         assert_eq!(c.ip, Some(Ipv4Cidr { addr: Ipv4Addr::new(10, 0, 2, 15), prefix: 24 }));
@@ -217,6 +237,7 @@ mod tests {
         assert!(c.allow_plaintext);
         assert_eq!(c.log_level, log::LevelFilter::Debug);
         assert_eq!((c.max_seqs, c.kv_mib, c.prefix_cache, c.client_timeout_s), (4, Some(512), false, 30));
+        assert_eq!(c.lease_s, Some(60));
     }
 
     #[test]
@@ -236,6 +257,8 @@ mod tests {
             ("chrysalis.kv_mib=lots", "chrysalis.kv_mib"),
             ("chrysalis.prefix_cache=yes", "chrysalis.prefix_cache"),
             ("chrysalis.client_timeout_s=0", "chrysalis.client_timeout_s"),
+            ("chrysalis.key_url=http://h:1 chrysalis.lease_s=2", "chrysalis.lease_s"),
+            ("chrysalis.lease_s=60", "chrysalis.lease_s needs chrysalis.key_url"),
         ];
         for (line, key) in cases {
             let err = Config::from_cmdline(line).unwrap_err().to_string();
@@ -248,5 +271,7 @@ mod tests {
         let a = Config::from_cmdline("chrysalis.port=1").unwrap().canonical();
         let b = Config::from_cmdline("chrysalis.port=2").unwrap().canonical();
         assert_ne!(a, b);
+        // A config without a lease encodes as before the setting existed.
+        assert!(!String::from_utf8(a).unwrap().contains("lease"));
     }
 }

@@ -111,9 +111,10 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
     // everything before it, the receipt key included; see attest/GPU_BINDING.md.
     let gpus = chrysalis_runtime::gpu_boot::collect(&mut log)?;
     log::info!("measured {} events; log digest {}", log.events.len(), hex::encode(log.digest()));
-    Ok(Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone(), load_options(cfg))))
+    let session = Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone(), load_options(cfg))))
         .with_receipt_signer(receipts)
-        .with_gpus(gpus))
+        .with_gpus(gpus);
+    Ok(if cfg.lease_s.is_some() { session.on_lease() } else { session })
 }
 
 /// The engine's limits from the measured command line.
@@ -138,6 +139,10 @@ impl ModelSink for EngineSink {
         self.0.install(engine);
         Ok(id)
     }
+
+    fn unload(&self, reason: &chrysalis_runtime::session::StopReason) {
+        self.0.uninstall(reason.class());
+    }
 }
 
 /// The API's model id: the bundle's model name, lower-cased, spaces as dashes.
@@ -156,7 +161,8 @@ async fn serve(cfg: Config, mut t: BootTimings, pid1: bool, session: Arc<Session
     let sealed = channel::ChannelState::new(session.clone(), cfg.allow_plaintext, inference.config().max_body_bytes);
     let app = channel::wrap(serve::router(inference), Arc::new(sealed)).merge(api::router(state));
     if let Some(url) = cfg.key_url.clone() {
-        tokio::spawn(pull::run(url, session));
+        let lease = cfg.lease_s.map(|s| std::time::Duration::from_secs(u64::from(s)));
+        tokio::spawn(pull::run(url, session, lease));
     }
     log::info!("API listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     println!("{}", t.ready_line());

@@ -224,3 +224,80 @@ fn evidence_replayed_from_an_earlier_boot_is_refused() {
     assert!(msg.contains("nonce"), "replay not refused for its nonce: {msg}");
     assert_eq!(chrysalis_attest::exit_code(&err), chrysalis_attest::EXIT_REFUSED, "{msg}");
 }
+
+/// Poll `/v1/health` until the stage is `state` (pull mode gets its key on its own).
+fn wait_stage(vm: &Vm, state: &str, timeout: Duration) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let h = health(vm);
+        if h["stage"]["state"] == state {
+            return h;
+        }
+        assert!(start.elapsed() < timeout, "stage {state} not reached in {timeout:?}: {h}\n{}", vm.serial());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Keys on a lease (issue 19): in pull mode with `chrysalis.lease_s`, the runtime renews
+/// its key with `attest serve-keys` every third of the lease and keeps serving; once the
+/// owner revokes its image (its launch measurement in `--revoked`), it stops serving at the
+/// next renewal: within one lease period, with `model_stopped` for requests and the reason
+/// in `/v1/health`.
+#[test]
+fn a_revoked_lease_stops_serving_within_one_lease_period() {
+    use chrysalis_attest::serve_keys::{KeyService, serve};
+    const LEASE: Duration = Duration::from_secs(9);
+    let mut s = setup("lease");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // QEMU's user network shows the host's loopback to the guest as 10.0.2.2.
+    s.cfg.cmdline.push_str(&format!(" chrysalis.key_url=http://10.0.2.2:{port} chrysalis.lease_s={}", LEASE.as_secs()));
+    let measurement = sim::measurement(&s.cfg).unwrap();
+    let policy = owner::sim_policy(&s.root.public_key(), &measurement, Some(&s.header_sha384));
+    let verifier = chrysalis_verify::PolicyVerifier::new(chrysalis_verify::policy::Policy::from_toml(&policy).unwrap());
+    let key = chrysalis_proto::seal::KeyFile::parse(&std::fs::read_to_string(&s.key).unwrap()).unwrap();
+    let revoked = s.dir.join("revoked");
+    std::fs::write(&revoked, "# nothing revoked\n").unwrap();
+    let svc = KeyService::new(Box::new(verifier), key, Duration::from_secs(120)).with_revocations(revoked.clone());
+    rt.spawn(serve(listener, std::sync::Arc::new(svc)));
+
+    let mut vm = sim::boot(s.cfg.clone(), s.root, |_| {}).unwrap();
+    vm.wait_for("READY", BOOT).unwrap();
+    wait_stage(&vm, "serving", BOOT);
+    complete(&vm, "tiny-llama");
+    // More than one lease later it still serves: the renewals worked.
+    std::thread::sleep(LEASE + Duration::from_secs(2));
+    assert_eq!(health(&vm)["stage"]["state"], "serving");
+    complete(&vm, "tiny-llama");
+
+    std::fs::write(&revoked, format!("measurement {}  # this image\n", hex::encode(measurement))).unwrap();
+    let revoked_at = std::time::Instant::now();
+    let body = serde_json::json!({"model": "tiny-llama", "prompt": "The sky is", "max_tokens": 1}).to_string();
+    let refusal = loop {
+        let mut r = ureq::post(&format!("{}/v1/completions", vm.url()))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .header("content-type", "application/json")
+            .send(body.as_bytes())
+            .unwrap();
+        if r.status().as_u16() == 503 {
+            break r.body_mut().read_to_string().unwrap();
+        }
+        assert!(revoked_at.elapsed() < 3 * LEASE, "still serving {:?} after revocation\n{}", revoked_at.elapsed(), vm.serial());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = revoked_at.elapsed();
+    eprintln!("lease {LEASE:?}: requests refused {took:?} after the owner revoked the image");
+    assert!(took <= LEASE, "stopped {took:?} after revocation, more than the lease {LEASE:?}");
+    assert!(refusal.contains("model_stopped") && refusal.contains("renewal_refused"), "{refusal}");
+    let h = health(&vm);
+    assert_eq!(h["stage"], serde_json::json!({"state": "stopped", "reason": "renewal_refused"}), "{h}");
+    let console = vm.serial();
+    assert!(console.contains("lease: stopped serving: the key service refused to renew the lease"), "{console}");
+    assert!(console.contains("launch measurement") && console.contains("is revoked"), "{console}");
+    // A key pushed afterwards is refused: the stop is final for this boot.
+    let again = owner::release(&vm.url(), &owner::write_policy(&s.dir, &policy).unwrap(), &s.key).unwrap_err();
+    assert!(format!("{again:#}").contains("409") || format!("{again:#}").contains("already unsealed"), "{again:#}");
+}

@@ -72,7 +72,7 @@ pub fn remove_scratch(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// "N.N GiB free on <mount>" for the file system holding `path` (its nearest existing
+/// `N.N GiB free on MOUNT` for the file system holding `path` (its nearest existing
 /// ancestor), from `df`; "free disk unknown" when `df` cannot tell.
 pub fn free_disk(path: &Path) -> String {
     let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));

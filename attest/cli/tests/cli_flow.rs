@@ -22,7 +22,7 @@ use chrysalis_attest::{self as cli, Refused};
 use chrysalis_proto::channel::receipt::ReceiptSigner;
 use chrysalis_proto::eventlog::{Event, EventKind, EventLog};
 use chrysalis_proto::evidence::{EVIDENCE_VERSION, Evidence, PlatformEvidence};
-use chrysalis_proto::keyrelease::{KeyRelease, NonceBook, RuntimeKeyPair};
+use chrysalis_proto::keyrelease::{KeyRelease, NonceBook, RuntimeKeyPair, renewal_nonce};
 use chrysalis_proto::seal::{KeyFile, UnsealedFiles, read_header, unseal};
 use chrysalis_verify::attested::{AttestError, Challenge, EvidenceVerifier, VerifiedRuntime};
 
@@ -309,6 +309,66 @@ fn serve_keys_pull_mode_end_to_end_and_refusals() {
     let (status, body) = post_bytes(&agent, &format!("{base}/v1/release"), &ev.to_bytes());
     assert_eq!(status, 403);
     assert!(String::from_utf8_lossy(&body).contains("not bound"));
+}
+
+/// A runtime on a lease renews with a challenge bound to its own random `bind`; the owner
+/// revokes it by listing its runtime key (or `all`; measurements: the unit tests) in the file
+/// given to `--revoked`, which is read at every release.
+#[test]
+fn serve_keys_renewal_challenges_and_revocation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle_path, key_path) = seal_model(dir.path());
+    let bundle = std::fs::read(&bundle_path).expect("read");
+    let key = KeyFile::parse(&std::fs::read_to_string(&key_path).expect("read")).expect("parses");
+    let revoked = dir.path().join("revoked");
+    std::fs::write(&revoked, "# nothing revoked yet\n").expect("write");
+    let rt = runtime();
+    let svc = Arc::new(KeyService::new(Box::new(BindingOnly), key, Duration::from_secs(60)).with_revocations(revoked.clone()));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    rt.spawn(serve(listener, svc));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let fake = FakeRuntime::new(bundle);
+    let renew = |agent: &ureq::Agent| -> (u16, String) {
+        let bind = [7u8; 32];
+        let text = agent
+            .get(format!("{base}/v1/challenge?bind={}", hex::encode(bind)))
+            .call()
+            .expect("get")
+            .body_mut()
+            .read_to_string()
+            .expect("body");
+        let (nonce, salt) = text.trim().split_once(' ').expect("nonce and salt");
+        let salt: [u8; 32] = hex::decode(salt).expect("hex").try_into().expect("32 bytes");
+        let nonce = hex::decode(nonce).expect("hex");
+        assert_eq!(nonce, renewal_nonce(&salt, &bind), "the challenge is bound to the runtime's bind");
+        let (status, body) = post_bytes(agent, &format!("{base}/v1/release"), &fake.evidence(&nonce).to_bytes());
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (status, body) = renew(&agent);
+    assert_eq!(status, 200, "{body}");
+
+    // A malformed bind is refused.
+    let mut r = agent.get(format!("{base}/v1/challenge?bind=abcd")).call().expect("get");
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.body_mut().read_to_string().expect("body").contains("bind must be 32 bytes"));
+
+    // The owner lists this runtime's key: the next renewal is refused, naming it.
+    let runtime_key = hex::encode(fake.keys.public_key());
+    std::fs::write(&revoked, format!("key {runtime_key}  # node-3\n")).expect("write");
+    let (status, body) = renew(&agent);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains(&format!("revoked: runtime key {runtime_key} is revoked in {}", revoked.display())), "{body}");
+
+    // A malformed list refuses everything (fail closed), naming the line.
+    std::fs::write(&revoked, "key nothex\n").expect("write");
+    let (status, body) = renew(&agent);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("line 1: not hex") && body.contains("refusing every release"), "{body}");
+    std::fs::write(&revoked, "all\n").expect("write");
+    let (status, body) = renew(&agent);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("every release is revoked"), "{body}");
 }
 
 #[test]

@@ -31,7 +31,7 @@ use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as KemTrait, OpModeR, OpModeS, Serializable};
 use serde::{Deserialize, Serialize};
 use serde_big_array::BigArray;
-use sha2::{Digest, Sha384};
+use sha2::{Digest, Sha256, Sha384};
 use zeroize::Zeroizing;
 
 use crate::eventlog::{Digest384, Event, EventKind, EventLog};
@@ -132,6 +132,36 @@ pub fn fresh_nonce() -> Result<Nonce, KeyReleaseError> {
     let mut n = [0u8; NONCE_LEN];
     getrandom::fill(&mut n).map_err(|_| KeyReleaseError::Random)?;
     Ok(n)
+}
+
+/// Domain separation prefix of a lease-renewal challenge ([`renewal_nonce`]).
+pub const RENEWAL_DOMAIN: &[u8] = b"chrysalis/lease-renewal/v1";
+
+/// The nonce of a lease-renewal challenge: `SHA-256(RENEWAL_DOMAIN || salt || bind)`.
+///
+/// A runtime on a lease renews its key while serving. It must know that each renewal is
+/// fresh, or the host could replay an old renewal forever after the owner stopped renewing.
+/// So the runtime picks `bind` at random and asks `GET /v1/challenge?bind=<hex>`; the key
+/// service picks `salt` at random and answers `<nonce hex> <salt hex>`. Each side then knows
+/// the nonce is new: the service because of `salt`, the runtime because of `bind` (it
+/// recomputes the nonce and refuses a challenge that does not match).
+pub fn renewal_nonce(salt: &Nonce, bind: &Nonce) -> Nonce {
+    let mut h = Sha256::new();
+    h.update(RENEWAL_DOMAIN);
+    h.update(salt);
+    h.update(bind);
+    h.finalize().into()
+}
+
+/// Open a lease renewal on the runtime: `msg` must answer `nonce` (the [`renewal_nonce`] the
+/// runtime computed from its own `bind`) and open under this boot's transcript for it. The
+/// caller then checks that the key is the one the model was unsealed with. No nonce book is
+/// involved: the nonce never came from a network client, and `bind` makes it unique.
+pub fn open_renewal(msg: &KeyRelease, nonce: &Nonce, keys: &RuntimeKeyPair, log: &EventLog) -> Result<DataKey, KeyReleaseError> {
+    if msg.nonce != *nonce {
+        return Err(KeyReleaseError::UnknownNonce(short(&msg.nonce)));
+    }
+    unwrap_key(&msg.wrapped(), keys, &Transcript::for_log(nonce, log))
 }
 
 /// The runtime's ephemeral X25519 key pair, generated at boot, whose public half is measured
@@ -474,6 +504,26 @@ mod tests {
     fn release_for(key: &DataKey, keys: &RuntimeKeyPair, log: &EventLog, nonce: Nonce) -> KeyRelease {
         let w = wrap_key(key, &keys.public_key(), &Transcript::for_log(&nonce, log)).expect("wraps");
         KeyRelease::new(nonce, &w)
+    }
+
+    #[test]
+    fn renewals_open_only_for_the_bound_nonce_and_this_boot() {
+        let (salt, bind) = ([1; 32], [2; 32]);
+        let nonce = renewal_nonce(&salt, &bind);
+        assert_ne!(nonce, renewal_nonce(&salt, &[3; 32]), "bind changes the nonce");
+        assert_ne!(nonce, renewal_nonce(&[3; 32], &bind), "salt changes the nonce");
+        let keys = RuntimeKeyPair::generate().expect("rng");
+        let log = log_with(&keys);
+        let key = DataKey::generate().expect("rng");
+        let msg = release_for(&key, &keys, &log, nonce);
+        assert_eq!(open_renewal(&msg, &nonce, &keys, &log).expect("opens"), key);
+        // An old renewal (another nonce) replayed for this challenge.
+        let old = release_for(&key, &keys, &log, renewal_nonce(&salt, &[9; 32]));
+        assert!(matches!(open_renewal(&old, &nonce, &keys, &log), Err(KeyReleaseError::UnknownNonce(_))));
+        // The right nonce, but wrapped for another boot's log.
+        let other = log_with(&RuntimeKeyPair::generate().expect("rng"));
+        let forged = release_for(&key, &keys, &other, nonce);
+        assert_eq!(open_renewal(&forged, &nonce, &keys, &log).err(), Some(KeyReleaseError::Decrypt));
     }
 
     #[test]

@@ -109,6 +109,22 @@ impl ApiError {
         }
     }
 
+    /// 503: the model was served and is no longer: its key lease ended (`reason`, e.g.
+    /// `renewal_refused`, `lease_expired`). Final for this boot: no Retry-After.
+    pub fn stopped(reason: &'static str) -> Self {
+        Self {
+            code: Some("model_stopped"),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                format!(
+                    "the model is no longer served ({reason}): the model owner's key lease for this enclave ended, \
+                     and the weights were dropped from memory"
+                ),
+            )
+        }
+    }
+
     /// 500: an internal failure (details go to the log, not to the client).
     pub fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "inference failed; see the server log")

@@ -31,7 +31,15 @@ pub(super) async fn access_log(req: Request, next: Next) -> Response {
 }
 
 fn engine(state: &InferenceState) -> Result<Arc<Engine>, ApiError> {
-    state.engine().ok_or_else(ApiError::not_unsealed)
+    state.engine().ok_or_else(|| not_served(state))
+}
+
+/// 503: not unsealed yet, or no longer served (the key lease ended).
+fn not_served(state: &InferenceState) -> ApiError {
+    match state.stopped() {
+        Some(reason) => ApiError::stopped(reason),
+        None => ApiError::not_unsealed(),
+    }
 }
 
 fn model_json(engine: &Engine) -> Value {
@@ -77,7 +85,7 @@ async fn ready_engine(state: &InferenceState, req: Request) -> Result<(Arc<Engin
             if let Ok(bytes) = read_body(state, req).await {
                 crate::channel::wipe(bytes);
             }
-            Err(ApiError::not_unsealed())
+            Err(not_served(state))
         }
     }
 }

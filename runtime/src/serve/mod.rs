@@ -58,6 +58,8 @@ pub struct InferenceState {
     /// model is installed, one per sequence its engine decodes together.
     admission: Arc<Semaphore>,
     config: ServeConfig,
+    /// Set once the model was uninstalled (its key lease ended): why.
+    stopped: std::sync::OnceLock<&'static str>,
 }
 
 impl std::fmt::Debug for InferenceState {
@@ -71,7 +73,12 @@ impl InferenceState {
     ///
     /// [`install`]: InferenceState::install
     pub fn new(config: ServeConfig) -> Self {
-        Self { engine: RwLock::new(None), admission: Arc::new(Semaphore::new(config.queue_capacity)), config }
+        Self {
+            engine: RwLock::new(None),
+            admission: Arc::new(Semaphore::new(config.queue_capacity)),
+            config,
+            stopped: std::sync::OnceLock::new(),
+        }
     }
 
     /// Makes `engine` the served model (called once the weights are unsealed).
@@ -82,6 +89,24 @@ impl InferenceState {
             self.admission.add_permits(engine.info().max_sequences);
         }
         *slot = Some(Arc::new(engine));
+    }
+
+    /// Stop serving: the engine is dropped once the generations running on it end (they
+    /// hold it), new requests get 503 `model_stopped` naming `reason`, and the admission
+    /// permits the engine added are withdrawn. Final: [`install`](Self::install) is not
+    /// called again in this process.
+    pub fn uninstall(&self, reason: &'static str) {
+        let mut slot = self.engine.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(engine) = slot.take() {
+            log::warn!("serve: model {} uninstalled ({reason})", engine.info().id);
+            self.admission.forget_permits(engine.info().max_sequences);
+        }
+        let _ = self.stopped.set(reason);
+    }
+
+    /// Why the model is no longer served, once [`uninstall`](Self::uninstall)ed.
+    pub fn stopped(&self) -> Option<&'static str> {
+        self.stopped.get().copied()
     }
 
     /// The served engine, if unsealed.

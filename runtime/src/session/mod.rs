@@ -18,7 +18,7 @@ use chrysalis_proto::channel::crypto::{OpenedRequest, ResponseSealer, Target};
 use chrysalis_proto::channel::receipt::{Receipt, ReceiptSigner};
 use chrysalis_proto::eventlog::{Digest384, EventLog};
 use chrysalis_proto::evidence::{Evidence, GpuEvidence};
-use chrysalis_proto::keyrelease::{KeyRelease, KeyReleaseError, PUBLIC_KEY_LEN, RuntimeKeyPair};
+use chrysalis_proto::keyrelease::{KeyRelease, KeyReleaseError, Nonce, PUBLIC_KEY_LEN, RuntimeKeyPair, open_renewal};
 use chrysalis_proto::seal::UnsealedFiles;
 use serde::Serialize;
 
@@ -27,12 +27,18 @@ use crate::tee::EvidenceSource;
 
 pub use attestation::{Attestation, Client, MAX_EVIDENCE_IN_FLIGHT, NONCE_LEN_RANGE, PER_CLIENT_NONCES};
 pub use identity::{Identity, OpenError, ReceiptRequest};
-pub use unseal::{Milestones, Stage, UnsealError, Unsealer};
+pub use unseal::{Milestones, Stage, StopReason, UnsealError, Unsealer};
 
 /// Loads unsealed files into the inference engine; returns the served model's id.
 pub trait ModelSink: Send + Sync {
     /// Load and install the model. The files are dropped (and zeroized) afterwards.
     fn load(&self, files: UnsealedFiles) -> anyhow::Result<String>;
+
+    /// Stop serving the installed model and drop it ([`Unsealer::stop`]): the key lease
+    /// ended for `reason`. Requests already generating finish; new ones are refused.
+    fn unload(&self, reason: &StopReason) {
+        let _ = reason;
+    }
 }
 
 /// Why a session request failed; each maps to one HTTP status.
@@ -84,6 +90,12 @@ pub enum SessionError {
     /// The bundle unsealed but the model did not load.
     #[error("loading the model failed: {0:#}")]
     Load(#[source] anyhow::Error),
+    /// The model's key lease ended: this boot serves no model any more.
+    #[error("the model is no longer served ({0}): this boot takes no further key")]
+    Stopped(&'static str),
+    /// A lease renewal did not open under this boot's key and transcript.
+    #[error("lease renewal refused: {0}")]
+    Renewal(KeyReleaseError),
 }
 
 impl SessionError {
@@ -102,6 +114,8 @@ impl SessionError {
             SessionError::NoBundle(_) => "no_bundle",
             SessionError::Unseal(_) => "unseal_failed",
             SessionError::Load(_) => "load_failed",
+            SessionError::Stopped(_) => "stopped",
+            SessionError::Renewal(_) => "renewal_failed",
         }
     }
 }
@@ -149,6 +163,35 @@ impl Session {
             identity: Identity::new(log, keys),
             attestation: Attestation::new(source),
             unsealer: Unsealer::new(bundle, sink),
+        }
+    }
+
+    /// The session of a runtime on a key lease: the data key is kept after unsealing so
+    /// that renewals can be checked against it ([`Session::renew`]).
+    pub fn on_lease(mut self) -> Self {
+        self.unsealer = self.unsealer.keeping_key_for_lease();
+        self
+    }
+
+    /// A lease renewal for `nonce` (a [`renewal_nonce`](chrysalis_proto::keyrelease::renewal_nonce)
+    /// this runtime bound): it must open under this boot's key and transcript, to the key
+    /// the model was unsealed with. `Ok(true)`: renewed. `Ok(false)`: nothing is served on a
+    /// lease. A renewal with another key stops serving ([`StopReason::KeyChanged`]).
+    pub fn renew(&self, nonce: &Nonce, msg: &KeyRelease) -> Result<bool, SessionError> {
+        let key = open_renewal(msg, nonce, self.identity.keys(), self.identity.log()).map_err(SessionError::Renewal)?;
+        match self.unsealer.check_renewal(&key) {
+            Ok(renewed) => Ok(renewed),
+            Err(reason) => {
+                self.stop(&reason);
+                Err(SessionError::Stopped(reason.class()))
+            }
+        }
+    }
+
+    /// Stop serving for `reason` (lease ended): the model is dropped; final for this boot.
+    pub fn stop(&self, reason: &StopReason) {
+        if self.unsealer.stop(reason) {
+            log::warn!("lease: stopped serving: {reason}; the model and its key were dropped");
         }
     }
 
@@ -283,6 +326,15 @@ pub(crate) mod fixture {
     impl Fixture {
         /// A session waiting for the key of the bundle "Test Model".
         pub fn new(name: &str) -> Self {
+            Self::build(name, false)
+        }
+
+        /// The same, on a key lease ([`Session::on_lease`]).
+        pub fn on_lease(name: &str) -> Self {
+            Self::build(name, true)
+        }
+
+        fn build(name: &str, lease: bool) -> Self {
             let dir = temp_dir(name);
             let key = DataKey::generate().unwrap();
             let bundle_path = dir.join("bundle.sealed");
@@ -295,6 +347,7 @@ pub(crate) mod fixture {
             log.extend(Event::digest_of(EventKind::BundleHeader, &bundle.header.raw));
             log.extend(keys.public_key_event());
             let session = Session::new(log, keys, fake_tee_port(&dir), Ok(bundle), Box::new(NameSink));
+            let session = if lease { session.on_lease() } else { session };
             Fixture { session: Arc::new(session), dir, bundle_path, key, public_key }
         }
 
@@ -358,6 +411,55 @@ mod tests {
                 .model
                 .is_empty()
         );
+    }
+
+    /// On a lease, a renewal for a bound nonce that carries the model's key renews; an old
+    /// renewal replayed for a new challenge does not open; a renewal with another key stops
+    /// serving for good (no key, no renewal, no model in receipts afterwards).
+    #[test]
+    fn a_lease_renews_only_with_the_models_key_and_a_stop_is_final() {
+        use chrysalis_proto::keyrelease::renewal_nonce;
+        let f = Fixture::on_lease("lease");
+        f.session.evidence(&nonce(1), Client::Local).unwrap();
+        f.session.release(&f.owner_release(nonce(1))).unwrap();
+        let first = renewal_nonce(&[1; 32], &[2; 32]);
+        assert!(f.session.renew(&first, &f.owner_release(first)).unwrap());
+        let second = renewal_nonce(&[3; 32], &[4; 32]);
+        let replayed = f.session.renew(&second, &f.owner_release(first)).unwrap_err();
+        assert!(matches!(replayed, SessionError::Renewal(KeyReleaseError::UnknownNonce(_))), "{replayed}");
+        assert_eq!(f.session.status().stage, Stage::Serving { model: "Test Model".into() });
+
+        let other = chrysalis_proto::seal::DataKey::generate().unwrap();
+        let w = wrap_key(&other, &f.public_key, &Transcript::for_log(&second, f.session.log())).unwrap();
+        let e = f.session.renew(&second, &KeyRelease::new(second, &w)).unwrap_err();
+        assert!(matches!(e, SessionError::Stopped("key_changed")), "{e}");
+        assert_eq!(f.session.status().stage, Stage::Stopped { reason: "key_changed" });
+
+        // Final for the boot.
+        let third = renewal_nonce(&[5; 32], &[6; 32]);
+        assert!(!f.session.renew(&third, &f.owner_release(third)).unwrap(), "nothing left to renew");
+        f.session.evidence(&nonce(2), Client::Local).unwrap();
+        let e = f.session.release(&f.owner_release(nonce(2))).unwrap_err();
+        assert!(matches!(e, SessionError::Stopped("key_changed")), "{e}");
+        let receipt = f.session.sign_receipt(ReceiptRequest { target: "t".into(), id: [0; 16], sha384: [0; 48] }, 503, [0; 48]);
+        assert!(receipt.body.model.is_empty());
+        let json = serde_json::to_value(f.session.status()).unwrap();
+        assert_eq!(json["stage"], serde_json::json!({"state": "stopped", "reason": "key_changed"}));
+    }
+
+    /// Without a lease the key is not kept: a "renewal" renews nothing, and stop is a no-op
+    /// before serving.
+    #[test]
+    fn without_a_lease_no_key_is_kept() {
+        use chrysalis_proto::keyrelease::renewal_nonce;
+        let f = Fixture::new("nolease");
+        assert!(!f.session.unsealer.stop(&StopReason::LeaseExpired { lease_s: 3 }), "not serving yet");
+        f.session.evidence(&nonce(1), Client::Local).unwrap();
+        f.session.release(&f.owner_release(nonce(1))).unwrap();
+        let n = renewal_nonce(&[1; 32], &[2; 32]);
+        assert!(!f.session.renew(&n, &f.owner_release(n)).unwrap());
+        f.session.stop(&StopReason::RenewalRefused("revoked".into()));
+        assert_eq!(f.session.status().stage, Stage::Stopped { reason: "renewal_refused" });
     }
 
     /// The bundle measured at boot, left in place, unseals and is served.

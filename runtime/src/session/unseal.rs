@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! NoBundle                      (no sealed bundle: attestation only, forever)
-//! WaitingForKey ──key opens──▶ Unsealing ──▶ Loading ──▶ Serving
+//! WaitingForKey ──key opens──▶ Unsealing ──▶ Loading ──▶ Serving ──lease ends──▶ Stopped
 //!       ▲                          │             │
 //!       └──────── failure ─────────┴─────────────┘   (last_error = its class)
 //! ```
 //!
 //! A key is looked at only in `WaitingForKey`, and the stage moves only once the key has
 //! opened (the `accept` step runs while the stage is held), so junk keys change nothing and
-//! cannot make the owner's key find the runtime busy. One boot serves one model.
+//! cannot make the owner's key find the runtime busy. One boot serves one model. On a lease
+//! the data key is kept (zeroized when dropped) to check renewals against; `Stopped` drops
+//! the model and the key and is final for the boot.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -43,6 +45,46 @@ pub enum Stage {
         /// Its id in the API.
         model: String,
     },
+    /// The model was served and is no longer: its key lease ended. Final for this boot.
+    Stopped {
+        /// Why ([`StopReason::class`]).
+        reason: &'static str,
+    },
+}
+
+/// Why a runtime on a lease stopped serving.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The key service refused a renewal (the owner revoked this node or its image).
+    RenewalRefused(String),
+    /// No renewal succeeded for a whole lease period.
+    LeaseExpired {
+        /// The lease, in seconds.
+        lease_s: u32,
+    },
+    /// A renewal opened to another key than the one the model was unsealed with.
+    KeyChanged,
+}
+
+impl StopReason {
+    /// The fixed name `/v1/health` and API errors show.
+    pub fn class(&self) -> &'static str {
+        match self {
+            StopReason::RenewalRefused(_) => "renewal_refused",
+            StopReason::LeaseExpired { .. } => "lease_expired",
+            StopReason::KeyChanged => "key_changed",
+        }
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::RenewalRefused(why) => write!(f, "the key service refused to renew the lease: {why}"),
+            StopReason::LeaseExpired { lease_s } => write!(f, "no lease renewal succeeded for {lease_s} s"),
+            StopReason::KeyChanged => f.write_str("a renewal carried another data key than the one the model was unsealed with"),
+        }
+    }
 }
 
 /// Seconds since kernel start at each milestone (for `bench e2e`).
@@ -74,6 +116,8 @@ pub enum UnsealError {
 #[derive(Debug)]
 struct State {
     stage: Stage,
+    /// The key the model was unsealed with, kept only on a lease (to check renewals).
+    lease_key: Option<DataKey>,
     /// The class of the last unseal/load failure ([`SessionError::class`]); the details go
     /// to the console log only.
     last_error: Option<&'static str>,
@@ -85,6 +129,8 @@ pub struct Unsealer {
     bundle: Result<Bundle, String>,
     state: Mutex<State>,
     sink: Box<dyn ModelSink>,
+    /// Keep the data key after unsealing, for lease renewals.
+    keep_key: bool,
 }
 
 impl Unsealer {
@@ -94,7 +140,39 @@ impl Unsealer {
             Ok(_) => Stage::WaitingForKey,
             Err(why) => Stage::NoBundle { why: why.clone() },
         };
-        Unsealer { bundle, state: Mutex::new(State { stage, last_error: None, milestones: Milestones::default() }), sink }
+        let state = State { stage, lease_key: None, last_error: None, milestones: Milestones::default() };
+        Unsealer { bundle, state: Mutex::new(state), sink, keep_key: false }
+    }
+
+    /// Keep the data key after unsealing so that lease renewals can be checked against it.
+    pub fn keeping_key_for_lease(mut self) -> Self {
+        self.keep_key = true;
+        self
+    }
+
+    /// A lease renewal opened to `key`: it must be the key the model was unsealed with
+    /// (constant-time comparison). `Ok(false)` when nothing is served on a lease.
+    pub fn check_renewal(&self, key: &DataKey) -> Result<bool, StopReason> {
+        match &self.state().lease_key {
+            Some(k) if k == key => Ok(true),
+            Some(_) => Err(StopReason::KeyChanged),
+            None => Ok(false),
+        }
+    }
+
+    /// Stop serving for `reason`: the model is unloaded, the kept key dropped (zeroized).
+    /// Final for this boot; a second call changes nothing. Returns whether this call stopped.
+    pub fn stop(&self, reason: &StopReason) -> bool {
+        {
+            let mut s = self.state();
+            if !matches!(s.stage, Stage::Serving { .. }) {
+                return false;
+            }
+            s.stage = Stage::Stopped { reason: reason.class() };
+            s.lease_key = None;
+        }
+        self.sink.unload(reason);
+        true
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -135,6 +213,7 @@ impl Unsealer {
             match &s.stage {
                 Stage::Unsealing | Stage::Loading => return Err(SessionError::Busy),
                 Stage::Serving { model } => return Err(SessionError::AlreadyServing(model.clone())),
+                Stage::Stopped { reason } => return Err(SessionError::Stopped(reason)),
                 Stage::NoBundle { why } => return Err(SessionError::NoBundle(why.clone())),
                 Stage::WaitingForKey => {}
             }
@@ -172,7 +251,7 @@ impl Unsealer {
         let measured = measured.ok_or(UnsealError::NotMeasured)?;
         let start = Instant::now();
         let files = bundle.unseal(&key, &measured).map_err(UnsealError::Bundle)?;
-        drop(key);
+        let kept = self.keep_key.then_some(key);
         let bytes: usize = files.files.iter().map(|f| f.data.len()).sum();
         log::info!("unseal: {} files, {bytes} B in {} ms (memory only)", files.files.len(), start.elapsed().as_millis());
         {
@@ -185,7 +264,9 @@ impl Unsealer {
         // From now on every further key is refused: one boot serves one model.
         close();
         log::info!("model {model} loaded in {} ms", start.elapsed().as_millis());
-        self.state().milestones.model_loaded = Some(sys::uptime());
+        let mut s = self.state();
+        s.milestones.model_loaded = Some(sys::uptime());
+        s.lease_key = kept;
         Ok(model)
     }
 }
