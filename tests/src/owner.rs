@@ -28,6 +28,28 @@ pub fn model(rel: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The tiny seeded Llama under the models folder, made once by the reference script
+/// (`runtime/tests/reference/make_tiny_model.py`, with `$CHRYSALIS_PYTHON`) when missing.
+pub fn tiny_llama() -> Result<PathBuf> {
+    let models = models_dir();
+    let dir = models.join("tiny-llama");
+    if !dir.join("model.safetensors").exists() {
+        let python = std::env::var_os("CHRYSALIS_PYTHON")
+            .context("CHRYSALIS_PYTHON is not set (run `cargo xtask test`, which sets it and makes the models)")?;
+        let script = crate::image::root().join("runtime/tests/reference/make_tiny_model.py");
+        let out = std::process::Command::new(python)
+            .arg(&script)
+            .args(["--arch", "llama"])
+            .env("CHRYSALIS_MODELS", &models)
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !out.status.success() {
+            bail!("{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(dir)
+}
+
 /// `attest seal --model <model> --out <dir>/model.sealed --key-out <dir>/model.key`.
 pub fn seal(model: &Path, dir: &Path, name: &str) -> Result<SealSummary> {
     let args = SealArgs {
@@ -77,4 +99,26 @@ pub fn release(url: &str, policy: &Path, key: &Path) -> Result<ReleaseOutcome> {
         inputs: Default::default(),
     };
     cli::release::run(&args, &PolicyVerifier::new(p)).context("attest release")
+}
+
+/// Fetch `<url>/v1/attestation` for `nonce` and verify it under `policy` as `attest verify`
+/// does; `Err` names the HTTP status or every failed check.
+pub fn verify_attestation(url: &str, policy: &Path, nonce: &[u8; 32]) -> Result<()> {
+    let mut r = ureq::get(&format!("{url}/v1/attestation?nonce={}", hex::encode(nonce)))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .context("GET /v1/attestation")?;
+    let body = r.body_mut().read_to_vec().context("reading the evidence")?;
+    if r.status().as_u16() != 200 {
+        bail!("/v1/attestation answered {}: {}", r.status(), String::from_utf8_lossy(&body));
+    }
+    let evidence = chrysalis_proto::evidence::Evidence::from_bytes(&body).context("decoding the evidence")?;
+    let policy = Policy::load(policy).map_err(|e| anyhow::anyhow!("policy {}: {e}", policy.display()))?;
+    let report = chrysalis_verify::verify_evidence(&evidence, &policy, nonce, std::time::SystemTime::now());
+    if !report.is_ok() {
+        bail!("evidence does not verify:\n{report}");
+    }
+    Ok(())
 }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use chrysalis_e2e::image::{out_dir, scratch};
 use chrysalis_e2e::qemu::{Vm, VmConfig};
 use chrysalis_e2e::{owner, sim};
-use chrysalis_proto::evidence::Evidence;
 use chrysalis_verify::sim::SimRoot;
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -174,17 +173,7 @@ fn tampered_bundle_is_reported_and_attestation_keeps_working() {
     // /v1/health names only the class; the details went to the owner and the console.
     assert_eq!(h["last_error"], "unseal_failed", "{h}");
     // Attestation still works and still verifies under the policy.
-    let nonce = [7u8; 32];
-    let (status, body) = get(&format!("{}/v1/attestation?nonce={}", vm.url(), hex::encode(nonce)));
-    assert_eq!(status, 200);
-    let ev = Evidence::from_bytes(&body).unwrap();
-    let report = chrysalis_verify::verify_evidence(
-        &ev,
-        &chrysalis_verify::Policy::load(&policy).unwrap(),
-        &nonce,
-        std::time::SystemTime::now(),
-    );
-    assert!(report.is_ok(), "{report}");
+    owner::verify_attestation(&vm.url(), &policy, &[7u8; 32]).unwrap();
     let (status, _) = get(&format!("{}/v1/models/tiny-llama", vm.url()));
     assert_ne!(status, 200);
 }

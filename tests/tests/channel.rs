@@ -29,7 +29,7 @@ use chrysalis_attest::seal::{self, SealArgs};
 use chrysalis_attest::verify_receipt::{self, VerifyReceiptArgs};
 use chrysalis_e2e::image::{out_dir, root, scratch};
 use chrysalis_e2e::qemu::VmConfig;
-use chrysalis_e2e::sim;
+use chrysalis_e2e::{owner, sim};
 use chrysalis_proto::eventlog::EventKind;
 use chrysalis_proto::evidence::Evidence;
 use chrysalis_proto::keyrelease::RuntimeKeyPair;
@@ -46,20 +46,6 @@ fn python() -> PathBuf {
         std::env::var_os("CHRYSALIS_PYTHON").map(PathBuf::from).unwrap_or_else(|| panic!("CHRYSALIS_PYTHON is not set: {SETUP}"));
     assert!(p.exists(), "CHRYSALIS_PYTHON={} does not exist: {SETUP}", p.display());
     p
-}
-
-/// The tiny seeded Llama (made once by the reference script, cached).
-fn tiny_llama() -> PathBuf {
-    let models =
-        std::env::var_os("CHRYSALIS_MODELS").map(PathBuf::from).unwrap_or_else(|| panic!("CHRYSALIS_MODELS is not set: {SETUP}"));
-    let dir = models.join("tiny-llama");
-    if !dir.join("model.safetensors").exists() {
-        let script = root().join("runtime/tests/reference/make_tiny_model.py");
-        let out =
-            Command::new(python()).arg(&script).args(["--arch", "llama"]).env("CHRYSALIS_MODELS", &models).output().unwrap();
-        assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
-    }
-    dir
 }
 
 fn client(mode: &str, base: &str, extra: &[&str]) -> (bool, String) {
@@ -247,7 +233,7 @@ fn openai_client_through_the_verifying_proxy_and_attacks_on_the_channel() {
     let bundle = work.join("tiny-llama.sealed");
     let key = work.join("tiny-llama.key");
     seal::run(&SealArgs {
-        model: tiny_llama(),
+        model: owner::tiny_llama().unwrap(),
         out: bundle.clone(),
         key_out: key.clone(),
         name: Some("tiny-llama".into()),

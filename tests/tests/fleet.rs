@@ -15,29 +15,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrysalis_attest::proxy::{self, HEADER_NODE, ProxyArgs};
 use chrysalis_e2e::fleet::{BOOT, Fleet, write_upstreams};
-use chrysalis_e2e::image::{out_dir, root, scratch};
-use chrysalis_e2e::sim;
+use chrysalis_e2e::image::{out_dir, scratch};
+use chrysalis_e2e::{owner, sim};
 use chrysalis_verify::{Policy, PolicyVerifier};
 use serde_json::{Value, json};
-
-/// The tiny seeded Llama (made once by the reference script, cached).
-fn tiny_llama() -> PathBuf {
-    let models = std::env::var_os("CHRYSALIS_MODELS").map(PathBuf::from).expect("CHRYSALIS_MODELS (run `cargo xtask test`)");
-    let dir = models.join("tiny-llama");
-    if !dir.join("model.safetensors").exists() {
-        let python = std::env::var_os("CHRYSALIS_PYTHON").expect("CHRYSALIS_PYTHON (run `cargo xtask test`)");
-        let script = root().join("runtime/tests/reference/make_tiny_model.py");
-        let out = Command::new(python).arg(&script).args(["--arch", "llama"]).env("CHRYSALIS_MODELS", &models).output().unwrap();
-        assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
-    }
-    dir
-}
 
 fn start_proxy(policy: &Path, upstreams: &Path) -> proxy::RunningProxy {
     let args = ProxyArgs { upstreams: Some(upstreams.to_owned()), ..ProxyArgs::embedded(policy) };
@@ -89,7 +75,7 @@ fn wait_status(base: &str, what: &str, timeout: Duration, ok: impl Fn(&Value) ->
 fn router_spreads_load_survives_dead_nodes_excludes_other_images_and_re_attests_new_keys() {
     let out = out_dir().unwrap();
     let work = scratch("fleet").unwrap();
-    let fleet = Fleet::new(&out, &work, &tiny_llama(), "tiny-llama", "").unwrap();
+    let fleet = Fleet::new(&out, &work, &owner::tiny_llama().unwrap(), "tiny-llama", "").unwrap();
     let mut nodes = fleet.boot(3).unwrap();
     // Same kernel and initramfs, one more (valid) command-line setting: another measurement.
     let other_more = "chrysalis.max_seqs=4";

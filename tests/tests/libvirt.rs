@@ -20,7 +20,6 @@ use chrysalis_e2e::image::{out_dir, root, scratch};
 use chrysalis_e2e::libvirt::{self, DomainOptions};
 use chrysalis_e2e::qemu::{self, Accel, Confidential, HardwareTee, VmConfig};
 use chrysalis_e2e::{owner, sim};
-use chrysalis_proto::evidence::Evidence;
 use chrysalis_verify::sim::{SimPsp, SimRoot};
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -164,17 +163,7 @@ fn libvirt_domain_boots_serves_and_has_the_measured_shape() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(health["status"], "ok", "{health}");
-    let nonce = [9u8; 32];
-    let (status, body) = get(&format!("{url}/v1/attestation?nonce={}", hex::encode(nonce)));
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let ev = Evidence::from_bytes(&body).unwrap();
-    let report = chrysalis_verify::verify_evidence(
-        &ev,
-        &chrysalis_verify::Policy::load(&policy).unwrap(),
-        &nonce,
-        std::time::SystemTime::now(),
-    );
-    assert!(report.is_ok(), "{report}");
+    owner::verify_attestation(&url, &policy, &[9u8; 32]).unwrap();
     println!(
         "served: /v1/health {health}; /v1/attestation verified under the measurement of the domain's kernel, initrd and cmdline"
     );
