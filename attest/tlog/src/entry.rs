@@ -1,0 +1,243 @@
+//! Log entries: versioned JSON objects in canonical form (see README.md, "Entries").
+//!
+//! Canonical JSON here: object keys sorted by their UTF-8 bytes, no insignificant
+//! whitespace, strings and numbers as serde_json writes them. The log stores and hashes the
+//! canonical bytes, so two files that differ only in key order or spacing are the same entry.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Error;
+
+/// The only entry format version.
+pub const ENTRY_VERSION: u64 = 1;
+/// `kind` of an image release: artifacts, measurements, SBOM digest.
+pub const KIND_IMAGE_RELEASE: &str = "image-release";
+/// `kind` of a key release: a data key handed to an attested runtime.
+pub const KIND_KEY_RELEASE: &str = "key-release";
+/// Largest entry the log accepts (the entry bundle's uint16 length prefix).
+pub const MAX_ENTRY_LEN: usize = u16::MAX as usize;
+
+/// An image release (`cargo xtask package`): what a rebuild from source must reproduce.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRelease {
+    /// Always 1.
+    pub v: u64,
+    /// Always `image-release`.
+    pub kind: String,
+    /// Release version (e.g. the git tag or `git describe`).
+    pub version: String,
+    /// File name in the release folder → lowercase hex SHA-256.
+    pub artifacts: BTreeMap<String, String>,
+    /// The release's measurements.json, verbatim (as JSON).
+    pub measurements: Value,
+    /// Lowercase hex SHA-256 of sbom.cdx.json.
+    pub sbom_sha256: String,
+}
+
+impl ImageRelease {
+    /// A new image-release entry.
+    pub fn new(version: String, artifacts: BTreeMap<String, String>, measurements: Value, sbom_sha256: String) -> Self {
+        Self { v: ENTRY_VERSION, kind: KIND_IMAGE_RELEASE.into(), version, artifacts, measurements, sbom_sha256 }
+    }
+
+    /// Every launch measurement this release publishes: the hex strings found anywhere
+    /// under `measurements` whose key is `measurement` or starts with `mr`/`rtmr`
+    /// (SNP `MEASUREMENT`, TDX `MRTD`, `RTMR*`), lowercased.
+    pub fn measurement_values(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        collect_measurements(&self.measurements, None, &mut out);
+        out
+    }
+}
+
+fn collect_measurements(v: &Value, key: Option<&str>, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => m.iter().for_each(|(k, v)| collect_measurements(v, Some(k), out)),
+        Value::Array(a) => a.iter().for_each(|v| collect_measurements(v, key, out)),
+        Value::String(s) => {
+            let k = key.unwrap_or("").to_ascii_lowercase();
+            if (k.contains("measurement") || k.starts_with("mr") || k.starts_with("rtmr"))
+                && s.len() >= 64
+                && s.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                out.push(s.to_ascii_lowercase());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A key release (`attest release`, `attest serve-keys`): who got the data key, when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRelease {
+    /// Always 1.
+    pub v: u64,
+    /// Always `key-release`.
+    pub kind: String,
+    /// When the key was released, RFC 3339 UTC.
+    pub time: String,
+    /// The runtime's launch measurement (hex) as verified.
+    pub measurement: String,
+    /// Chip or platform identity from the verified claims (hex), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_id: Option<String>,
+    /// The runtime's public key the data key was wrapped to (hex).
+    pub runtime_key: String,
+    /// SHA-256 of the sealed bundle's header (hex).
+    pub bundle_digest: String,
+    /// SHA-256 of the owner's policy file (hex).
+    pub policy_sha256: String,
+}
+
+/// A parsed entry of a known kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    /// `kind = "image-release"`.
+    ImageRelease(ImageRelease),
+    /// `kind = "key-release"`.
+    KeyRelease(KeyRelease),
+}
+
+impl Entry {
+    /// Parse and check an entry (version, kind, fields).
+    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::Entry(format!("not JSON: {e}")))?;
+        let version = v.get("v").and_then(Value::as_u64);
+        if version != Some(ENTRY_VERSION) {
+            return Err(Error::Entry(format!("\"v\" is {}, this tool knows only 1", v.get("v").unwrap_or(&Value::Null))));
+        }
+        match v.get("kind").and_then(Value::as_str) {
+            Some(KIND_IMAGE_RELEASE) => {
+                serde_json::from_value(v).map(Entry::ImageRelease).map_err(|e| Error::Entry(format!("image-release: {e}")))
+            }
+            Some(KIND_KEY_RELEASE) => {
+                serde_json::from_value(v).map(Entry::KeyRelease).map_err(|e| Error::Entry(format!("key-release: {e}")))
+            }
+            other => Err(Error::Entry(format!("unknown kind {other:?} (image-release, key-release)"))),
+        }
+    }
+
+    /// The entry's canonical bytes.
+    pub fn to_canonical(&self) -> Result<Vec<u8>, Error> {
+        let v = match self {
+            Entry::ImageRelease(e) => serde_json::to_value(e),
+            Entry::KeyRelease(e) => serde_json::to_value(e),
+        }
+        .map_err(|e| Error::Entry(e.to_string()))?;
+        Ok(canonical_value(&v))
+    }
+}
+
+/// The canonical form of a JSON document (any JSON, checked for nothing else).
+pub fn canonical_json(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::Entry(format!("not JSON: {e}")))?;
+    Ok(canonical_value(&v))
+}
+
+/// Parse `bytes` as a known entry and return its canonical bytes (what `append` stores).
+pub fn canonical_entry(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let canonical = canonical_json(bytes)?;
+    Entry::parse(&canonical)?;
+    if canonical.len() > MAX_ENTRY_LEN {
+        return Err(Error::Entry(format!("{} bytes, more than the {MAX_ENTRY_LEN} an entry may have", canonical.len())));
+    }
+    Ok(canonical)
+}
+
+/// Canonical bytes of a JSON value.
+pub fn canonical_value(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(v, &mut out);
+    out
+}
+
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(m) => {
+            let sorted: BTreeMap<&str, &Value> = m.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            out.push(b'{');
+            for (i, (k, v)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(k.to_string()).to_string().as_bytes());
+                out.push(b':');
+                write_canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
+}
+
+/// Where two JSON documents differ: `path: left vs right` lines (at most `limit`).
+pub fn json_diff(left: &Value, right: &Value, limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    diff_at("", left, right, &mut out, limit);
+    out
+}
+
+fn diff_at(path: &str, l: &Value, r: &Value, out: &mut Vec<String>, limit: usize) {
+    if out.len() >= limit || l == r {
+        return;
+    }
+    let child = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    match (l, r) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let (x, y) = (a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null));
+                diff_at(&child(k), x, y, out, limit);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff_at(&child(&i.to_string()), x, y, out, limit);
+            }
+        }
+        _ => out.push(format!("{}: {l} vs {r}", if path.is_empty() { "(entry)" } else { path })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_sorts_keys_and_drops_whitespace() {
+        let a = canonical_json(br#"{ "b": [1, {"y":2,"x":"\u00e9"}], "a": null }"#).unwrap();
+        assert_eq!(String::from_utf8(a).unwrap(), r#"{"a":null,"b":[1,{"x":"é","y":2}]}"#);
+    }
+
+    #[test]
+    fn entry_kinds_are_checked() {
+        assert!(Entry::parse(br#"{"v":2,"kind":"image-release"}"#).is_err());
+        assert!(Entry::parse(br#"{"v":1,"kind":"other"}"#).is_err());
+        let e = br#"{"v":1,"kind":"image-release","version":"1","artifacts":{},"measurements":{"snp":{"measurement":"ab"}},"sbom_sha256":"00"}"#;
+        assert!(matches!(Entry::parse(e), Ok(Entry::ImageRelease(_))));
+        let extra = br#"{"v":1,"kind":"image-release","version":"1","artifacts":{},"measurements":{},"sbom_sha256":"00","x":1}"#;
+        assert!(Entry::parse(extra).is_err());
+    }
+
+    #[test]
+    fn diff_names_the_path() {
+        let l: Value = serde_json::from_str(r#"{"m":{"snp":"aa"},"v":1}"#).unwrap();
+        let r: Value = serde_json::from_str(r#"{"m":{"snp":"bb"},"v":1}"#).unwrap();
+        assert_eq!(json_diff(&l, &r, 8), vec![r#"m.snp: "aa" vs "bb""#.to_string()]);
+    }
+}
