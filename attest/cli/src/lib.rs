@@ -44,6 +44,7 @@ pub mod proxy;
 pub mod release;
 pub mod seal;
 pub mod serve_keys;
+pub mod tlog;
 mod verify;
 pub mod verify_receipt;
 
@@ -86,6 +87,13 @@ enum Command {
     /// Fetch the VCEK that signed an SEV-SNP report from AMD's KDS into a cache directory
     /// (explicit network access; verification itself never fetches).
     FetchVcek(fetch_vcek::FetchVcekArgs),
+    /// Release transparency log: generate keys, append entries, verify an entry's inclusion.
+    Log(tlog::LogArgs),
+    /// Witness a release log: cosign its latest checkpoint if the latest entry matches a
+    /// rebuild.
+    Witness(tlog::WitnessArgs),
+    /// List and check every entry of a release log (key releases: who got the key, when).
+    Audit(tlog::AuditArgs),
 }
 
 /// Outcome of a subcommand that ran to completion.
@@ -147,6 +155,9 @@ pub fn main() -> ExitCode {
             .and_then(|()| load_verifier(&a.policy, &a.inputs))
             .and_then(|v| proxy::run(&a, v))
             .map(|_| Outcome::Ok),
+        Command::Log(a) => tlog::run_log(&a),
+        Command::Witness(a) => tlog::run_witness(&a),
+        Command::Audit(a) => tlog::audit(&a),
         Command::VerifyReceipt(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| verify_receipt::run(&a, v.as_ref())),
     };
     match result {

@@ -71,6 +71,33 @@ fn collect_measurements(v: &Value, key: Option<&str>, out: &mut Vec<String>) {
     }
 }
 
+/// The image-release entry of a release folder (`cargo xtask package`): SHA-256 of every
+/// regular file in it except `SHA256SUMS` (which is derived from them), its
+/// `measurements.json`, and the SHA-256 of `sbom.cdx.json`.
+pub fn image_release_from_folder(dir: &std::path::Path, version: &str) -> Result<ImageRelease, Error> {
+    use sha2::Digest;
+    let io = |p: &std::path::Path, e: std::io::Error| Error::Io(format!("{}: {e}", p.display()));
+    let mut artifacts = BTreeMap::new();
+    for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let e = e.map_err(|e| io(dir, e))?;
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !e.file_type().map_err(|e| io(&p, e))?.is_file() || name == "SHA256SUMS" {
+            continue;
+        }
+        let mut f = std::fs::File::open(&p).map_err(|e| io(&p, e))?;
+        let mut h = sha2::Sha256::new();
+        std::io::copy(&mut f, &mut h).map_err(|e| io(&p, e))?;
+        artifacts.insert(name, hex::encode(h.finalize()));
+    }
+    let mpath = dir.join("measurements.json");
+    let measurements: Value = serde_json::from_slice(&std::fs::read(&mpath).map_err(|e| io(&mpath, e))?)
+        .map_err(|e| Error::Entry(format!("{}: {e}", mpath.display())))?;
+    let sbom_sha256 =
+        artifacts.get("sbom.cdx.json").cloned().ok_or_else(|| Error::Entry(format!("{}: no sbom.cdx.json", dir.display())))?;
+    Ok(ImageRelease::new(version.to_string(), artifacts, measurements, sbom_sha256))
+}
+
 /// A key release (`attest release`, `attest serve-keys`): who got the data key, when.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,6 +259,28 @@ mod tests {
         assert!(matches!(Entry::parse(e), Ok(Entry::ImageRelease(_))));
         let extra = br#"{"v":1,"kind":"image-release","version":"1","artifacts":{},"measurements":{},"sbom_sha256":"00","x":1}"#;
         assert!(Entry::parse(extra).is_err());
+    }
+
+    #[test]
+    fn image_release_from_a_release_folder() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("initramfs.cpio.gz"), b"initramfs").unwrap();
+        std::fs::write(d.path().join("sbom.cdx.json"), b"{}").unwrap();
+        std::fs::write(d.path().join("SHA256SUMS"), b"ignored").unwrap();
+        let m = format!(r#"{{"snp":[{{"measurement":"{}"}}],"tdx":{{"mrtd":"{}"}}}}"#, "Ab".repeat(48), "cd".repeat(48));
+        std::fs::write(d.path().join("measurements.json"), &m).unwrap();
+        let e = image_release_from_folder(d.path(), "0.1.0").unwrap();
+        use sha2::Digest;
+        let sha = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+        assert_eq!(e.artifacts.len(), 3, "{:?}", e.artifacts);
+        assert_eq!(e.artifacts["initramfs.cpio.gz"], sha(b"initramfs"));
+        assert_eq!(e.artifacts["measurements.json"], sha(m.as_bytes()));
+        assert_eq!(e.sbom_sha256, sha(b"{}"));
+        assert_eq!(e.measurement_values(), vec!["ab".repeat(48), "cd".repeat(48)]);
+        let bytes = Entry::ImageRelease(e.clone()).to_canonical().unwrap();
+        assert_eq!(Entry::parse(&bytes).unwrap(), Entry::ImageRelease(e));
+        std::fs::remove_file(d.path().join("sbom.cdx.json")).unwrap();
+        assert!(image_release_from_folder(d.path(), "0.1.0").is_err());
     }
 
     #[test]

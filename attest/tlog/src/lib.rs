@@ -18,6 +18,9 @@ pub mod keys;
 pub mod log;
 pub mod verify;
 
+pub use signed_note;
+pub use tlog_tiles;
+
 pub use entry::{Entry, ImageRelease, KeyRelease};
 pub use keys::{CosignatureSigner, CosignatureVerifier, KeyKind, keygen};
 pub use log::{Log, LogFiles};

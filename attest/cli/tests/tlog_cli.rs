@@ -1,0 +1,219 @@
+//! `attest log keygen|append|verify`, `attest witness cosign` and `attest audit` through the
+//! binary: exit codes (0 ok, 1 refused) and what each prints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("chrysalis-attest-tlog-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn attest(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attest")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = attest(args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{args:?}\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// Exit 1; stdout and stderr together.
+fn refused(args: &[&str]) -> String {
+    let o = attest(args);
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{args:?}\n{all}");
+    all
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+struct Keys {
+    log: PathBuf,
+    witnesses: Vec<PathBuf>,
+}
+
+fn pubkey(p: &Path) -> String {
+    format!("{}.pub", p.display())
+}
+
+fn keys(d: &Path) -> Keys {
+    let log = d.join("log.key");
+    let out = ok(&["log", "keygen", "--name", "example.com/releases", "--out", &s(&log)]);
+    assert!(out.starts_with("log key example.com/releases+"), "{out}");
+    let vkey = std::fs::read_to_string(pubkey(&log)).unwrap();
+    assert!(vkey.starts_with("example.com/releases+") && out.contains(vkey.trim()));
+    assert!(std::fs::read_to_string(&log).unwrap().starts_with("PRIVATE+KEY+example.com/releases+"));
+    let witnesses = ["w1", "w2", "w3"]
+        .iter()
+        .map(|n| {
+            let p = d.join(format!("{n}.key"));
+            ok(&["log", "keygen", "--witness", "--name", n, "--out", &s(&p)]);
+            p
+        })
+        .collect();
+    // Never overwrites a key.
+    let o = attest(&["log", "keygen", "--name", "x", "--out", &s(&log)]);
+    assert_eq!(o.status.code(), Some(2));
+    Keys { log, witnesses }
+}
+
+fn key_release(d: &Path, i: u32) -> PathBuf {
+    let p = d.join(format!("key-release-{i}.json"));
+    let e = serde_json::json!({
+        "v": 1, "kind": "key-release", "time": format!("2026-12-0{i}T10:00:00Z"),
+        "measurement": format!("{i:02x}").repeat(48), "platform_id": format!("{i:02x}").repeat(64),
+        "runtime_key": format!("{:02x}", i + 0x10).repeat(32), "bundle_digest": format!("{:02x}", i + 0x20).repeat(48),
+        "policy_sha256": format!("{:02x}", i + 0x30).repeat(32),
+    });
+    std::fs::write(&p, serde_json::to_vec_pretty(&e).unwrap()).unwrap();
+    p
+}
+
+fn image_release(d: &Path, i: u32, measurement: &str) -> PathBuf {
+    let p = d.join(format!("image-release-{i}.json"));
+    let e = serde_json::json!({
+        "v": 1, "kind": "image-release", "version": format!("0.{i}.0"),
+        "artifacts": {"initramfs.cpio.gz": format!("{i:02x}").repeat(32)},
+        "measurements": {"snp": [{"vcpus": 1, "measurement": measurement}]},
+        "sbom_sha256": format!("{:02x}", i + 1).repeat(32),
+    });
+    std::fs::write(&p, serde_json::to_vec(&e).unwrap()).unwrap();
+    p
+}
+
+fn verify_args<'a>(log: &'a str, entry: &'a str, k: &'a [String], min: &'a str, state: &'a str) -> Vec<&'a str> {
+    let mut a = vec!["log", "verify", "--log", log, "--entry", entry, "--log-key", &k[0]];
+    for w in &k[1..] {
+        a.extend(["--witness", w.as_str()]);
+    }
+    a.extend(["--min-witnesses", min, "--state", state]);
+    a
+}
+
+#[test]
+fn append_cosign_verify_and_refusals() {
+    let d = scratch("flow");
+    let k = keys(&d);
+    let log = s(&d.join("log"));
+    let entries: Vec<PathBuf> = (1..=3).map(|i| image_release(&d, i, &format!("{i:02x}").repeat(48))).collect();
+    for (i, e) in entries.iter().enumerate() {
+        let out = ok(&["log", "append", "--log", &log, "--key", &s(&k.log), "--entry", &s(e)]);
+        assert!(out.starts_with(&format!("appended entry {i} to ")), "{out}");
+        assert!(out.contains(&format!("checkpoint size {}", i + 1)), "{out}");
+    }
+    let vkeys: Vec<String> = std::iter::once(&k.log).chain(&k.witnesses).map(|p| pubkey(p)).collect();
+    let state = s(&d.join("state.json"));
+    let last = s(&entries[2]);
+
+    // One cosignature, two required: refused, naming the missing witnesses.
+    let out =
+        ok(&["witness", "cosign", "--log", &log, "--key", &s(&k.witnesses[0]), "--log-key", &vkeys[0], "--expect-entry", &last]);
+    assert!(out.starts_with("cosigned checkpoint example.com/releases size 3 root "), "{out}");
+    assert!(out.contains("entry 2 equals the rebuild"), "{out}");
+    let out = refused(&verify_args(&log, &s(&entries[0]), &vkeys, "2", &state));
+    assert!(out.contains("FAIL only 1 of 2 required witness cosignatures (have: w1+"), "{out}");
+    assert!(out.contains("; missing: w2+") && out.contains(", w3+"), "{out}");
+
+    // A witness whose rebuild differs refuses, naming the measurement.
+    let rebuild_dir = d.join("w2-rebuild");
+    std::fs::create_dir_all(&rebuild_dir).unwrap();
+    let other = image_release(&rebuild_dir, 3, &"ee".repeat(48));
+    let out = refused(&[
+        "witness",
+        "cosign",
+        "--log",
+        &log,
+        "--key",
+        &s(&k.witnesses[1]),
+        "--log-key",
+        &vkeys[0],
+        "--expect-entry",
+        &s(&other),
+    ]);
+    assert!(out.contains("not cosigning: entry 2 differs from the rebuild: measurements.snp.0.measurement:"), "{out}");
+    assert!(out.contains(&"ee".repeat(48)), "{out}");
+
+    // The second witness agrees: every entry verifies with 2 of 3.
+    ok(&["witness", "cosign", "--log", &log, "--key", &s(&k.witnesses[1]), "--log-key", &vkeys[0], "--expect-entry", &last]);
+    for (i, e) in entries.iter().enumerate() {
+        let out = ok(&verify_args(&log, &s(e), &vkeys, "2", &state));
+        assert!(out.contains("ok   witnesses          2 of 2 required: w1+"), "{out}");
+        assert!(out.contains(&format!("ok   inclusion          entry {i} of 3")), "{out}");
+    }
+
+    // A tampered entry file.
+    let tampered = d.join("tampered.json");
+    std::fs::write(&tampered, std::fs::read_to_string(&entries[1]).unwrap().replace("0.2.0", "0.2.9")).unwrap();
+    let out = refused(&verify_args(&log, &s(&tampered), &vkeys, "2", &state));
+    assert!(out.contains("FAIL entry ? not included in checkpoint of size 3: no entry of the log equals it"), "{out}");
+
+    // A checkpoint signed by another log key.
+    let other_key = d.join("other.key");
+    ok(&["log", "keygen", "--name", "example.com/releases", "--out", &s(&other_key)]);
+    let mut other_vkeys = vkeys.clone();
+    other_vkeys[0] = pubkey(&other_key);
+    let out = refused(&verify_args(&log, &s(&entries[0]), &other_vkeys, "2", &state));
+    assert!(out.contains("FAIL checkpoint not signed by log example.com/releases"), "{out}");
+
+    // A tampered tile.
+    let tile = d.join("log/tile/0/000.p/3");
+    let good = std::fs::read(&tile).unwrap();
+    let mut bad = good.clone();
+    bad[0] ^= 0x80;
+    std::fs::write(&tile, &bad).unwrap();
+    let out = refused(&verify_args(&log, &s(&entries[0]), &vkeys, "2", &state));
+    assert!(out.contains("FAIL log tile hash mismatch"), "{out}");
+    std::fs::write(&tile, &good).unwrap();
+
+    // Grow the log, verify (state moves to 4), then roll the checkpoint back.
+    let cp3 = std::fs::read(d.join("log/checkpoint")).unwrap();
+    let e4 = image_release(&d, 4, &"04".repeat(48));
+    ok(&["log", "append", "--log", &log, "--key", &s(&k.log), "--entry", &s(&e4)]);
+    ok(&verify_args(&log, &s(&e4), &vkeys, "0", &state));
+    std::fs::write(d.join("log/checkpoint"), cp3).unwrap();
+    let out = refused(&verify_args(&log, &s(&entries[0]), &vkeys, "2", &state));
+    assert!(out.contains("FAIL checkpoint size 3 is smaller than the 4 seen before"), "{out}");
+}
+
+#[test]
+fn audit_lists_key_releases_and_fails_on_a_tampered_one() {
+    let d = scratch("audit");
+    let k = keys(&d);
+    let log = s(&d.join("log"));
+    for i in 1..=3 {
+        ok(&["log", "append", "--log", &log, "--key", &s(&k.log), "--entry", &s(&key_release(&d, i))]);
+    }
+    let vkey = pubkey(&k.log);
+    let out = ok(&["audit", "--log", &log, "--log-key", &vkey]);
+    assert!(out.starts_with(&format!("audit of {log}: checkpoint example.com/releases size 3 root ")), "{out}");
+    for i in 1..=3u32 {
+        let line = out.lines().find(|l| l.trim_start().starts_with(&format!("{} ", i - 1))).unwrap();
+        assert!(
+            line.contains(&format!("2026-12-0{i}T10:00:00Z  key-release  measurement={}", format!("{i:02x}").repeat(48))),
+            "{line}"
+        );
+        assert!(line.contains(&format!("runtime_key={}", format!("{:02x}", i + 0x10).repeat(32))), "{line}");
+        assert!(line.contains(&format!("bundle={}", format!("{:02x}", i + 0x20).repeat(48))), "{line}");
+        assert!(line.contains(&format!("policy={}", format!("{:02x}", i + 0x30).repeat(32))), "{line}");
+    }
+    assert!(out.contains("ok: all 3 entries hash into the signed checkpoint"), "{out}");
+
+    // Rewrite entry 1's measurement in the bundle (same length): the audit catches it.
+    let bundle = d.join("log/tile/entries/000.p/3");
+    let text = std::fs::read(&bundle).unwrap();
+    let needle = "02".repeat(48);
+    let pos = text.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap();
+    let mut bad = text.clone();
+    bad[pos..pos + needle.len()].copy_from_slice("ff".repeat(48).as_bytes());
+    std::fs::write(&bundle, bad).unwrap();
+    let out = refused(&["audit", "--log", &log, "--log-key", &vkey]);
+    assert!(out.contains("FAIL entry 1 not included in checkpoint of size 3: the entry bundle's entry hashes to"), "{out}");
+}
