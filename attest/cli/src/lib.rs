@@ -45,6 +45,7 @@ pub mod release;
 pub mod seal;
 pub mod serve_keys;
 pub mod tlog;
+pub mod transparency;
 mod verify;
 pub mod verify_receipt;
 

@@ -44,6 +44,9 @@ pub struct ReleaseArgs {
     /// Certificates and collateral the evidence may lack.
     #[command(flatten)]
     pub inputs: super::EvidenceInputs,
+    /// Log every key granted to a transparency log.
+    #[command(flatten)]
+    pub release_log: crate::transparency::ReleaseLogArgs,
 }
 
 /// What `attest release` did.
@@ -113,6 +116,7 @@ pub fn run(args: &ReleaseArgs, verifier: &dyn EvidenceVerifier) -> anyhow::Resul
     let evidence = Evidence::from_bytes(&body).map_err(|e| Refused(format!("runtime evidence: {e}")))?;
     let grant =
         grant_key(&evidence, &nonce, Some(issued_at), verifier, &kf.key, Some(&kf.header_digest)).map_err(Refused::from)?;
+    let grant = crate::transparency::after_grant(&args.policy, &args.release_log, &evidence, grant, &kf.header_digest)?;
 
     let mut resp = agent
         .post(format!("{base}{}", routes::KEY))

@@ -48,6 +48,9 @@ pub struct ServeKeysArgs {
     /// Certificates and collateral the evidence may lack.
     #[command(flatten)]
     pub inputs: super::EvidenceInputs,
+    /// Log every key granted to a transparency log.
+    #[command(flatten)]
+    pub release_log: crate::transparency::ReleaseLogArgs,
 }
 
 /// The service state: the key, the verifier and the open challenges.
@@ -56,13 +59,20 @@ pub struct KeyService {
     key: KeyFile,
     challenges: Mutex<OnceNonces<()>>,
     nonce_ttl: Duration,
+    hook: Option<crate::transparency::GrantHook>,
 }
 
 impl KeyService {
     /// A service releasing `key` to runtimes that `verifier` accepts and that loaded the
     /// bundle the key file names.
     pub fn new(verifier: Box<dyn EvidenceVerifier>, key: KeyFile, nonce_ttl: Duration) -> Self {
-        KeyService { verifier, key, challenges: Mutex::new(OnceNonces::new(nonce_ttl)), nonce_ttl }
+        KeyService { verifier, key, challenges: Mutex::new(OnceNonces::new(nonce_ttl)), nonce_ttl, hook: None }
+    }
+
+    /// Run `hook` (transparency check, release log) after every grant, before the key is sent.
+    pub fn with_grant_hook(mut self, hook: crate::transparency::GrantHook) -> Self {
+        self.hook = Some(hook);
+        self
     }
 }
 
@@ -112,6 +122,11 @@ async fn release(State(svc): State<Arc<KeyService>>, body: Bytes) -> Response {
     let issued_at = std::time::SystemTime::now().checked_sub(svc.nonce_ttl);
     match grant_key(&evidence, &nonce, issued_at, svc.verifier.as_ref(), &svc.key.key, Some(&svc.key.header_digest)) {
         Ok(r) => {
+            let r = match svc.hook.as_ref().map(|h| h.after_grant(&evidence, r.clone(), &svc.key.header_digest)) {
+                None => r,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => return refuse(StatusCode::FORBIDDEN, format!("{e:#}")),
+            };
             eprintln!(
                 "serve-keys: released {:?} to runtime key {} (nonce {})",
                 svc.key.model_name,
@@ -144,7 +159,8 @@ pub fn run(args: &ServeKeysArgs, verifier: Box<dyn EvidenceVerifier>) -> anyhow:
         std::fs::read_to_string(&args.key).with_context(|| format!("reading key file {}", args.key.display()))?,
     );
     let key = KeyFile::parse(&text).with_context(|| format!("parsing key file {}", args.key.display()))?;
-    let svc = Arc::new(KeyService::new(verifier, key, Duration::from_secs(args.nonce_ttl_s)));
+    let hook = crate::transparency::GrantHook::new(&args.policy, &args.release_log)?;
+    let svc = Arc::new(KeyService::new(verifier, key, Duration::from_secs(args.nonce_ttl_s)).with_grant_hook(hook));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

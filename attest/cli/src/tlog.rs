@@ -226,12 +226,14 @@ fn write_private(p: &Path, bytes: &[u8]) -> Result<()> {
 /// `attest log append`: returns the new entry's index.
 pub fn append(a: &AppendArgs) -> Result<u64> {
     let entry = read_small(&a.entry)?;
-    append_bytes(&a.log, &a.key, &entry)
+    let (index, origin, size) = append_bytes(&a.log, &a.key, &entry)?;
+    outln!("appended entry {index} to {}: checkpoint size {size}, signed by {origin}", a.log.display());
+    Ok(index)
 }
 
 /// Append `entry` to the log in `dir` with the private key in `key` (creating the log when
-/// `dir` has no checkpoint); prints the index and the new checkpoint size.
-pub fn append_bytes(dir: &Path, key: &Path, entry: &[u8]) -> Result<u64> {
+/// `dir` has no checkpoint): (index, origin, new size).
+pub fn append_bytes(dir: &Path, key: &Path, entry: &[u8]) -> Result<(u64, String, u64)> {
     let signer = log_signer(&read_key(key)?)?;
     let origin = chrysalis_tlog::signed_note::Signer::name(&signer).to_string();
     let mut log = if dir.join("checkpoint").exists() {
@@ -240,8 +242,7 @@ pub fn append_bytes(dir: &Path, key: &Path, entry: &[u8]) -> Result<u64> {
         Log::create(dir, &origin, signer).with_context(|| format!("creating log {}", dir.display()))?
     };
     let index = log.append(entry)?;
-    outln!("appended entry {index} to {} ({}): checkpoint size {}, signed by {origin}", dir.display(), log.origin(), log.size());
-    Ok(index)
+    Ok((index, origin, log.size()))
 }
 
 fn policy_of(log_key: &str, witnesses: &[String], min: usize) -> Result<LogPolicy> {

@@ -217,3 +217,73 @@ fn audit_lists_key_releases_and_fails_on_a_tampered_one() {
     let out = refused(&["audit", "--log", &log, "--log-key", &vkey]);
     assert!(out.contains("FAIL entry 1 not included in checkpoint of size 3: the entry bundle's entry hashes to"), "{out}");
 }
+
+const VIRTEE_MEASUREMENT: &str =
+    "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
+const VIRTEE_REPORT_DATA: &str = "d447b55d197491bfe15cf298f9de9986b7a7c4be2468b4f6e2d53b71d7c645810b0f2cdfca0040433be063fc1a8293f0f3f8dae7b79fecb3d1cd82bd6a93ebfd";
+
+fn snp_data(p: &str) -> String {
+    s(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/snp").join(p))
+}
+
+/// `require_transparency`: `attest verify` passes a genuine SNP report only while an
+/// image-release entry with its measurement is in the log, cosigned as the policy asks.
+#[test]
+fn verify_requires_the_measurement_in_the_log() {
+    let d = scratch("require");
+    let k = keys(&d);
+    let log = s(&d.join("log"));
+    let vkey = std::fs::read_to_string(pubkey(&k.log)).unwrap().trim().to_string();
+    let w1 = std::fs::read_to_string(pubkey(&k.witnesses[0])).unwrap().trim().to_string();
+    let policy = d.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "require_transparency = true\n[measurements]\nsnp = [\"{VIRTEE_MEASUREMENT}\"]\n[report_data]\nbinding = \"fixed\"\n\
+             expected = \"{VIRTEE_REPORT_DATA}\"\n[snp.min_tcb]\nbootloader = 3\nsnp = 8\nmicrocode = 115\n\
+             [transparency]\nlog = \"log\"\nlog_key = \"{vkey}\"\nwitnesses = [\"{w1}\"]\nmin_witnesses = 1\nstate = \"state.json\"\n"
+        ),
+    )
+    .unwrap();
+    let verify = || {
+        attest(&[
+            "verify",
+            "--policy",
+            &s(&policy),
+            "--snp-report",
+            &snp_data("virtee-sev-milan/report_milan.bin"),
+            "--certs",
+            &snp_data("virtee-sev-milan"),
+            "--time",
+            "2026-01-01T00:00:00Z",
+        ])
+    };
+    let row = |o: &Output| {
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.lines().find(|l| l.starts_with("transparency.log")).map(str::to_string).unwrap_or_else(|| out.clone())
+    };
+    // A log with another release only.
+    let other = image_release(&d, 1, &"01".repeat(48));
+    ok(&["log", "append", "--log", &log, "--key", &s(&k.log), "--entry", &s(&other)]);
+    ok(&["witness", "cosign", "--log", &log, "--key", &s(&k.witnesses[0]), "--log-key", &vkey, "--expect-entry", &s(&other)]);
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1), "{}", row(&o));
+    assert!(row(&o).contains("FAIL") && row(&o).contains("no image-release entry lists measurement 7a1e5c26"), "{}", row(&o));
+    // The release is logged but not yet cosigned: still refused, naming the witness.
+    let this = image_release(&d, 2, VIRTEE_MEASUREMENT);
+    ok(&["log", "append", "--log", &log, "--key", &s(&k.log), "--entry", &s(&this)]);
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(row(&o).contains("only 0 of 1 required witness cosignatures (have: none; missing: w1+"), "{}", row(&o));
+    // Cosigned: passes.
+    ok(&["witness", "cosign", "--log", &log, "--key", &s(&k.witnesses[0]), "--log-key", &vkey, "--expect-entry", &s(&this)]);
+    let o = verify();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(row(&o).contains("pass") && row(&o).contains("measurement in image-release 0.2.0 (entry 1 of 2"), "{}", row(&o));
+    assert!(d.join("state.json").exists(), "the state file is relative to the policy");
+    // No [transparency] table: the policy does not load.
+    std::fs::write(&policy, "require_transparency = true\n").unwrap();
+    let o = verify();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("require_transparency = true needs a [transparency] table"));
+}

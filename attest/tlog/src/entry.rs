@@ -115,7 +115,7 @@ pub struct KeyRelease {
     pub platform_id: Option<String>,
     /// The runtime's public key the data key was wrapped to (hex).
     pub runtime_key: String,
-    /// SHA-256 of the sealed bundle's header (hex).
+    /// SHA-384 of the sealed bundle's header (hex), as the runtime's event log measures it.
     pub bundle_digest: String,
     /// SHA-256 of the owner's policy file (hex).
     pub policy_sha256: String,
