@@ -75,7 +75,7 @@ enum Command {
     /// Encrypt a model (directory or single GGUF file) into a sealed bundle and a key file.
     Seal(seal::SealArgs),
     /// Push mode: fetch a runtime's evidence, verify it and send it the data key.
-    Release(release::ReleaseArgs),
+    Release(ReleaseCmd),
     /// Pull mode: serve the data key to runtimes that prove themselves at boot.
     ServeKeys(serve_keys::ServeKeysArgs),
     /// End users: a local OpenAI-compatible endpoint that verifies the runtime, seals every
@@ -95,6 +95,15 @@ enum Command {
     Witness(tlog::WitnessArgs),
     /// List and check every entry of a release log (key releases: who got the key, when).
     Audit(tlog::AuditArgs),
+}
+
+/// `attest release`: its arguments and `--release-log`.
+#[derive(clap::Args, Debug)]
+struct ReleaseCmd {
+    #[command(flatten)]
+    args: release::ReleaseArgs,
+    #[command(flatten)]
+    release_log: transparency::ReleaseLogArgs,
 }
 
 /// Outcome of a subcommand that ran to completion.
@@ -146,9 +155,9 @@ pub fn main() -> ExitCode {
         Command::FetchVcek(a) => fetch_vcek::run(a),
         Command::Policy(a) => policy_from::run(a),
         Command::Seal(a) => seal::run(&a).map(|_| Outcome::Ok),
-        Command::Release(a) => {
-            load_verifier(&a.policy, &a.inputs).and_then(|v| release::run(&a, v.as_ref())).map(|_| Outcome::Ok)
-        }
+        Command::Release(ReleaseCmd { args: a, release_log }) => load_verifier(&a.policy, &a.inputs)
+            .and_then(|v| release::run_with_log(&a, v.as_ref(), &release_log))
+            .map(|_| Outcome::Ok),
         Command::ServeKeys(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| serve_keys::run(&a, v)).map(|_| Outcome::Ok),
         Command::Proxy(a) => Policy::load(&a.policy)
             .map_err(|e| anyhow::anyhow!("policy {}: {e}", a.policy.display()))

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use super::{Outcome, Refused};
-use chrysalis_tlog::entry::{Entry, image_release_from_folder};
+use chrysalis_tlog::entry::{Entry, image_release_of_release_folder};
 use chrysalis_tlog::keys::{KeyKind, key_label, log_signer};
 use chrysalis_tlog::{Log, LogPolicy};
 
@@ -334,13 +334,7 @@ fn rebuild_entry(git: &Path, rev: &str) -> Result<Vec<u8>> {
         .map(|e| e.path())
         .find(|p| p.is_dir())
         .with_context(|| format!("no release folder under {}", release.display()))?;
-    let version = folder
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("chrysalis-"))
-        .with_context(|| format!("{}: not chrysalis-<version>", folder.display()))?
-        .to_string();
-    let entry = image_release_from_folder(&folder, &version)?;
+    let entry = image_release_of_release_folder(&folder)?;
     Ok(Entry::ImageRelease(entry).to_canonical()?)
 }
 

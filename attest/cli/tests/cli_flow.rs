@@ -210,7 +210,6 @@ fn release_push_mode_end_to_end_and_refusals() {
         timeout_s: 10,
         json: false,
         inputs: Default::default(),
-        release_log: Default::default(),
     };
     let out = cli::release::run(&args, &BindingOnly).expect("releases");
     assert_eq!(out.runtime_status, 200);
@@ -428,9 +427,8 @@ fn key_releases_are_logged_and_transparency_is_required() {
         timeout_s: 10,
         json: true,
         inputs: Default::default(),
-        release_log: release_log.clone(),
     };
-    let out = cli::release::run(&args, &BindingOnly).expect("releases");
+    let out = cli::release::run_with_log(&args, &BindingOnly, &release_log).expect("releases");
     let logged = out.steps.iter().find(|s| s.name == "release logged").expect("logged step");
     assert!(logged.detail.starts_with("key-release entry 0 in "), "{}", logged.detail);
 
@@ -478,7 +476,8 @@ fn key_releases_are_logged_and_transparency_is_required() {
     .expect("write");
     let fresh = Arc::new(FakeRuntime::new(bundle));
     let addr = start_runtime(&rt, fresh.clone());
-    let e = cli::release::run(&ReleaseArgs { url: format!("http://{addr}"), ..args }, &BindingOnly).expect_err("refused");
+    let e = cli::release::run_with_log(&ReleaseArgs { url: format!("http://{addr}"), ..args }, &BindingOnly, &release_log)
+        .expect_err("refused");
     assert_eq!(cli::exit_code(&e), cli::EXIT_REFUSED, "{e:#}");
     assert!(format!("{e:#}").contains("transparency: the evidence has no launch measurement"), "{e:#}");
     assert!(fresh.unsealed.lock().expect("lock").is_none());

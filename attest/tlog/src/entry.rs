@@ -98,6 +98,19 @@ pub fn image_release_from_folder(dir: &std::path::Path, version: &str) -> Result
     Ok(ImageRelease::new(version.to_string(), artifacts, measurements, sbom_sha256))
 }
 
+/// [`image_release_from_folder`] for a folder named `chrysalis-<version>` (what
+/// `cargo xtask package` writes): the version is taken from the name, so the packager and a
+/// witness rebuilding the release derive the same entry.
+pub fn image_release_of_release_folder(dir: &std::path::Path) -> Result<ImageRelease, Error> {
+    let version = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("chrysalis-"))
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::Entry(format!("{}: not a release folder chrysalis-<version>", dir.display())))?;
+    image_release_from_folder(dir, version)
+}
+
 /// A key release (`attest release`, `attest serve-keys`): who got the data key, when.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
