@@ -44,11 +44,13 @@ pub fn keygen(name: &str, kind: KeyKind) -> Result<(String, String), Error> {
         return Err(Error::Key(format!("invalid key name {name:?} (no spaces, no '+', not empty)")));
     }
     let sk = SigningKey::generate(&mut rand_core_06::OsRng);
-    Ok(encode_pair(name, kind, &sk))
+    Ok(encode_pair(name, kind, &sk.to_bytes()))
 }
 
-/// The (private, verifier) note key encodings of `sk` under `name` (deterministic: tests).
-pub fn encode_pair(name: &str, kind: KeyKind, sk: &SigningKey) -> (String, String) {
+/// The (private, verifier) note key encodings of the Ed25519 key with this 32-byte seed
+/// under `name` (deterministic keys: tests and fuzzing; use [`keygen`] otherwise).
+pub fn encode_pair(name: &str, kind: KeyKind, seed: &[u8; 32]) -> (String, String) {
+    let sk = SigningKey::from_bytes(seed);
     let alg = kind.alg();
     let mut public = vec![alg];
     public.extend_from_slice(sk.verifying_key().as_bytes());

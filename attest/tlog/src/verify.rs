@@ -163,6 +163,14 @@ fn check_consistency(files: &LogFiles, cp: &VerifiedCheckpoint, seen: &SeenCheck
         }
         return Ok(());
     }
+    if seen.size == 0 {
+        // Every tree extends the empty one (whose root is fixed).
+        return if old_root == tlog_tiles::EMPTY_HASH {
+            Ok(())
+        } else {
+            Err(Error::Fork(format!("the empty checkpoint seen before has root {old_root}, not the empty hash")))
+        };
+    }
     let reader = tile_hashes(files, cp.size, cp.root);
     let proof = tlog_tiles::prove_tree(cp.size, seen.size, &reader).map_err(|e| tile_error(files, e))?;
     tlog_tiles::check_tree(&proof, cp.size, cp.root, seen.size, old_root).map_err(|e| {

@@ -282,3 +282,30 @@ fn garbage_checkpoints_are_errors() {
         assert!(msg.starts_with("malformed log: checkpoint note"), "{msg}");
     }
 }
+
+#[test]
+fn witness_state_follows_the_log_and_refuses_a_rollback() {
+    let mut f = fixture();
+    let wstate = f.dir.parent().unwrap().join("witness-state.json");
+    let cp3 = std::fs::read(f.dir.join("checkpoint")).unwrap();
+    cosign_latest(&f.dir, &f.log_vkey, &f.witnesses[0].0, &f.latest_entry(), Some(&wstate), 1).unwrap();
+    f.append(image_entry(4));
+    let c = cosign_latest(&f.dir, &f.log_vkey, &f.witnesses[0].0, &f.latest_entry(), Some(&wstate), 2).unwrap();
+    assert_eq!((c.index, c.checkpoint.size), (3, 4));
+    std::fs::write(f.dir.join("checkpoint"), cp3).unwrap();
+    let msg = refused(cosign_latest(&f.dir, &f.log_vkey, &f.witnesses[0].0, &f.entries[2], Some(&wstate), 3));
+    assert_eq!(msg, "checkpoint size 3 is smaller than the 4 seen before (rolled back)");
+}
+
+#[test]
+fn a_client_that_saw_the_empty_log_accepts_any_extension() {
+    let f = fixture();
+    let empty = r#"{"origin":"example.com/chrysalis-test-log","size":0,"root":"47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="}"#;
+    std::fs::write(&f.state, empty).unwrap();
+    let inc = verify_inclusion(&f.dir, &f.entries[0], &f.policy(0), &f.state).unwrap();
+    assert_eq!(inc.previous_size, Some(0));
+    let bad = empty.replace("47DEQ", "57DEQ");
+    std::fs::write(&f.state, bad).unwrap();
+    let msg = refused(verify_inclusion(&f.dir, &f.entries[0], &f.policy(0), &f.state));
+    assert!(msg.starts_with("fork: the empty checkpoint seen before has root"), "{msg}");
+}
