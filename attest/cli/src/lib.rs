@@ -161,8 +161,8 @@ pub fn main() -> ExitCode {
         Command::ServeKeys(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| serve_keys::run(&a, v)).map(|_| Outcome::Ok),
         Command::Proxy(a) => Policy::load(&a.policy)
             .map_err(|e| anyhow::anyhow!("policy {}: {e}", a.policy.display()))
-            .and_then(|p| proxy::require_model_pin(&p, a.any_model))
-            .and_then(|()| load_verifier(&a.policy, &a.inputs))
+            .and_then(|p| proxy::require_model_pin(&p, a.any_model).map(|()| p))
+            .and_then(|p| load_verifier(&a.policy, &a.inputs).map(|v| transparency::TransparencyVerifier::wrap(v, p)))
             .and_then(|v| proxy::run(&a, v))
             .map(|_| Outcome::Ok),
         Command::Log(a) => tlog::run_log(&a),

@@ -19,12 +19,16 @@ use super::Refused;
 use chrysalis_proto::evidence::{Evidence, PlatformEvidence};
 use chrysalis_tlog::entry::{Entry, KIND_KEY_RELEASE, KeyRelease};
 use chrysalis_tlog::{LogPolicy, verify_measurement_released};
-use chrysalis_verify::attested::Step;
+use chrysalis_verify::attested::{AttestError, Challenge, EvidenceVerifier, Step, VerifiedRuntime};
 use chrysalis_verify::grant::KeyGrant;
 use chrysalis_verify::policy::Policy;
 
 /// Offset and length of CHIP_ID in an SEV-SNP (or simulated) report.
 const SNP_CHIP_ID: std::ops::Range<usize> = 0x1A0..0x1E0;
+
+/// One log check at a time in this process: each one reads and replaces the state file
+/// (`serve-keys` and `proxy` verify runtimes concurrently).
+static STATE_LOCK: Mutex<()> = Mutex::new(());
 
 /// If the policy sets `require_transparency`, check that an image-release entry listing
 /// `measurement` is in the policy's log (log signature, witnesses, consistency with the
@@ -48,6 +52,7 @@ pub fn require_released(policy: &Policy, measurement: Option<&[u8]>) -> Result<O
     let lp =
         LogPolicy { log_key: t.log_key.clone(), witnesses: t.witnesses.clone(), min_witnesses: t.min_witnesses.unwrap_or(0) };
     let hex_m = hex::encode(m);
+    let _guard = STATE_LOCK.lock().map_err(|_| Refused("transparency: state lock poisoned".into()))?;
     match verify_measurement_released(Path::new(&t.log), &hex_m, &lp, Path::new(&t.state)) {
         Ok((inc, Entry::ImageRelease(r))) => Ok(Some(Step::new(
             "transparency log",
@@ -177,5 +182,34 @@ impl ReleaseLog {
         let (index, _, _) = crate::tlog::append_bytes(&self.dir, &self.key, &entry)
             .with_context(|| format!("logging the key release to {}", self.dir.display()))?;
         Ok(index)
+    }
+}
+
+/// A verifier that also requires the policy's transparency log (`require_transparency`) to
+/// list the launch measurement of every runtime `inner` accepts; used for `attest proxy`,
+/// whose verification runs per node and again on every re-attestation. The measurement is
+/// read from the report `inner` has just verified.
+pub struct TransparencyVerifier {
+    inner: Box<dyn EvidenceVerifier>,
+    policy: Policy,
+}
+
+impl TransparencyVerifier {
+    /// Wrap `inner`; a policy without `require_transparency` adds nothing.
+    pub fn wrap(inner: Box<dyn EvidenceVerifier>, policy: Policy) -> Box<dyn EvidenceVerifier> {
+        if policy.require_transparency { Box::new(Self { inner, policy }) } else { inner }
+    }
+}
+
+impl EvidenceVerifier for TransparencyVerifier {
+    fn verify(&self, evidence: &Evidence, challenge: Challenge<'_>) -> Result<VerifiedRuntime, AttestError> {
+        let mut v = self.inner.verify(evidence, challenge)?;
+        let m = chrysalis_proto::channel::receipt::launch_measurement(&evidence.platform);
+        match require_released(&self.policy, m.as_ref().map(|m| &m[..])) {
+            Ok(Some(step)) => v.steps.push(step),
+            Ok(None) => {}
+            Err(e) => return Err(AttestError::Refused(e.0)),
+        }
+        Ok(v)
     }
 }

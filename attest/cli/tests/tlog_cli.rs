@@ -287,3 +287,58 @@ fn verify_requires_the_measurement_in_the_log() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("require_transparency = true needs a [transparency] table"));
 }
+
+/// `attest proxy` with `require_transparency`: its verifier is wrapped so that a node whose
+/// verified measurement is not in the log is refused (and every re-attestation checks again).
+#[test]
+fn proxy_verifier_requires_the_measurement_in_the_log() {
+    use chrysalis_attest::transparency::TransparencyVerifier;
+    use chrysalis_proto::eventlog::EventLog;
+    use chrysalis_proto::evidence::{EVIDENCE_VERSION, Evidence, PlatformEvidence};
+    use chrysalis_verify::attested::{AttestError, Challenge, EvidenceVerifier, VerifiedRuntime};
+    use chrysalis_verify::policy::Policy;
+
+    /// Accepts any simulated report (REPORT_DATA first, measurement at 0x90..0xC0).
+    struct AnySimulated;
+    impl EvidenceVerifier for AnySimulated {
+        fn verify(&self, ev: &Evidence, _: Challenge<'_>) -> Result<VerifiedRuntime, AttestError> {
+            let PlatformEvidence::Simulated { report } = &ev.platform else {
+                return Err(AttestError::Refused("not simulated".into()));
+            };
+            Ok(VerifiedRuntime { report_data: report[..64].try_into().unwrap(), steps: vec![], warnings: vec![] })
+        }
+    }
+    let evidence = |m: u8| {
+        let mut report = vec![0u8; 0x4A0];
+        report[0x90..0xC0].fill(m);
+        Evidence {
+            version: EVIDENCE_VERSION,
+            nonce: vec![1; 32],
+            platform: PlatformEvidence::Simulated { report },
+            event_log: EventLog::default(),
+            gpus: vec![],
+        }
+    };
+    let challenge = Challenge { nonce: &[1; 32], issued_at: None };
+
+    let d = scratch("proxy");
+    let k = keys(&d);
+    let log = d.join("log");
+    let entry = image_release(&d, 1, &"11".repeat(48));
+    ok(&["log", "append", "--log", &s(&log), "--key", &s(&k.log), "--entry", &s(&entry)]);
+    let vkey = std::fs::read_to_string(pubkey(&k.log)).unwrap().trim().to_string();
+    let toml = format!(
+        "require_transparency = true\n[transparency]\nlog = \"{}\"\nlog_key = \"{vkey}\"\nstate = \"{}\"\n",
+        log.display(),
+        d.join("state.json").display()
+    );
+    let v = TransparencyVerifier::wrap(Box::new(AnySimulated), Policy::from_toml(&toml).unwrap());
+    let ok_rt = v.verify(&evidence(0x11), challenge).expect("logged measurement passes");
+    let step = ok_rt.steps.iter().find(|s| s.name == "transparency log").expect("step");
+    assert!(step.detail.starts_with("measurement in image-release 0.1.0 (entry 0 of 1"), "{}", step.detail);
+    let e = v.verify(&evidence(0xbd), challenge).expect_err("unlogged measurement refused").to_string();
+    assert!(e.contains(&format!("no image-release entry lists measurement {}", "bd".repeat(48))), "{e}");
+    // Without require_transparency nothing changes.
+    let plain = TransparencyVerifier::wrap(Box::new(AnySimulated), Policy::default());
+    assert!(plain.verify(&evidence(0xbd), challenge).is_ok());
+}
