@@ -69,9 +69,9 @@ pub struct AppendArgs {
 /// `attest log verify`.
 #[derive(Args, Debug)]
 pub struct VerifyLogArgs {
-    /// Log directory.
-    #[arg(long, value_name = "DIR")]
-    pub log: PathBuf,
+    /// Log directory, or the http:// URL it is served at.
+    #[arg(long, value_name = "DIR|URL")]
+    pub log: String,
     /// The entry that must be in the log (JSON; compared in canonical form).
     #[arg(long, value_name = "FILE")]
     pub entry: PathBuf,
@@ -245,6 +245,57 @@ pub fn append_bytes(dir: &Path, key: &Path, entry: &[u8]) -> Result<(u64, String
     Ok((index, origin, log.size()))
 }
 
+/// Most entries a log mirrored over HTTP may have (one request per 256).
+const MAX_HTTP_LOG_SIZE: u64 = 1 << 24;
+
+/// A log to read: a local directory, or a temporary mirror of one served over `http://`
+/// (removed when dropped).
+pub struct LogSource {
+    dir: PathBuf,
+    mirror: bool,
+}
+
+impl LogSource {
+    /// `log` is a directory or an `http://` URL of a log (its checkpoint, tiles and bundles
+    /// are fetched; the checkpoint is checked against `policy` before anything else is).
+    pub fn open(log: &str, policy: &LogPolicy) -> Result<Self> {
+        if !(log.starts_with("http://") || log.starts_with("https://")) {
+            return Ok(Self { dir: PathBuf::from(log), mirror: false });
+        }
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("chrysalis-log-mirror-{}-{n}", std::process::id()));
+        let src = Self { dir, mirror: true };
+        let base = log.trim_end_matches('/');
+        let checkpoint = crate::http::get(&format!("{base}/checkpoint"), chrysalis_tlog::log::MAX_CHECKPOINT_LEN as usize)?;
+        let cp = chrysalis_tlog::verify::verify_checkpoint_bytes(&checkpoint, policy).map_err(|e| Refused(e.to_string()))?;
+        if cp.size > MAX_HTTP_LOG_SIZE {
+            return Err(
+                Refused(format!("{log}: {} entries, more than the {MAX_HTTP_LOG_SIZE} fetched over HTTP", cp.size)).into()
+            );
+        }
+        for (rel, limit) in chrysalis_tlog::log::tree_files(cp.size)? {
+            let body = crate::http::get(&format!("{base}/{rel}"), usize::try_from(limit).unwrap_or(usize::MAX))?;
+            chrysalis_tlog::log::write_atomic(&src.dir.join(&rel), &body)?;
+        }
+        chrysalis_tlog::log::write_atomic(&src.dir.join("checkpoint"), &checkpoint)?;
+        Ok(src)
+    }
+
+    /// The directory to read.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for LogSource {
+    fn drop(&mut self) {
+        if self.mirror {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 fn policy_of(log_key: &str, witnesses: &[String], min: usize) -> Result<LogPolicy> {
     Ok(LogPolicy {
         log_key: vkey_arg(log_key)?,
@@ -257,8 +308,16 @@ fn policy_of(log_key: &str, witnesses: &[String], min: usize) -> Result<LogPolic
 pub fn verify(a: &VerifyLogArgs) -> Result<Outcome> {
     let policy = policy_of(&a.log_key, &a.witnesses, a.min_witnesses)?;
     let entry = read_small(&a.entry)?;
-    outln!("log {} (key {})", a.log.display(), key_label(&policy.log_key));
-    match chrysalis_tlog::verify_inclusion(&a.log, &entry, &policy, &a.state) {
+    outln!("log {} (key {})", a.log, key_label(&policy.log_key));
+    let src = match LogSource::open(&a.log, &policy) {
+        Ok(s) => s,
+        Err(e) if e.downcast_ref::<Refused>().is_some() => {
+            outln!("  FAIL {}", e.downcast_ref::<Refused>().map(|r| r.0.as_str()).unwrap_or_default());
+            return Ok(Outcome::Failed);
+        }
+        Err(e) => return Err(e),
+    };
+    match chrysalis_tlog::verify_inclusion(src.dir(), &entry, &policy, &a.state) {
         Ok(inc) => {
             print_inclusion(&inc, policy.min_witnesses);
             Ok(Outcome::Ok)

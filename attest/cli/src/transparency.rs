@@ -43,17 +43,12 @@ pub fn require_released(policy: &Policy, measurement: Option<&[u8]>) -> Result<O
     let Some(m) = measurement else {
         return Err(Refused("transparency: the evidence has no launch measurement to look up".into()));
     };
-    if t.log.starts_with("http://") || t.log.starts_with("https://") {
-        return Err(Refused(format!(
-            "transparency: log {} is a URL; only a local directory is supported (mirror the log's files)",
-            t.log
-        )));
-    }
     let lp =
         LogPolicy { log_key: t.log_key.clone(), witnesses: t.witnesses.clone(), min_witnesses: t.min_witnesses.unwrap_or(0) };
     let hex_m = hex::encode(m);
     let _guard = STATE_LOCK.lock().map_err(|_| Refused("transparency: state lock poisoned".into()))?;
-    match verify_measurement_released(Path::new(&t.log), &hex_m, &lp, Path::new(&t.state)) {
+    let src = crate::tlog::LogSource::open(&t.log, &lp).map_err(|e| Refused(format!("transparency: log {}: {e:#}", t.log)))?;
+    match verify_measurement_released(src.dir(), &hex_m, &lp, Path::new(&t.state)) {
         Ok((inc, Entry::ImageRelease(r))) => Ok(Some(Step::new(
             "transparency log",
             format!(

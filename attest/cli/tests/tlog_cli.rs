@@ -342,3 +342,112 @@ fn proxy_verifier_requires_the_measurement_in_the_log() {
     let plain = TransparencyVerifier::wrap(Box::new(AnySimulated), Policy::default());
     assert!(plain.verify(&evidence(0xbd), challenge).is_ok());
 }
+
+/// Serve the files under `root` to HTTP GETs (one request per connection) from a thread.
+fn serve_dir(root: PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+            let (status, body) = match std::fs::read(root.join(&path)) {
+                Ok(b) => ("200 OK", b),
+                Err(_) => ("404 Not Found", b"not found".to_vec()),
+            };
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://{addr}/")
+}
+
+/// `attest log verify --log http://…`: the checkpoint, tiles and bundles are fetched into a
+/// temporary mirror and verified as a directory would be.
+#[test]
+fn verify_a_log_served_over_http() {
+    let d = scratch("http");
+    let k = keys(&d);
+    let log = d.join("log");
+    let entries: Vec<PathBuf> = (1..=3).map(|i| image_release(&d, i, &format!("{i:02x}").repeat(48))).collect();
+    for e in &entries {
+        ok(&["log", "append", "--log", &s(&log), "--key", &s(&k.log), "--entry", &s(e)]);
+    }
+    let vkey = pubkey(&k.log);
+    let w1 = pubkey(&k.witnesses[0]);
+    ok(&[
+        "witness",
+        "cosign",
+        "--log",
+        &s(&log),
+        "--key",
+        &s(&k.witnesses[0]),
+        "--log-key",
+        &vkey,
+        "--expect-entry",
+        &s(&entries[2]),
+    ]);
+    let url = serve_dir(log.clone());
+    let state = s(&d.join("state.json"));
+    let verify = |entry: &Path| {
+        attest(&[
+            "log",
+            "verify",
+            "--log",
+            &url,
+            "--entry",
+            &s(entry),
+            "--log-key",
+            &vkey,
+            "--witness",
+            &w1,
+            "--min-witnesses",
+            "1",
+            "--state",
+            &state,
+        ])
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let o = verify(e);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.contains(&format!("ok   inclusion          entry {i} of 3")), "{out}");
+    }
+    let tile = log.join("tile/0/000.p/3");
+    let mut bad = std::fs::read(&tile).unwrap();
+    bad[33] ^= 1;
+    std::fs::write(&tile, bad).unwrap();
+    let o = verify(&entries[0]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL log tile hash mismatch"), "{out}");
+    // A checkpoint signed by another key is refused before any tile is fetched.
+    let other = d.join("other.key");
+    ok(&["log", "keygen", "--name", "example.com/releases", "--out", &s(&other)]);
+    let o = attest(&[
+        "log",
+        "verify",
+        "--log",
+        &url,
+        "--entry",
+        &s(&entries[0]),
+        "--log-key",
+        &pubkey(&other),
+        "--min-witnesses",
+        "0",
+        "--state",
+        &state,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL checkpoint not signed by log example.com/releases"));
+}

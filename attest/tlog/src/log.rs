@@ -100,6 +100,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Every file a reader of a tree of `size` may need, with the most bytes it may have: the
+/// hash tiles and entry bundles of that size (what to fetch to mirror a log served over
+/// HTTP). Tiles of a size never change, so a mirror of them stays valid.
+pub fn tree_files(size: u64) -> Result<Vec<(String, u64)>, Error> {
+    if size > MAX_TREE_SIZE {
+        return Err(Error::Malformed(format!("tree size {size} is larger than {MAX_TREE_SIZE}")));
+    }
+    let mut out: Vec<(String, u64)> = Tile::new_tiles(TILE_HEIGHT, 0, size)
+        .iter()
+        .map(|t| (tile_path(t), u64::from(t.width()) * tlog_tiles::HASH_SIZE as u64))
+        .collect();
+    let mut n = 0;
+    while n * TILE_WIDTH < size {
+        let w = (size - n * TILE_WIDTH).min(TILE_WIDTH);
+        out.push((tile_path(&bundle_tile(n, w)), MAX_TILE_FILE_LEN));
+        n += 1;
+    }
+    Ok(out)
+}
+
 /// A log directory as files; every read is untrusted.
 pub struct LogFiles {
     dir: PathBuf,
@@ -303,6 +323,14 @@ mod tests {
         assert_eq!(tile_path(&Tile::new(8, 0, 1234067, 256, false)), "tile/0/x001/x234/067");
         assert_eq!(tile_path(&Tile::new(8, 1, 0, 3, false)), "tile/1/000.p/3");
         assert_eq!(tile_path(&bundle_tile(2, 5)), "tile/entries/002.p/5");
+    }
+
+    #[test]
+    fn tree_files_name_every_tile_and_bundle() {
+        let names: Vec<String> = tree_files(257).unwrap().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(names, ["tile/0/000", "tile/0/001.p/1", "tile/1/000.p/1", "tile/entries/000", "tile/entries/001.p/1"]);
+        assert!(tree_files(0).unwrap().is_empty());
+        assert!(tree_files(MAX_TREE_SIZE + 1).is_err());
     }
 
     #[test]

@@ -105,7 +105,8 @@ pub struct Policy {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransparencyPolicy {
-    /// The log: a directory (relative paths are relative to the policy file).
+    /// The log: a directory (relative paths are relative to the policy file) or the
+    /// `http://` URL it is served at.
     pub log: String,
     /// The log's verifier key, `<origin>+<id>+<base64>` (signed-note Ed25519).
     pub log_key: String,
