@@ -58,7 +58,15 @@ pub enum Cmd {
     },
     /// Package image, manifest, measurements, firmware and an SBOM with SHA256SUMS into
     /// out/release/ (what a provider downloads and an owner rebuilds and compares).
-    Package,
+    Package {
+        /// Append the release's image-release entry to this transparency log directory
+        /// (attest/tlog/README.md; created if it has no checkpoint).
+        #[arg(long, value_name = "DIR", requires = "log_key")]
+        log: Option<PathBuf>,
+        /// The log's private key (`attest log keygen`).
+        #[arg(long, value_name = "FILE", requires = "log")]
+        log_key: Option<PathBuf>,
+    },
     /// Boot the image in QEMU with the serial console on this terminal.
     Run(run::RunArgs),
     /// Everything CI checks, in order: `cargo fmt --check`, `cargo clippy -D warnings`,

@@ -100,7 +100,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Demo { prompt, max_tokens } => demo::run(&root, &prompt, max_tokens),
         Cmd::Repro { kernel_deb } => repro::run(&root, kernel_deb, repro::Isolation::SeparateTargets),
-        Cmd::Package => package::run(&root),
+        Cmd::Package { log, log_key } => package::run(&root, log.as_deref().zip(log_key.as_deref())),
         Cmd::Expected { update } => {
             image::build(&root, &image::Options::defaults(&root))?;
             let out = root.join("out");

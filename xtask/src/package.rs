@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 use crate::image::{CMDLINE, INITRAMFS, KERNEL, MANIFEST};
 use crate::util::{cargo, output, say, sha256_file};
 
-/// Build (if needed), measure and package.
-pub fn run(root: &Path) -> Result<()> {
+/// Build (if needed), measure and package; with `log` (directory, private key), append
+/// the release's image-release entry to that transparency log.
+pub fn run(root: &Path, log: Option<(&Path, &Path)>) -> Result<()> {
     let manifest = crate::image::build(root, &crate::image::Options::defaults(root))?;
     let out = root.join("out");
     let measurements = crate::measure::compute(root, &out)?;
@@ -41,7 +42,26 @@ pub fn run(root: &Path) -> Result<()> {
     std::fs::write(dir.join("SHA256SUMS"), &sums)?;
     print!("{sums}");
     say(format!("release folder: {} (verify with: cd {0} && sha256sum -c SHA256SUMS)", dir.display()));
+    if let Some((log_dir, key)) = log {
+        let index = append_release(&dir, log_dir, key)?;
+        say(format!("transparency log {}: image-release entry {index}", log_dir.display()));
+    }
     Ok(())
+}
+
+/// The canonical image-release entry of a release folder (`chrysalis-<version>`): artifact
+/// SHA-256s, measurements.json, SBOM digest (attest/tlog/README.md). A witness rebuilding
+/// the release derives the same bytes.
+pub fn release_entry(dir: &Path) -> Result<Vec<u8>> {
+    let entry = chrysalis_tlog::entry::image_release_of_release_folder(dir)?;
+    Ok(chrysalis_tlog::Entry::ImageRelease(entry).to_canonical()?)
+}
+
+/// Append the release folder's entry to the log in `log_dir`, signed with `key`.
+fn append_release(dir: &Path, log_dir: &Path, key: &Path) -> Result<u64> {
+    let entry = release_entry(dir)?;
+    let (index, _, _) = chrysalis_attest::tlog::append_bytes(log_dir, key, &entry)?;
+    Ok(index)
 }
 
 /// A CycloneDX 1.5 SBOM: the runtime's Rust dependencies as resolved for the image (target,
@@ -132,6 +152,48 @@ fn humantime_epoch(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A small fake release folder: its entry lists every file but SHA256SUMS, the
+    /// measurements verbatim and the SBOM digest, and lands in a log where it verifies.
+    #[test]
+    fn release_entry_of_a_fake_release_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("chrysalis-9.8.7");
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = format!(r#"{{"snp":[{{"vcpus":1,"measurement":"{}"}}]}}"#, "ab".repeat(48));
+        for (name, body) in [
+            ("initramfs.cpio.gz", "initramfs"),
+            ("vmlinuz", "kernel"),
+            ("measurements.json", m.as_str()),
+            ("sbom.cdx.json", "{\"bomFormat\":\"CycloneDX\"}"),
+            ("SHA256SUMS", "not an artifact"),
+        ] {
+            std::fs::write(dir.join(name), body).unwrap();
+        }
+        let bytes = release_entry(&dir).unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let sha = |s: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(s.as_bytes()));
+        assert_eq!(v["kind"], "image-release");
+        assert_eq!(v["version"], "9.8.7");
+        assert_eq!(v["artifacts"]["vmlinuz"], sha("kernel").as_str());
+        assert_eq!(v["artifacts"].as_object().unwrap().len(), 4, "{v}");
+        assert_eq!(v["measurements"]["snp"][0]["measurement"], "ab".repeat(48).as_str());
+        assert_eq!(v["sbom_sha256"], sha("{\"bomFormat\":\"CycloneDX\"}").as_str());
+
+        let (skey, vkey) = chrysalis_tlog::keygen("example.com/releases", chrysalis_tlog::KeyKind::Log).unwrap();
+        let key = tmp.path().join("log.key");
+        std::fs::write(&key, skey).unwrap();
+        let log = tmp.path().join("log");
+        assert_eq!(append_release(&dir, &log, &key).unwrap(), 0);
+        let policy = chrysalis_tlog::LogPolicy { log_key: vkey, witnesses: vec![], min_witnesses: 0 };
+        let state = tmp.path().join("state.json");
+        assert_eq!(chrysalis_tlog::verify_inclusion(&log, &bytes, &policy, &state).unwrap().index, 0);
+
+        std::fs::rename(&dir, tmp.path().join("release")).unwrap();
+        assert!(release_entry(&tmp.path().join("release")).is_err(), "not chrysalis-<version>");
+    }
+
     #[test]
     fn epoch_formatting() {
         assert_eq!(super::humantime_epoch(0), "1970-01-01T00:00:00Z");

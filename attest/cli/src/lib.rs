@@ -44,6 +44,8 @@ pub mod proxy;
 pub mod release;
 pub mod seal;
 pub mod serve_keys;
+pub mod tlog;
+pub mod transparency;
 mod verify;
 pub mod verify_receipt;
 
@@ -73,7 +75,7 @@ enum Command {
     /// Encrypt a model (directory or single GGUF file) into a sealed bundle and a key file.
     Seal(seal::SealArgs),
     /// Push mode: fetch a runtime's evidence, verify it and send it the data key.
-    Release(release::ReleaseArgs),
+    Release(ReleaseCmd),
     /// Pull mode: serve the data key to runtimes that prove themselves at boot.
     ServeKeys(serve_keys::ServeKeysArgs),
     /// End users: a local OpenAI-compatible endpoint that verifies the runtime, seals every
@@ -86,6 +88,22 @@ enum Command {
     /// Fetch the VCEK that signed an SEV-SNP report from AMD's KDS into a cache directory
     /// (explicit network access; verification itself never fetches).
     FetchVcek(fetch_vcek::FetchVcekArgs),
+    /// Release transparency log: generate keys, append entries, verify an entry's inclusion.
+    Log(tlog::LogArgs),
+    /// Witness a release log: cosign its latest checkpoint if the latest entry matches a
+    /// rebuild.
+    Witness(tlog::WitnessArgs),
+    /// List and check every entry of a release log (key releases: who got the key, when).
+    Audit(tlog::AuditArgs),
+}
+
+/// `attest release`: its arguments and `--release-log`.
+#[derive(clap::Args, Debug)]
+struct ReleaseCmd {
+    #[command(flatten)]
+    args: release::ReleaseArgs,
+    #[command(flatten)]
+    release_log: transparency::ReleaseLogArgs,
 }
 
 /// Outcome of a subcommand that ran to completion.
@@ -137,16 +155,19 @@ pub fn main() -> ExitCode {
         Command::FetchVcek(a) => fetch_vcek::run(a),
         Command::Policy(a) => policy_from::run(a),
         Command::Seal(a) => seal::run(&a).map(|_| Outcome::Ok),
-        Command::Release(a) => {
-            load_verifier(&a.policy, &a.inputs).and_then(|v| release::run(&a, v.as_ref())).map(|_| Outcome::Ok)
-        }
+        Command::Release(ReleaseCmd { args: a, release_log }) => load_verifier(&a.policy, &a.inputs)
+            .and_then(|v| release::run_with_log(&a, v.as_ref(), &release_log))
+            .map(|_| Outcome::Ok),
         Command::ServeKeys(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| serve_keys::run(&a, v)).map(|_| Outcome::Ok),
         Command::Proxy(a) => Policy::load(&a.policy)
             .map_err(|e| anyhow::anyhow!("policy {}: {e}", a.policy.display()))
-            .and_then(|p| proxy::require_model_pin(&p, a.any_model))
-            .and_then(|()| load_verifier(&a.policy, &a.inputs))
+            .and_then(|p| proxy::require_model_pin(&p, a.any_model).map(|()| p))
+            .and_then(|p| load_verifier(&a.policy, &a.inputs).map(|v| transparency::TransparencyVerifier::wrap(v, p)))
             .and_then(|v| proxy::run(&a, v))
             .map(|_| Outcome::Ok),
+        Command::Log(a) => tlog::run_log(&a),
+        Command::Witness(a) => tlog::run_witness(&a),
+        Command::Audit(a) => tlog::audit(&a),
         Command::VerifyReceipt(a) => load_verifier(&a.policy, &a.inputs).and_then(|v| verify_receipt::run(&a, v.as_ref())),
     };
     match result {

@@ -73,6 +73,16 @@ pub(crate) fn agent(timeout_s: u64) -> ureq::Agent {
 
 /// Run the release with `verifier`; prints the outcome.
 pub fn run(args: &ReleaseArgs, verifier: &dyn EvidenceVerifier) -> anyhow::Result<ReleaseOutcome> {
+    run_with_log(args, verifier, &Default::default())
+}
+
+/// [`run`], logging the key release to `release_log` (`--release-log`, kept out of
+/// [`ReleaseArgs`] so that callers building it stay unchanged).
+pub fn run_with_log(
+    args: &ReleaseArgs,
+    verifier: &dyn EvidenceVerifier,
+    release_log: &crate::transparency::ReleaseLogArgs,
+) -> anyhow::Result<ReleaseOutcome> {
     let text = zeroize::Zeroizing::new(
         fs::read_to_string(&args.key).with_context(|| format!("reading key file {}", args.key.display()))?,
     );
@@ -113,6 +123,7 @@ pub fn run(args: &ReleaseArgs, verifier: &dyn EvidenceVerifier) -> anyhow::Resul
     let evidence = Evidence::from_bytes(&body).map_err(|e| Refused(format!("runtime evidence: {e}")))?;
     let grant =
         grant_key(&evidence, &nonce, Some(issued_at), verifier, &kf.key, Some(&kf.header_digest)).map_err(Refused::from)?;
+    let grant = crate::transparency::after_grant(&args.policy, release_log, &evidence, grant, &kf.header_digest)?;
 
     let mut resp = agent
         .post(format!("{base}{}", routes::KEY))

@@ -61,6 +61,9 @@ pub struct ServeKeysArgs {
     /// Certificates and collateral the evidence may lack.
     #[command(flatten)]
     pub inputs: super::EvidenceInputs,
+    /// Log every key granted to a transparency log.
+    #[command(flatten)]
+    pub release_log: crate::transparency::ReleaseLogArgs,
 }
 
 /// The service state: the key, the verifier and the open challenges.
@@ -70,18 +73,25 @@ pub struct KeyService {
     challenges: Mutex<OnceNonces<()>>,
     nonce_ttl: Duration,
     revoked: Option<PathBuf>,
+    hook: Option<crate::transparency::GrantHook>,
 }
 
 impl KeyService {
     /// A service releasing `key` to runtimes that `verifier` accepts and that loaded the
     /// bundle the key file names.
     pub fn new(verifier: Box<dyn EvidenceVerifier>, key: KeyFile, nonce_ttl: Duration) -> Self {
-        KeyService { verifier, key, challenges: Mutex::new(OnceNonces::new(nonce_ttl)), nonce_ttl, revoked: None }
+        KeyService { verifier, key, challenges: Mutex::new(OnceNonces::new(nonce_ttl)), nonce_ttl, revoked: None, hook: None }
     }
 
     /// Refuse the runtimes listed in `file` (re-read at every release).
     pub fn with_revocations(mut self, file: PathBuf) -> Self {
         self.revoked = Some(file);
+        self
+    }
+
+    /// Run `hook` (transparency check, release log) after every grant, before the key is sent.
+    pub fn with_grant_hook(mut self, hook: crate::transparency::GrantHook) -> Self {
+        self.hook = Some(hook);
         self
     }
 }
@@ -216,9 +226,15 @@ async fn release(State(svc): State<Arc<KeyService>>, body: Bytes) -> Response {
     let issued_at = std::time::SystemTime::now().checked_sub(svc.nonce_ttl);
     match grant_key(&evidence, &nonce, issued_at, svc.verifier.as_ref(), &svc.key.key, Some(&svc.key.header_digest)) {
         Ok(r) => {
+            // Revocation first, so that a refused renewal is never logged as a key release.
             if let Some(why) = svc.revoked.as_deref().and_then(|f| revoked(f, &r.runtime_public_key, &evidence)) {
                 return refuse(StatusCode::FORBIDDEN, format!("revoked: {why}"));
             }
+            let r = match svc.hook.as_ref().map(|h| h.after_grant(&evidence, r.clone(), &svc.key.header_digest)) {
+                None => r,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => return refuse(StatusCode::FORBIDDEN, format!("{e:#}")),
+            };
             eprintln!(
                 "serve-keys: released {:?} to runtime key {} (nonce {})",
                 svc.key.model_name,
@@ -251,7 +267,8 @@ pub fn run(args: &ServeKeysArgs, verifier: Box<dyn EvidenceVerifier>) -> anyhow:
         std::fs::read_to_string(&args.key).with_context(|| format!("reading key file {}", args.key.display()))?,
     );
     let key = KeyFile::parse(&text).with_context(|| format!("parsing key file {}", args.key.display()))?;
-    let mut svc = KeyService::new(verifier, key, Duration::from_secs(args.nonce_ttl_s));
+    let hook = crate::transparency::GrantHook::new(&args.policy, &args.release_log)?;
+    let mut svc = KeyService::new(verifier, key, Duration::from_secs(args.nonce_ttl_s)).with_grant_hook(hook);
     if let Some(file) = &args.revoked {
         // Checked now so that a typo shows at start; it is read again at every release.
         let text = std::fs::read_to_string(file).with_context(|| format!("reading revocation list {}", file.display()))?;

@@ -13,11 +13,11 @@ use rand_core_06::{OsRng, RngCore};
 use super::{Outcome, http};
 use chrysalis_proto::eventlog::EventLog;
 use chrysalis_proto::evidence::{EVIDENCE_VERSION, Evidence, MAX_EVIDENCE_LEN, PlatformEvidence};
-use chrysalis_verify::policy::Policy;
+use chrysalis_verify::policy::{Check, Policy};
 use chrysalis_verify::snp::SnpReport;
 use chrysalis_verify::snp::kds::load_cert_dir;
 use chrysalis_verify::tdx::Collateral;
-use chrysalis_verify::verify::{Report, VerifyContext, verify_evidence_with};
+use chrysalis_verify::verify::{Claims, Report, VerifyContext, verify_evidence_with};
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("input").required(true).args(["evidence", "url", "snp_report", "tdx_quote"])))]
@@ -140,11 +140,30 @@ pub(crate) fn run(a: VerifyArgs) -> Result<Outcome> {
     let ctx =
         VerifyContext { nonce: &nonce, now, nonce_issued_at, tdx_collateral: collateral.as_ref(), extra_snp_certs: &extra_certs };
     let mut report = verify_evidence_with(&evidence, &policy, &ctx);
+    if report.is_ok() && policy.require_transparency {
+        report.checks.push(transparency_check(&policy, &report));
+    }
     for w in warnings {
         log::warn!("{w}");
         report.warnings.push(w);
     }
     print(&report, a.json)
+}
+
+/// `require_transparency`: the verified launch measurement must be in the policy's log.
+fn transparency_check(policy: &Policy, report: &Report) -> Check {
+    let measurement = match &report.claims {
+        Some(Claims::Snp(v)) => Some(v.claims().measurement.as_slice()),
+        Some(Claims::Tdx(v)) => Some(v.claims().mr_td.as_slice()),
+        _ => None,
+    };
+    let found = measurement.map(hex::encode).unwrap_or_else(|| "-".into());
+    let expected = "in an image-release entry of the transparency log";
+    match crate::transparency::require_released(policy, measurement) {
+        Ok(Some(step)) => Check::new("transparency.log", true, found, expected).detail(step.detail),
+        Ok(None) => Check::new("transparency.log", true, found, "not required"),
+        Err(e) => Check::new("transparency.log", false, found, expected).detail(e.0),
+    }
 }
 
 fn print(report: &Report, json: bool) -> Result<Outcome> {

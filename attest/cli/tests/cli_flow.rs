@@ -201,6 +201,7 @@ fn release_push_mode_end_to_end_and_refusals() {
     let rt = runtime();
     let fake = Arc::new(FakeRuntime::new(bundle.clone()));
     let addr = start_runtime(&rt, fake.clone());
+    std::fs::write(dir.path().join("policy.toml"), "").expect("write");
     let args = ReleaseArgs {
         url: format!("http://{addr}"),
         policy: dir.path().join("policy.toml"),
@@ -454,4 +455,91 @@ fn proxy_labels_plaintext_errors_and_rate_limits_forged_key_unknown() {
     let (status, body, unauthenticated) = call("/v1/completions");
     assert_eq!(status, 400, "{body}");
     assert!(unauthenticated && body.contains("UNAUTHENTICATED"), "{body}");
+}
+
+/// `--release-log`: every key granted by `attest release` and `attest serve-keys` is logged
+/// (a key-release entry, before the key is sent); `require_transparency` refuses a runtime
+/// whose measurement is not in the log.
+#[test]
+fn key_releases_are_logged_and_transparency_is_required() {
+    use chrysalis_attest::transparency::{GrantHook, ReleaseLogArgs};
+    use chrysalis_tlog::keys::KeyKind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle_path, key_path) = seal_model(dir.path());
+    let bundle = std::fs::read(&bundle_path).expect("read");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "allow_debug = false\n").expect("write");
+    let (skey, vkey) = chrysalis_tlog::keygen("example.com/key-releases", KeyKind::Log).expect("keygen");
+    let log_key = dir.path().join("log.key");
+    std::fs::write(&log_key, &skey).expect("write");
+    let log_dir = dir.path().join("release-log");
+    let release_log = ReleaseLogArgs { release_log: Some(log_dir.clone()), release_log_key: Some(log_key) };
+
+    // Push mode.
+    let rt = runtime();
+    let fake = Arc::new(FakeRuntime::new(bundle.clone()));
+    let addr = start_runtime(&rt, fake.clone());
+    let args = ReleaseArgs {
+        url: format!("http://{addr}"),
+        policy: policy.clone(),
+        key: key_path.clone(),
+        bundle: None,
+        timeout_s: 10,
+        json: true,
+        inputs: Default::default(),
+    };
+    let out = cli::release::run_with_log(&args, &BindingOnly, &release_log).expect("releases");
+    let logged = out.steps.iter().find(|s| s.name == "release logged").expect("logged step");
+    assert!(logged.detail.starts_with("key-release entry 0 in "), "{}", logged.detail);
+
+    // Pull mode, through the same hook.
+    let key = KeyFile::parse(&std::fs::read_to_string(&key_path).expect("read")).expect("parses");
+    let header_digest = key.header_digest;
+    let hook = GrantHook::new(&policy, &release_log).expect("hook");
+    let svc = Arc::new(KeyService::new(Box::new(BindingOnly), key, Duration::from_secs(60)).with_grant_hook(hook));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    rt.spawn(serve(listener, svc));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let hexn = agent.get(format!("{base}/v1/challenge")).call().expect("get").body_mut().read_to_string().expect("body");
+    let pulled = FakeRuntime::new(bundle.clone());
+    let ev = pulled.evidence(&hex::decode(hexn.trim()).expect("hex")).to_bytes();
+    let (status, body) = post_bytes(&agent, &format!("{base}/v1/release"), &ev);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    // The log holds both releases: runtime keys, bundle header, policy digest.
+    let lp = chrysalis_tlog::LogPolicy { log_key: vkey.clone(), witnesses: vec![], min_witnesses: 0 };
+    let (cp, entries) = chrysalis_tlog::audit(&log_dir, &lp).expect("audit");
+    assert_eq!(cp.size, 2);
+    let policy_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&policy).expect("read")))
+    };
+    for (e, rt_keys) in entries.iter().zip([&fake.keys, &pulled.keys]) {
+        let Ok(chrysalis_tlog::Entry::KeyRelease(k)) = &e.entry else { panic!("not a key release: {:?}", e.entry) };
+        assert_eq!(k.runtime_key, hex::encode(rt_keys.public_key()));
+        assert_eq!(k.bundle_digest, hex::encode(header_digest));
+        assert_eq!(k.policy_sha256, policy_sha);
+    }
+
+    // require_transparency with a log that has no image release for this runtime: refused
+    // before the key is sent, and nothing is logged.
+    let image_log = dir.path().join("image-log");
+    std::fs::create_dir_all(&image_log).expect("mkdir");
+    std::fs::write(
+        &policy,
+        format!(
+            "require_transparency = true\n[transparency]\nlog = \"{}\"\nlog_key = \"{vkey}\"\nstate = \"state.json\"\n",
+            log_dir.display()
+        ),
+    )
+    .expect("write");
+    let fresh = Arc::new(FakeRuntime::new(bundle));
+    let addr = start_runtime(&rt, fresh.clone());
+    let e = cli::release::run_with_log(&ReleaseArgs { url: format!("http://{addr}"), ..args }, &BindingOnly, &release_log)
+        .expect_err("refused");
+    assert_eq!(cli::exit_code(&e), cli::EXIT_REFUSED, "{e:#}");
+    assert!(format!("{e:#}").contains("transparency: the evidence has no launch measurement"), "{e:#}");
+    assert!(fresh.unsealed.lock().expect("lock").is_none());
+    assert_eq!(chrysalis_tlog::audit(&log_dir, &lp).expect("audit").0.size, 2);
 }

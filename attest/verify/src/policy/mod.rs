@@ -21,5 +21,5 @@ mod schema;
 pub use check::{Check, HasReportData};
 pub use schema::{
     Binding, FreshnessPolicy, GpuPolicy, HexValue, Measurements, Policy, PolicyError, ReportDataPolicy, RuntimePolicy,
-    SimulationPolicy, SnpMinTcb, SnpPolicy, SnpProductMinTcb, TdxPolicy,
+    SimulationPolicy, SnpMinTcb, SnpPolicy, SnpProductMinTcb, TdxPolicy, TransparencyPolicy,
 };

@@ -67,6 +67,11 @@ pub struct Policy {
     /// Accept a guest whose memory the host can read (SNP policy DEBUG, TDX ATTRIBUTES.DEBUG).
     #[serde(default)]
     pub allow_debug: bool,
+    /// Accept a runtime's launch measurement only if an image-release entry of the release
+    /// transparency log (`[transparency]`) lists it, with a valid inclusion proof and enough
+    /// witness cosignatures.
+    #[serde(default)]
+    pub require_transparency: bool,
     /// Allowed launch measurements.
     #[serde(default)]
     pub measurements: Measurements,
@@ -91,6 +96,30 @@ pub struct Policy {
     /// NVIDIA GPU evidence (CUDA images).
     #[serde(default)]
     pub gpu: GpuPolicy,
+    /// The release transparency log (attest/tlog/README.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparency: Option<TransparencyPolicy>,
+}
+
+/// `[transparency]`: the release transparency log a runtime's measurement must be in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransparencyPolicy {
+    /// The log: a directory (relative paths are relative to the policy file) or the
+    /// `http://` URL it is served at.
+    pub log: String,
+    /// The log's verifier key, `<origin>+<id>+<base64>` (signed-note Ed25519).
+    pub log_key: String,
+    /// Witness verifier keys (`cosignature/v1`).
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+    /// How many distinct listed witnesses must have cosigned the checkpoint. Required when
+    /// witnesses are listed (no default: the owner says how many).
+    #[serde(default)]
+    pub min_witnesses: Option<usize>,
+    /// File holding the last checkpoint accepted from the log (rollback and fork
+    /// detection; relative paths are relative to the policy file).
+    pub state: String,
 }
 
 /// Allowed launch measurements (hex). An empty list accepts nothing; an absent RTMR list is
@@ -358,7 +387,11 @@ impl Policy {
             std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
         let mut p = Policy::from_toml(&text)?;
         if let Some(dir) = path.parent() {
-            for b in p.gpu.rim_bundle.iter_mut().chain(p.snp.amd_crls.iter_mut()) {
+            let transparency = p.transparency.iter_mut().flat_map(|t| {
+                let log = (!t.log.contains("://")).then_some(&mut t.log);
+                log.into_iter().chain([&mut t.state])
+            });
+            for b in p.gpu.rim_bundle.iter_mut().chain(p.snp.amd_crls.iter_mut()).chain(transparency) {
                 if Path::new(b.as_str()).is_relative() {
                     *b = dir.join(b.as_str()).display().to_string();
                 }
@@ -434,6 +467,7 @@ impl Policy {
         if self.gpu.rim_bundle.as_deref().is_some_and(|b| b.trim().is_empty()) {
             return Err(PolicyError::Invalid { field: "gpu.rim_bundle".into(), reason: "empty path".into() });
         }
+        self.validate_transparency()?;
         let key = self.sim_root()?;
         if self.simulation.allow_simulated && key.is_none() {
             return Err(PolicyError::Invalid {
@@ -442,6 +476,42 @@ impl Policy {
             });
         }
         Ok(())
+    }
+
+    fn validate_transparency(&self) -> Result<(), PolicyError> {
+        let invalid = |field: &str, reason: &str| Err(PolicyError::Invalid { field: field.into(), reason: reason.into() });
+        let Some(t) = &self.transparency else {
+            if self.require_transparency {
+                return invalid(
+                    "transparency",
+                    "require_transparency = true needs a [transparency] table (log, log_key, state, and witnesses with \
+                     min_witnesses)",
+                );
+            }
+            return Ok(());
+        };
+        for (field, v) in [("transparency.log", &t.log), ("transparency.state", &t.state)] {
+            if v.trim().is_empty() {
+                return invalid(field, "empty");
+            }
+        }
+        let is_vkey = |k: &str| k.trim().splitn(3, '+').filter(|p| !p.is_empty()).count() == 3;
+        if !is_vkey(&t.log_key) {
+            return invalid("transparency.log_key", "not a note verifier key <name>+<id>+<base64>");
+        }
+        if !t.witnesses.iter().all(|w| is_vkey(w)) {
+            return invalid("transparency.witnesses", "not a note verifier key <name>+<id>+<base64>");
+        }
+        match t.min_witnesses {
+            None if !t.witnesses.is_empty() => invalid(
+                "transparency.min_witnesses",
+                "required when witnesses are listed (how many distinct witnesses must cosign)",
+            ),
+            Some(n) if n > t.witnesses.len() => {
+                invalid("transparency.min_witnesses", "more than the witnesses listed: no checkpoint could pass")
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The simulation root public key, if the policy names one.
@@ -524,5 +594,34 @@ mod tests {
         assert!(matches!(Policy::from_toml("[simulation]\nroot_public_key = \"00\""), Err(PolicyError::Invalid { .. })));
         let e = Policy::from_toml("[snp]\nhost_data = \"00\"").err().map(|e| e.to_string());
         assert_eq!(e.as_deref(), Some("policy field snp.host_data: expected 32 bytes, got 1"));
+    }
+
+    #[test]
+    fn transparency_table_rules() {
+        let err = |t: &str| Policy::from_toml(t).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err("require_transparency = true\n")
+                .starts_with("policy field transparency: require_transparency = true needs a [transparency] table")
+        );
+        let table = |extra: &str| {
+            format!(
+                "require_transparency = true\n[transparency]\nlog = \"log\"\nstate = \"s.json\"\nlog_key = \"l+01020304+AQ\"\n{extra}"
+            )
+        };
+        let p = Policy::from_toml(&table("")).unwrap();
+        assert!(p.require_transparency);
+        assert_eq!(Policy::from_toml(&p.to_toml().unwrap()).unwrap(), p);
+        assert_eq!(
+            err(&table("witnesses = [\"w1+01020304+BA\", \"w2+01020304+BA\"]\n")),
+            "policy field transparency.min_witnesses: required when witnesses are listed (how many distinct witnesses must cosign)"
+        );
+        assert!(err(&table("witnesses = [\"w1+01020304+BA\"]\nmin_witnesses = 2\n")).contains("more than the witnesses"));
+        let p = Policy::from_toml(&table("witnesses = [\"w1+01020304+BA\"]\nmin_witnesses = 1\n")).unwrap();
+        assert_eq!(p.transparency.as_ref().map(|t| t.min_witnesses), Some(Some(1)));
+        assert!(err(&table("url = \"x\"\n")).contains("unknown field"));
+        assert!(err("[transparency]\nlog = \"l\"\nstate = \"s\"\nlog_key = \"nokey\"\n").contains("transparency.log_key"));
+        // A [transparency] table without require_transparency is allowed (used by --release-log
+        // style tooling and for a gradual rollout).
+        assert!(Policy::from_toml("[transparency]\nlog = \"l\"\nstate = \"s\"\nlog_key = \"l+01020304+AQ\"\n").is_ok());
     }
 }
