@@ -21,7 +21,7 @@ use crate::session::{Session, Stage, StopReason};
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Ask the key service until the model is served, then, on a lease, keep renewing
-/// ([`renew_lease`]). Failures are logged (once per distinct reason) and retried with
+/// (`renew_lease`). Failures are logged (once per distinct reason) and retried with
 /// backoff: the owner may still be starting the service or updating the policy.
 pub async fn run(key_url: String, session: Arc<Session>, lease: Option<Duration>) {
     let mut last = String::new();
