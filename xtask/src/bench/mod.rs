@@ -81,7 +81,7 @@ pub enum Which {
     /// own code on the host: seconds, GB/s and peak RSS per stage (read, decrypt, hash,
     /// load) per size, against `openssl speed -evp aes-256-gcm` in the same run.
     Bigmodel {
-        /// Arguments: [--sizes 0.5,1,2,4] [--keep] [--dir DIR] [--skip-openssl].
+        /// Arguments: [--sizes 0.5,1,2,4] [--runs N] [--keep] [--dir DIR] [--skip-openssl].
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
