@@ -440,3 +440,31 @@ fn print_table(rows: &[Value], openssl: Option<(f64, f64)>, cores: usize, runs: 
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_counts_hit_the_sizes_within_5_percent() {
+        for gib in [0.5, 1.0, 2.0, 4.0] {
+            let target = (gib * GIB) as u64;
+            let got = weight_bytes(layers_for(target));
+            assert!(got.abs_diff(target) * 20 <= target, "{gib} GiB: {got} bytes");
+        }
+    }
+
+    #[test]
+    fn weights_are_seeded_finite_and_small() {
+        let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
+        Weights(SEED | 1).fill(&mut a, false);
+        Weights(SEED | 1).fill(&mut b, false);
+        assert_eq!(a, b);
+        for h in a.chunks_exact(2) {
+            let v = f32::from_bits(u32::from(u16::from_le_bytes([h[0], h[1]])) << 16).abs();
+            assert!(v.is_finite() && (1.0 / 128.0..0.125).contains(&v), "{v}");
+        }
+        Weights(7).fill(&mut a, true);
+        assert!(a.chunks_exact(2).all(|h| h == [0x80, 0x3f]));
+    }
+}
