@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Subcommand;
 
+pub mod bigmodel;
 pub mod boot;
 pub mod channel;
 pub mod e2e;
@@ -76,6 +77,14 @@ pub enum Which {
         #[arg(long, default_value_t = 30)]
         latency_runs: usize,
     },
+    /// A synthetic bf16 Llama of 0.5 to 4 GiB sealed, then unsealed and loaded by the runtime's
+    /// own code on the host: seconds, GB/s and peak RSS per stage (read, decrypt, hash,
+    /// load) per size, against `openssl speed -evp aes-256-gcm` in the same run.
+    Bigmodel {
+        /// Arguments: [--sizes 0.5,1,2,4] [--runs N] [--keep] [--dir DIR] [--skip-openssl].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Unseal throughput on a synthetic bundle against `openssl speed -evp aes-256-gcm`
     /// (one core and all cores) measured in the same run.
     Unseal {
@@ -95,6 +104,7 @@ pub fn run(root: &Path, which: Which) -> Result<()> {
             fleet::run(root, &fleet::FleetBench { clients, per_client, max_tokens, latency_runs })
         }
         Which::Unseal { args } => unseal::run(&args),
+        Which::Bigmodel { args } => bigmodel::run(root, &args),
         Which::Infer { args } => infer::run(&infer::InferBench::from_args(&args)?),
         Which::Serve { args } => serve::run(&serve::ServeBench::from_args(&args)?),
     }

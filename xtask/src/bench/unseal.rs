@@ -47,6 +47,17 @@ fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
 }
 
+/// The decrypt reference: `openssl speed -evp aes-256-gcm -bytes 16384 -seconds 3` on one
+/// core and with `-multi cores`, in GB/s (10^9 bytes/s). Installs Debian's openssl if needed.
+pub fn openssl_reference(cores: usize) -> anyhow::Result<(f64, f64)> {
+    crate::deps::ensure_packages(&["openssl"])?;
+    eprintln!("[xtask] openssl speed -evp aes-256-gcm -bytes 16384 -seconds 3 (and -multi {cores})");
+    let single = openssl_speed(None)?;
+    let multi = openssl_speed(Some(cores))?;
+    eprintln!("[xtask] openssl: {single:.2} GB/s on 1 core, {multi:.2} GB/s with -multi {cores}");
+    Ok((single, multi))
+}
+
 /// `openssl speed` throughput in GB/s (10^9 bytes/s), from its last `AES-256-GCM` line.
 fn openssl_speed(multi: Option<usize>) -> anyhow::Result<f64> {
     let mut cmd = Command::new("openssl");
@@ -99,10 +110,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--skip-openssl" => skip_openssl = true,
             other => bail!("unknown argument {other:?} (expected --size-mib N, --runs N, --skip-openssl)"),
         }
-    }
-    if !skip_openssl {
-        // The reference: `openssl speed` from Debian's openssl package.
-        crate::deps::ensure_packages(&["openssl"])?;
     }
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     let release_build = !cfg!(debug_assertions);
@@ -178,8 +185,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let (ossl1, osslm) = if skip_openssl {
         (None, None)
     } else {
-        eprintln!("[xtask] openssl speed -evp aes-256-gcm -bytes 16384 -seconds 3 (and -multi {cores})");
-        (Some(openssl_speed(None)?), Some(openssl_speed(Some(cores))?))
+        let (s, m) = openssl_reference(cores)?;
+        (Some(s), Some(m))
     };
     let mut ratios = Vec::new();
     if let (Some(s), Some(m)) = (ossl1, osslm) {
@@ -195,7 +202,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             (format!("file decrypt+sha256 {cores} threads / (openssl 1 core x {cores})"), reader / x),
             (format!("decrypt {cores} threads / first-touch copy {cores} threads"), all / touchn),
         ];
-        eprintln!("[xtask] openssl: {s:.2} GB/s on 1 core, {m:.2} GB/s with -multi {cores}");
         for (n, r) in &ratios {
             println!("{n:<62} {:>6.1}%", r * 100.0);
         }

@@ -934,6 +934,12 @@ mod tests {
             let e = unseal_reader(&bundle[..], k, &o).err();
             assert!(matches!(e, Some(UnsealError::TooLarge { bytes, limit }) if bytes == cs && limit == cs - 1), "{e:?}");
             assert!(matches!(unseal_with(&bundle, k, &o), Err(UnsealError::TooLarge { .. })));
+            // The runtime's path (a bundle on a disk, positioned reads per worker): same
+            // refusal, before any chunk is read for decryption.
+            let mut tmp = tempfile::tempfile().expect("tempfile");
+            std::io::Write::write_all(&mut tmp, &bundle).expect("write");
+            let e = unseal_file(&tmp, k, &o).err();
+            assert!(matches!(e, Some(UnsealError::TooLarge { bytes, limit }) if bytes == cs && limit == cs - 1), "{e:?}");
         }
         let o = UnsealOptions { max_plaintext: cs, ..UnsealOptions::default() };
         assert_eq!(unseal_with(&bundle, &key, &o).expect("fits").total_bytes(), 100);
