@@ -80,13 +80,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("attest/proto", &[]),
     ("attest/verify", &["chrysalis-proto"]),
     ("attest/measure", &[]),
-    ("attest/cli", &["chrysalis-proto", "chrysalis-verify"]),
+    ("attest/tlog", &[]),
+    ("attest/cli", &["chrysalis-proto", "chrysalis-verify", "chrysalis-tlog"]),
     ("runtime", &["chrysalis-proto"]),
     ("image", &[]),
     ("tests", &["chrysalis-proto", "chrysalis-verify", "chrysalis-attest"]),
     (
         "xtask",
-        &["chrysalis-image", "chrysalis-proto", "chrysalis-verify", "chrysalis-measure", "chrysalis-attest", "chrysalis-e2e"],
+        &[
+            "chrysalis-image",
+            "chrysalis-proto",
+            "chrysalis-verify",
+            "chrysalis-measure",
+            "chrysalis-tlog",
+            "chrysalis-attest",
+            "chrysalis-e2e",
+        ],
     ),
 ];
 
