@@ -188,12 +188,17 @@ fn load_at_ten_times_queue_stays_up_with_bounded_memory() {
     assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB exceeds {RSS_BOUND_KIB} KiB");
 }
 
-/// Sends `head` and returns the stream, with a small receive buffer so that a client that
-/// does not read makes the server's writes block quickly.
+/// A connection with a small receive buffer, so that a client that does not read makes the
+/// server's writes block after a few KiB (the whole stream is ~28 KiB). The buffer is set
+/// before connecting: the receive window is negotiated in the handshake, and on some kernels
+/// a buffer shrunk afterwards still lets the whole stream in.
 fn connect_small(addr: &str) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
-    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4096);
-    s
+    use socket2::{Domain, Socket, Type};
+    let addr: std::net::SocketAddr = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap_or_else(|e| panic!("socket: {e}"));
+    s.set_recv_buffer_size(4096).unwrap_or_else(|e| panic!("SO_RCVBUF: {e}"));
+    s.connect(&addr.into()).unwrap_or_else(|e| panic!("connect: {e}"));
+    s.into()
 }
 
 /// A client that stops reading a stream, one that trickles its body and one that never
