@@ -91,3 +91,70 @@ pub fn uptime() -> f64 {
         .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
         .unwrap_or(0.0)
 }
+
+/// A memory figure of this process from /proc/self/status (`VmHWM:`, `VmRSS:`), in bytes.
+fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// This process's peak resident memory in bytes (`VmHWM`).
+pub fn peak_rss() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// This process's resident memory now in bytes (`VmRSS`).
+pub fn rss() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// Give the whole pages inside `buf` back to the kernel (`MADV_DONTNEED`) and return how many
+/// bytes from the start of `buf` end with the last page given back (0 when `buf` holds no
+/// whole page). Call it on bytes already zeroed: for a buffer that is consumed front to back
+/// (an unsealed shard turned into tensors), so that its memory shrinks as the model grows.
+/// Failure is harmless (the pages simply stay) and is not reported.
+pub fn release_pages(buf: &mut [u8]) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+    let addr = buf.as_mut_ptr() as usize;
+    let start = addr.next_multiple_of(page);
+    let end = (addr + buf.len()) / page * page;
+    if end <= start {
+        return 0;
+    }
+    // SAFETY: [start, end) lies inside `buf`, which is borrowed mutably, so nothing else reads
+    // or writes it meanwhile. The buffers passed here come from the allocator (private
+    // anonymous memory), where MADV_DONTNEED only makes the pages read as zero on the next
+    // access, and the caller has zeroed them already: the bytes `buf` holds do not change.
+    unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    end - addr
+}
+
+#[cfg(test)]
+mod tests {
+    /// Resident anonymous memory of this process, in KiB.
+    fn rss_anon_kib() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        s.lines().find(|l| l.starts_with("RssAnon:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    }
+
+    #[test]
+    fn release_pages_gives_back_whole_pages_only() {
+        const MIB: usize = 1 << 20;
+        let mut buf = vec![1u8; 256 * MIB];
+        let before = rss_anon_kib();
+        // An odd start and end: the partial pages at both ends stay.
+        let (from, to) = (100, 256 * MIB - 100);
+        buf[from..to].fill(0);
+        let n = super::release_pages(&mut buf[from..to]);
+        let page = 4096;
+        assert!(n > 0 && n <= to - from && (buf[from..].as_ptr() as usize + n).is_multiple_of(page), "{n}");
+        assert!(buf[from..to].iter().all(|&b| b == 0));
+        assert_eq!((buf[from - 1], buf[to]), (1, 1), "bytes outside the slice are kept");
+        let after = rss_anon_kib();
+        // Other tests run alongside: only a clear drop counts (the buffer is 256 MiB).
+        assert!(before.saturating_sub(after) > 128 * 1024, "RssAnon {before} KiB -> {after} KiB");
+        assert_eq!(super::release_pages(&mut buf[..10]), 0, "no whole page in 10 bytes");
+    }
+}

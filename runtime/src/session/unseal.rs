@@ -98,6 +98,15 @@ pub struct Milestones {
     pub unsealed: Option<f64>,
     /// The model was loaded and installed.
     pub model_loaded: Option<f64>,
+    /// Bytes of plaintext unsealed (the model's files).
+    pub plaintext_bytes: Option<u64>,
+    /// This process's resident memory (bytes) just before unsealing: the runtime itself.
+    pub rss_before_unseal: Option<u64>,
+    /// This process's peak resident memory (bytes) once unsealed, and once loaded: what
+    /// unsealing and loading cost against `plaintext_bytes`.
+    pub peak_rss_unsealed: Option<u64>,
+    /// See `peak_rss_unsealed`.
+    pub peak_rss_loaded: Option<u64>,
 }
 
 /// Why an opened key did not unseal the bundle.
@@ -250,22 +259,33 @@ impl Unsealer {
     ) -> Result<String, SessionError> {
         let measured = measured.ok_or(UnsealError::NotMeasured)?;
         let start = Instant::now();
+        self.state().milestones.rss_before_unseal = sys::rss();
         let files = bundle.unseal(&key, &measured).map_err(UnsealError::Bundle)?;
         let kept = self.keep_key.then_some(key);
         let bytes: usize = files.files.iter().map(|f| f.data.len()).sum();
-        log::info!("unseal: {} files, {bytes} B in {} ms (memory only)", files.files.len(), start.elapsed().as_millis());
+        let peak = sys::peak_rss();
+        log::info!(
+            "unseal: {} files, {bytes} B in {} ms (memory only), peak RSS {} MiB",
+            files.files.len(),
+            start.elapsed().as_millis(),
+            peak.unwrap_or(0) >> 20
+        );
         {
             let mut s = self.state();
             s.milestones.unsealed = Some(sys::uptime());
+            s.milestones.plaintext_bytes = Some(bytes as u64);
+            s.milestones.peak_rss_unsealed = peak;
             s.stage = Stage::Loading;
         }
         let start = Instant::now();
         let model = self.sink.load(files).map_err(SessionError::Load)?;
         // From now on every further key is refused: one boot serves one model.
         close();
-        log::info!("model {model} loaded in {} ms", start.elapsed().as_millis());
+        let peak = sys::peak_rss();
+        log::info!("model {model} loaded in {} ms, peak RSS {} MiB", start.elapsed().as_millis(), peak.unwrap_or(0) >> 20);
         let mut s = self.state();
         s.milestones.model_loaded = Some(sys::uptime());
+        s.milestones.peak_rss_loaded = peak;
         s.lease_key = kept;
         Ok(model)
     }

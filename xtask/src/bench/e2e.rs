@@ -52,6 +52,10 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
             host_released,
             host_first_token,
             ttft,
+            g("/milestones/plaintext_bytes"),
+            g("/milestones/peak_rss_unsealed"),
+            g("/milestones/peak_rss_loaded"),
+            g("/milestones/rss_before_unseal"),
         ];
         say(format!("run {}: first token {host_first_token:.2} s after QEMU start", i + 1));
         rows.push(row);
@@ -78,6 +82,18 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
     println!("  host: QEMU start → key released (owner)     {:7.3}", col(7));
     println!("  host: QEMU start → first token              {:7.3}", col(8));
     println!("  host: request → first token (TTFT)          {:7.3}", col(9));
+    let (plain, unsealed, loaded, before) = (col(10), col(11), col(12), col(13));
+    let mib = |b: f64| b / f64::from(1u32 << 20);
+    println!(
+        "  guest memory: runtime before the key {:.0} MiB; peak {:.0} MiB once unsealed, {:.0} MiB once loaded: \
+         +{:.2}× and +{:.2}× the {:.0} MiB of plaintext",
+        mib(before),
+        mib(unsealed),
+        mib(loaded),
+        (unsealed - before) / plain,
+        (loaded - before) / plain,
+        mib(plain),
+    );
     write_result(
         root,
         "e2e",
@@ -90,6 +106,8 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
                 "guest_key_received": guest[3], "guest_unsealed": guest[4], "guest_model_loaded": guest[5],
                 "host_ready": col(6), "host_key_released": col(7), "host_first_token": col(8), "ttft": col(9),
             },
+            "median_bytes": {"plaintext": plain, "guest_rss_before_unseal": before, "guest_peak_rss_unsealed": unsealed,
+                             "guest_peak_rss_loaded": loaded},
             "all": rows,
         }),
     )
