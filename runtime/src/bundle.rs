@@ -45,6 +45,11 @@ impl Bundle {
     /// `measured` into the event log at boot. On any failure everything decrypted so far is
     /// zeroized and dropped.
     pub fn unseal(&self, key: &DataKey, measured: &Digest384) -> Result<UnsealedFiles> {
+        self.unseal_within(key, measured, memory_budget())
+    }
+
+    /// [`Bundle::unseal`] with at most `budget` bytes of plaintext.
+    fn unseal_within(&self, key: &DataKey, measured: &Digest384, budget: u64) -> Result<UnsealedFiles> {
         let f = File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
         // Checked before decrypting anything: a swapped bundle is refused without work.
         let header = seal::read_header_from(&mut &f)
@@ -53,11 +58,19 @@ impl Bundle {
         let opts = UnsealOptions {
             threads: std::thread::available_parallelism().ok().or(NonZeroUsize::new(1)),
             verify_sha256: true,
-            max_plaintext: memory_budget(),
+            max_plaintext: budget,
             // A disk's size is rounded up to whole sectors; the padding must be zeros.
             allow_zero_padding: 4095,
         };
-        let files = seal::unseal_file(&f, key, &opts)?;
+        let files = seal::unseal_file(&f, key, &opts).map_err(|e| match e {
+            seal::UnsealError::TooLarge { .. } => anyhow::Error::new(e).context(format!(
+                "the model is too big for this VM: it may take {LOAD_FACTOR}x its plaintext while loading, and 3/4 of \
+                 the memory available is {} MiB, so at most {} MiB of plaintext is unsealed; nothing was decrypted",
+                budget.saturating_mul(LOAD_FACTOR) >> 20,
+                budget >> 20
+            )),
+            other => other.into(),
+        })?;
         // The unsealer reads the header once more itself, and the provider can change the disk
         // between the two reads. Every chunk is authenticated under the digest of the header
         // it was decrypted with, so this check on that digest is the one that decides.
@@ -70,8 +83,16 @@ fn check_header(on_disk: &Digest384, measured: &Digest384) -> Result<(), BundleC
     if on_disk == measured { Ok(()) } else { Err(BundleChanged { on_disk: *on_disk, measured: *measured }) }
 }
 
-/// Plaintext the runtime may hold: three quarters of the memory available now (the model
-/// also needs room for activations and the KV cache).
+/// How many times its plaintext a model may take while it is loaded, at most: half-precision
+/// safetensors become f32 weights on the CPU (2×; each tensor's plaintext is given back as
+/// it is converted, so the two are not added), a GGUF file is held until its tensors are
+/// built (about 2×), f32 safetensors take 1×. The file types are in the encrypted part of the
+/// bundle, so the worst case is assumed.
+pub const LOAD_FACTOR: u64 = 2;
+
+/// Plaintext the runtime may unseal: three quarters of the memory available now (the rest is
+/// for activations and the KV cache), divided by [`LOAD_FACTOR`], so that a model too big to
+/// load is refused before anything is decrypted rather than running the VM out of memory.
 fn memory_budget() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -81,6 +102,27 @@ fn memory_budget() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
-        .map(|kb| kb * 1024 / 4 * 3)
+        .map(|kb| kb * 1024 / 4 * 3 / LOAD_FACTOR)
         .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::fixture::{sealed, temp_dir};
+
+    #[test]
+    fn a_model_too_big_to_load_is_refused_before_decrypting_naming_the_budget() {
+        let dir = temp_dir("too-big");
+        let key = DataKey::generate().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("bundle.sealed");
+        std::fs::write(&path, sealed("Big", &[7u8; 100_000], &key)).unwrap_or_else(|e| panic!("{e}"));
+        let bundle = Bundle::open(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        let measured = bundle.header.digest();
+        let err = bundle.unseal_within(&key, &measured, 50_000).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(err.contains("too big for this VM") && err.contains("nothing was decrypted"), "{err}");
+        let files = bundle.unseal_within(&key, &measured, 1 << 30).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(files.get("weights.bin").map(<[u8]>::len), Some(100_000));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

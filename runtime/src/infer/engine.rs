@@ -9,7 +9,7 @@ use super::batch::{self, BatchLimits, Core, Job, Shared};
 use super::config::{self, ArchConfig};
 use super::gguf::{self, GgufWeights, Meta};
 use super::kv::{self, BLOCK_SIZE, BlockPool, KvShape, KvStore};
-use super::load::DenseTensors;
+use super::load::{self, DenseTensors};
 use super::sampling::SamplingParams;
 use super::template::{self, ChatMessage, ChatTemplate};
 use super::transformer::{Chunk, Transformer, Weights};
@@ -268,8 +268,7 @@ impl Engine {
         let loaded = match ggufs.as_slice() {
             [name] => {
                 let bytes = files.remove(name).ok_or_else(|| InferError::MissingFile(name.clone()))?;
-                let mut g = guarded("reading the gguf file", || gguf::read(name, &bytes, opts.gguf_weights, &device))?;
-                drop(bytes);
+                let mut g = guarded("reading the gguf file", || gguf::read(name, bytes, opts.gguf_weights, &device))?;
                 let meta = Meta { file: name, md: &g.content.metadata };
                 let arch = meta.str("general.architecture").unwrap_or("").to_owned();
                 let tokenizer = match &tokenizer_json {
@@ -388,21 +387,18 @@ impl Engine {
         if shards.is_empty() {
             return Err(InferError::MissingFile("*.safetensors".into()));
         }
+        // f32 on CPU (candle's fastest and most exact CPU path); bf16 on GPUs.
+        let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for shard in shards {
-            let bytes = files.remove(&shard).ok_or_else(|| InferError::MissingFile(shard.clone()))?;
-            let loaded = guarded("reading safetensors", || {
-                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-                    .map_err(|e| InferError::InvalidFile { file: shard.clone(), reason: e.to_string() })
-            })?;
+            let mut bytes = files.remove(&shard).ok_or_else(|| InferError::MissingFile(shard.clone()))?;
+            let loaded = guarded("reading safetensors", || load::take_shard(&shard, &mut bytes, dtype, device))?;
             for (name, t) in loaded {
                 if tensors.insert(name.clone(), t).is_some() {
                     return Err(InferError::InvalidFile { file: shard, reason: format!("tensor {name} appears twice") });
                 }
             }
         }
-        // f32 on CPU (candle's fastest and most exact CPU path); bf16 on GPUs.
-        let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
         let context_length = arch_cfg.context_length();
         let mut source = DenseTensors { tensors, dtype, device };
         let (weights, architecture, vocab_size) = match &arch_cfg {

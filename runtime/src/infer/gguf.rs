@@ -13,6 +13,8 @@ use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::io::Cursor;
+use std::ops::Range;
+use zeroize::{Zeroize, Zeroizing};
 
 /// What to do with GGUF weight matrices whose type has no SIMD kernel in candle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,12 +72,82 @@ impl GgufWeights {
     }
 }
 
-/// A GGUF file's header plus a reader over (possibly converted) tensor data.
+/// A GGUF file's header plus its (possibly converted) tensor data, which the model takes
+/// tensor by tensor: each taken tensor's bytes are zeroed and their pages given back, so that
+/// the file and the model built from it are not both in memory.
 pub struct Gguf {
     /// Metadata and tensor table, pointing into `data`.
     pub content: gguf_file::Content,
     /// Tensor data addressed by `content.tensor_infos` offsets.
-    pub data: Cursor<Vec<u8>>,
+    data: Cursor<Vec<u8>>,
+    /// Byte ranges of `data` taken: zeroed, their whole pages given back.
+    taken: Vec<Range<usize>>,
+}
+
+impl Gguf {
+    fn new(content: gguf_file::Content, data: Vec<u8>) -> Self {
+        Gguf { content, data: Cursor::new(data), taken: Vec::new() }
+    }
+
+    /// Where tensor `name`'s bytes are in `data`.
+    fn span(&self, name: &str) -> Option<Range<usize>> {
+        let info = self.content.tensor_infos.get(name)?;
+        let len = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        let start = usize::try_from(self.content.tensor_data_offset.checked_add(info.offset)?).ok()?;
+        Some(start..start.checked_add(len)?)
+    }
+
+    /// Tensor `name`, which stays readable.
+    pub fn read(&mut self, name: &str, device: &Device) -> Result<QTensor, InferError> {
+        if self.span(name).is_some_and(|r| self.taken.contains(&r)) {
+            return Err(InferError::InvalidFile { file: "gguf".into(), reason: format!("tensor {name} was taken already") });
+        }
+        Ok(self.content.tensor(&mut self.data, name, device)?)
+    }
+
+    /// Tensor `name`, for the last time: its bytes are zeroed and their pages given back.
+    pub fn take(&mut self, name: &str, device: &Device) -> Result<QTensor, InferError> {
+        let t = self.read(name, device)?;
+        self.release(name);
+        Ok(t)
+    }
+
+    /// Tensor `name`'s stored bytes (for a loader that builds its own matrix from them).
+    pub fn bytes(&self, name: &str) -> Result<&[u8], InferError> {
+        let gone = |why: &str| InferError::InvalidFile { file: "gguf".into(), reason: format!("tensor {name} {why}") };
+        let r = self.span(name).ok_or_else(|| gone("is not in the file"))?;
+        if self.taken.contains(&r) {
+            return Err(gone("was taken already"));
+        }
+        self.data.get_ref().get(r).ok_or_else(|| gone("lies outside the file"))
+    }
+
+    /// Zero tensor `name`'s bytes and give their pages back: it is not read again.
+    pub fn release(&mut self, name: &str) {
+        if let Some(r) = self.span(name).filter(|r| r.end <= self.data.get_ref().len() && !self.taken.contains(r)) {
+            let bytes = &mut self.data.get_mut()[r.clone()];
+            bytes.zeroize();
+            crate::sys::release_pages(bytes);
+            self.taken.push(r);
+        }
+    }
+}
+
+impl Drop for Gguf {
+    /// Zero what was not taken, then free the buffer without writing over the pages given
+    /// back (which would bring them all back at once).
+    fn drop(&mut self) {
+        self.taken.sort_by_key(|r| r.start);
+        let data = self.data.get_mut();
+        let mut from = 0;
+        for r in self.taken.iter().chain(std::iter::once(&(data.len()..data.len()))) {
+            if let Some(gap) = data.get_mut(from..r.start.max(from)) {
+                gap.zeroize();
+            }
+            from = from.max(r.end);
+        }
+        drop(std::mem::take(data));
+    }
 }
 
 fn invalid(file: &str, reason: impl Into<String>) -> InferError {
@@ -84,15 +156,30 @@ fn invalid(file: &str, reason: impl Into<String>) -> InferError {
 
 /// Parses `bytes` (a whole GGUF file) and converts tensors as `policy` says.
 ///
-/// The returned [`Gguf`] owns its tensor data (a copy, converted where the policy says), so
-/// the caller can drop and zeroize `bytes` once candle has built the model.
-pub fn read(file: &str, bytes: &[u8], policy: GgufWeights, device: &Device) -> Result<Gguf, InferError> {
-    let mut cursor = Cursor::new(bytes);
+/// The returned [`Gguf`] owns the tensor data: `bytes` itself when nothing is converted (no
+/// copy), else a new buffer with the converted tensors (and `bytes` is zeroized).
+pub fn read(file: &str, mut bytes: Zeroizing<Vec<u8>>, policy: GgufWeights, device: &Device) -> Result<Gguf, InferError> {
+    let mut cursor = Cursor::new(bytes.as_slice());
     let content = gguf_file::Content::read(&mut cursor).map_err(|e| invalid(file, e.to_string()))?;
     let base = usize::try_from(content.tensor_data_offset)
         .ok()
         .filter(|&b| b <= bytes.len())
         .ok_or_else(|| invalid(file, "tensor data offset past the end of the file"))?;
+    let converts = content.tensor_infos.values().any(|i| policy.target(i.ggml_dtype, i.shape.dims()).is_some());
+    if !converts {
+        for (name, info) in &content.tensor_infos {
+            let stored = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            let fits = usize::try_from(info.offset)
+                .ok()
+                .and_then(|o| o.checked_add(base)?.checked_add(stored))
+                .is_some_and(|end| end <= bytes.len());
+            if !fits {
+                return Err(invalid(file, format!("tensor {name} lies outside the file")));
+            }
+        }
+        // The file's own buffer becomes the model's source: `Gguf` zeroizes it.
+        return Ok(Gguf::new(content, std::mem::take(&mut *bytes)));
+    }
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort_by_key(|n| content.tensor_infos.get(*n).map(|i| i.offset));
     let mut infos = HashMap::with_capacity(names.len());
@@ -127,7 +214,7 @@ pub fn read(file: &str, bytes: &[u8], policy: GgufWeights, device: &Device) -> R
     }
     let content =
         gguf_file::Content { magic: content.magic, metadata: content.metadata, tensor_infos: infos, tensor_data_offset: 0 };
-    Ok(Gguf { content, data: Cursor::new(out) })
+    Ok(Gguf::new(content, out))
 }
 
 /// Typed access to GGUF metadata values.
@@ -217,17 +304,20 @@ mod tests {
             (GgufWeights::RequantizeQ8_0, GgmlDType::Q8_0, 0.02),
             (GgufWeights::DequantizeF32, GgmlDType::F32, 0.0),
         ] {
-            let mut g = read("t.gguf", &bytes, policy, &dev)?;
+            let mut g = read("t.gguf", Zeroizing::new(bytes.clone()), policy, &dev)?;
             assert_eq!(g.content.tensor_infos.get("w").map(|i| i.ggml_dtype), Some(dtype));
-            let w = g.content.tensor(&mut g.data, "w", &dev)?.dequantize(&dev)?;
+            let w = g.take("w", &dev)?.dequantize(&dev)?;
             let diff = (w - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff <= tol, "{policy:?}: max diff {diff}");
-            let n = g.content.tensor(&mut g.data, "n", &dev)?.dequantize(&dev)?;
+            // Taken once: a second read is refused, never zeros.
+            assert!(g.take("w", &dev).is_err() && g.read("w", &dev).is_err());
+            let n = g.read("n", &dev)?.dequantize(&dev)?;
             assert_eq!(n.to_vec1::<f32>()?, vec![1.0; 64]);
+            assert_eq!(g.read("n", &dev)?.dequantize(&dev)?.to_vec1::<f32>()?, vec![1.0; 64], "read keeps it");
             assert_eq!(Meta { file: "t", md: &g.content.metadata }.str("general.architecture"), Some("llama"));
         }
-        assert!(read("t.gguf", &bytes[..bytes.len() - 10], GgufWeights::Native, &dev).is_err());
-        assert!(read("t.gguf", b"GGUF", GgufWeights::Native, &dev).is_err());
+        assert!(read("t.gguf", Zeroizing::new(bytes[..bytes.len() - 10].to_vec()), GgufWeights::Native, &dev).is_err());
+        assert!(read("t.gguf", Zeroizing::new(b"GGUF".to_vec()), GgufWeights::Native, &dev).is_err());
         Ok(())
     }
 }
