@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod cpio;
+pub mod elf;
 pub mod initramfs;
 pub mod kmod;
 pub mod manifest;
@@ -63,6 +64,14 @@ pub enum ImageError {
     TrailingData {
         /// Offset of the first such byte.
         offset: usize,
+    },
+    /// An ELF file whose dynamic section could not be read.
+    #[error("{file}: {why}")]
+    Elf {
+        /// File name.
+        file: String,
+        /// What is wrong.
+        why: String,
     },
     /// A kernel module that could not be read.
     #[error("kernel module {module}: {why}")]

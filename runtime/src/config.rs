@@ -76,6 +76,30 @@ pub struct Config {
     /// canonical encoding when absent, so configs without a lease measure as before.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_s: Option<u32>,
+    /// What the GPU image does when its GPU cannot be used (`chrysalis.gpu=required`, the
+    /// default, or `cpu-fallback`). Only the GPU image reads it. (Left out of the canonical
+    /// encoding when `required`, so configs without it measure as before.)
+    #[serde(skip_serializing_if = "GpuPolicy::is_required")]
+    pub gpu: GpuPolicy,
+}
+
+/// The GPU image's answer to a GPU it cannot use (none present, confidential computing off,
+/// a driver module or library that fails).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuPolicy {
+    /// Say why on the console and power off (fail closed).
+    #[default]
+    Required,
+    /// Say why, then serve on the CPU without GPU evidence (a verifier whose policy requires a
+    /// GPU refuses this boot's evidence).
+    CpuFallback,
+}
+
+impl GpuPolicy {
+    fn is_required(&self) -> bool {
+        *self == GpuPolicy::Required
+    }
 }
 
 impl Default for Config {
@@ -94,6 +118,7 @@ impl Default for Config {
             prefix_cache: true,
             client_timeout_s: 10,
             lease_s: None,
+            gpu: GpuPolicy::Required,
         }
     }
 }
@@ -192,6 +217,13 @@ impl Config {
                             .ok_or_else(|| bad("expected seconds, 3-86400"))?,
                     );
                 }
+                "gpu" => {
+                    cfg.gpu = match value {
+                        "required" => GpuPolicy::Required,
+                        "cpu-fallback" => GpuPolicy::CpuFallback,
+                        _ => return Err(bad("expected required or cpu-fallback")),
+                    }
+                }
                 _ => return Err(ConfigError::UnknownKey(key.to_owned())),
             }
         }
@@ -226,7 +258,7 @@ mod tests {
             "console=ttyS0 panic=-1 chrysalis.ip=10.0.2.15/24 chrysalis.gw=10.0.2.2 chrysalis.port=8080 \
              chrysalis.tee=sim chrysalis.bundle=/dev/vda chrysalis.key_url=http://10.0.2.2:9000/ \
              chrysalis.plaintext=1 chrysalis.log=debug chrysalis.max_seqs=4 chrysalis.kv_mib=512 \
-             chrysalis.prefix_cache=0 chrysalis.client_timeout_s=30 chrysalis.lease_s=60",
+             chrysalis.prefix_cache=0 chrysalis.client_timeout_s=30 chrysalis.lease_s=60 chrysalis.gpu=cpu-fallback",
         )
         .unwrap();
         assert_eq!(c.ip, Some(Ipv4Cidr { addr: Ipv4Addr::new(10, 0, 2, 15), prefix: 24 }));
@@ -238,6 +270,7 @@ mod tests {
         assert_eq!(c.log_level, log::LevelFilter::Debug);
         assert_eq!((c.max_seqs, c.kv_mib, c.prefix_cache, c.client_timeout_s), (4, Some(512), false, 30));
         assert_eq!(c.lease_s, Some(60));
+        assert_eq!(c.gpu, GpuPolicy::CpuFallback);
     }
 
     #[test]
@@ -259,6 +292,7 @@ mod tests {
             ("chrysalis.client_timeout_s=0", "chrysalis.client_timeout_s"),
             ("chrysalis.key_url=http://h:1 chrysalis.lease_s=2", "chrysalis.lease_s"),
             ("chrysalis.lease_s=60", "chrysalis.lease_s needs chrysalis.key_url"),
+            ("chrysalis.gpu=optional", "chrysalis.gpu"),
         ];
         for (line, key) in cases {
             let err = Config::from_cmdline(line).unwrap_err().to_string();

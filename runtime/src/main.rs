@@ -13,7 +13,8 @@ use chrysalis_runtime::boot::BootTimings;
 use chrysalis_runtime::boot_log::{self, BootMeasurements};
 use chrysalis_runtime::bundle::Bundle;
 use chrysalis_runtime::config::Config;
-use chrysalis_runtime::infer::{Engine, LoadOptions, ModelFiles};
+use chrysalis_runtime::gpu_boot::{self, GpuUp};
+use chrysalis_runtime::infer::{DeviceChoice, Engine, LoadOptions, ModelFiles};
 use chrysalis_runtime::init::{self, power};
 use chrysalis_runtime::serve::{self, HttpLimits, InferenceState, ServeConfig};
 use chrysalis_runtime::session::{ModelSink, Session};
@@ -57,6 +58,11 @@ fn run(pid1: bool, start: f64) -> Result<()> {
         let loaded = init::modules::load_all()?;
         let summary: Vec<String> = loaded.iter().map(|(n, o)| format!("{n}:{o:?}")).collect();
         log::info!("modules: {}", summary.join(" "));
+    }
+    // The GPU image's driver (a no-op in the CPU image); its failure is judged with the GPU
+    // evidence below, under the measured `chrysalis.gpu` policy.
+    let gpu = chrysalis_runtime::gpu_boot::bring_up(pid1);
+    if pid1 {
         init::mount::configfs()?;
         init::modules::lock()?;
         init::power::watch_power_button();
@@ -68,14 +74,14 @@ fn run(pid1: bool, start: f64) -> Result<()> {
     t.network = sys::uptime();
     let timeout = std::time::Duration::from_secs(u64::from(cfg.client_timeout_s));
     let inference = Arc::new(InferenceState::new(ServeConfig { body_timeout: timeout, ..ServeConfig::default() }));
-    let session = Arc::new(attested_session(&cmdline, &cfg, &inference)?);
+    let session = Arc::new(attested_session(&cmdline, &cfg, gpu, &inference)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     rt.block_on(serve(cfg, t, pid1, session, inference))
 }
 
 /// Measure the runtime (binary, cmdline, config, bundle header, fresh public key) and set up
 /// the session that serves evidence and accepts the key.
-fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>) -> Result<Session> {
+fn attested_session(cmdline: &str, cfg: &Config, gpu: Result<GpuUp>, inference: &Arc<InferenceState>) -> Result<Session> {
     let source = EvidenceSource::select(cfg.tee);
     if source.is_simulated() {
         log::warn!(
@@ -109,17 +115,19 @@ fn attested_session(cmdline: &str, cfg: &Config, inference: &Arc<InferenceState>
     log.extend(receipts.public_key_event());
     // GPU evidence (feature gpu-evidence; no-op otherwise): last, so its nonce commits to
     // everything before it, the receipt key included; see attest/GPU_BINDING.md.
-    let gpus = chrysalis_runtime::gpu_boot::collect(&mut log)?;
+    let gpus = gpu_boot::settle(gpu, &mut log, cfg.gpu)?;
     log::info!("measured {} events; log digest {}", log.events.len(), hex::encode(log.digest()));
-    let session = Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone(), load_options(cfg))))
+    let opts = load_options(cfg, !gpus.is_empty());
+    let session = Session::new(log, keys, source, bundle, Box::new(EngineSink(inference.clone(), opts)))
         .with_receipt_signer(receipts)
         .with_gpus(gpus);
     Ok(if cfg.lease_s.is_some() { session.on_lease() } else { session })
 }
 
-/// The engine's limits from the measured command line.
-fn load_options(cfg: &Config) -> LoadOptions {
+/// The engine's limits from the measured command line; GPU 0 once the GPUs are attested.
+fn load_options(cfg: &Config, gpu_ready: bool) -> LoadOptions {
     LoadOptions {
+        device: if gpu_ready { DeviceChoice::Cuda(0) } else { DeviceChoice::Cpu },
         max_sequences: cfg.max_seqs,
         kv_cache_bytes: cfg.kv_mib.map(|m| m << 20),
         prefix_cache: cfg.prefix_cache,

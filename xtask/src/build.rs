@@ -9,6 +9,34 @@ use anyhow::{Context, Result};
 use crate::pins::BuildSettings;
 use crate::util::{cargo, run};
 
+/// What differs between the CPU image's runtime and the GPU image's.
+#[derive(Clone, Debug)]
+pub struct Flavour {
+    /// Rust target triple.
+    pub target: String,
+    /// `-C target-cpu`.
+    pub target_cpu: String,
+    /// Cargo features of `chrysalis-runtime` (comma-separated; empty for none).
+    pub features: String,
+    /// The C compiler for the target (for `ring`), a recorded build input.
+    pub cc: String,
+    /// Extra environment for the build (the GPU image's nvcc), on top of the cleared one.
+    pub env: Vec<(String, String)>,
+}
+
+impl Flavour {
+    /// The CPU image's: static musl, no features.
+    pub fn cpu(settings: &BuildSettings) -> Self {
+        Flavour {
+            target: settings.target.clone(),
+            target_cpu: settings.target_cpu.clone(),
+            features: String::new(),
+            cc: MUSL_CC.into(),
+            env: Vec::new(),
+        }
+    }
+}
+
 /// Build `chrysalis-runtime` in release mode into `target_dir`; return the binary's path.
 ///
 /// What could make the bytes depend on the build machine is pinned or removed here:
@@ -26,21 +54,21 @@ use crate::util::{cargo, run};
 ///   and the source tree to `/chrysalis` (through the wrapper below);
 /// - the number of cores and `-j`: codegen units are fixed, so partitioning does not follow
 ///   the machine.
-pub fn runtime(root: &Path, target_dir: &Path, settings: &BuildSettings, sde: u64) -> Result<PathBuf> {
+pub fn runtime(root: &Path, target_dir: &Path, flavour: &Flavour, sde: u64) -> Result<PathBuf> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .context("neither CARGO_HOME nor HOME is set")?;
     // Fetch first, with the full environment (proxies, registry tokens), so that the
     // registry source directories exist and the build itself runs offline.
-    run(cargo().current_dir(root).args(["fetch", "--locked", "--target", &settings.target]))
+    run(cargo().current_dir(root).args(["fetch", "--locked", "--target", &flavour.target]))
         .context("cargo fetch --locked (the runtime's dependencies)")?;
     // The source tree's remap goes to the workspace crates only (through the wrapper below):
     // dependencies then get the same flags wherever the tree lives, so a second build from
     // another directory into the same target directory reuses them. Later remaps win in
     // rustc, so the per-registry ones come after the cargo home's.
     let mut flags = vec![
-        format!("-Ctarget-cpu={}", settings.target_cpu),
+        format!("-Ctarget-cpu={}", flavour.target_cpu),
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
         format!("--remap-path-prefix={}=/target", target_dir.display()),
     ];
@@ -65,14 +93,17 @@ pub fn runtime(root: &Path, target_dir: &Path, settings: &BuildSettings, sde: u6
     let mut cmd = cargo();
     cmd.current_dir(root)
         .args(["build", "--release", "--locked", "--offline", "-p", "chrysalis-runtime", "--bin", "chrysalis-runtime"])
-        .args(["--target", &settings.target])
+        .args(["--target", &flavour.target])
         .env_clear();
+    if !flavour.features.is_empty() {
+        cmd.args(["--features", &flavour.features]);
+    }
     for (k, v) in std::env::vars_os() {
         if KEEP_ENV.iter().any(|keep| k == *keep) {
             cmd.env(&k, &v);
         }
     }
-    let target_env = settings.target.replace('-', "_");
+    let target_env = flavour.target.replace('-', "_");
     cmd.env("CARGO_HOME", &cargo_home)
         .env("CARGO_TARGET_DIR", target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
@@ -82,14 +113,15 @@ pub fn runtime(root: &Path, target_dir: &Path, settings: &BuildSettings, sde: u6
         .env("SOURCE_DATE_EPOCH", sde.to_string())
         .env("LC_ALL", "C")
         .env("TZ", "UTC")
-        .env(format!("CC_{target_env}"), MUSL_CC)
+        .env(format!("CC_{target_env}"), &flavour.cc)
         .env(format!("CFLAGS_{target_env}"), "")
         .env("CARGO_TERM_PROGRESS_WHEN", "never");
     for (k, v) in RELEASE_PROFILE {
         cmd.env(format!("CARGO_PROFILE_RELEASE_{k}"), v);
     }
-    run(&mut cmd).context("building the runtime (cargo build --release --target x86_64-unknown-linux-musl)")?;
-    Ok(target_dir.join(&settings.target).join("release/chrysalis-runtime"))
+    cmd.envs(flavour.env.iter().map(|(k, v)| (k, v)));
+    run(&mut cmd).with_context(|| format!("building the runtime (cargo build --release --target {})", flavour.target))?;
+    Ok(target_dir.join(&flavour.target).join("release/chrysalis-runtime"))
 }
 
 /// The name the workspace rustc wrapper (this binary) is run by, through PATH.

@@ -40,6 +40,14 @@ pub enum Cmd {
         /// Cargo target directory of the runtime build (default target/).
         #[arg(long)]
         target_dir: Option<PathBuf>,
+        /// Build the GPU image instead (out/gpu/: generic kernel, NVIDIA modules, GSP
+        /// firmware, the CUDA runtime and the libraries it loads); see kernel/README.md.
+        #[arg(long, conflicts_with_all = ["kernel_deb", "out_dir", "target_dir"])]
+        gpu: bool,
+        /// With --gpu: the runtime without candle's CUDA kernels (GPU bring-up and
+        /// attestation, inference on the CPU; no nvcc needed) into out/gpu-bringup/.
+        #[arg(long, requires = "gpu")]
+        bring_up_only: bool,
     },
     /// Build the image twice and compare every artifact: here, and as an independent rebuild
     /// (a copy of the tree elsewhere, its own xtask process, another CARGO_HOME and target

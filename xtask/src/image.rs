@@ -51,14 +51,18 @@ pub fn build(root: &Path, opts: &Options) -> Result<Manifest> {
     stage.done();
 
     let stage = Stage::start("runtime (static musl, release)");
-    let runtime_path = build::runtime(root, &opts.target_dir, &settings, sde)?;
+    let runtime_path = build::runtime(root, &opts.target_dir, &build::Flavour::cpu(&settings), sde)?;
     let runtime = std::fs::read(&runtime_path).with_context(|| format!("reading {}", runtime_path.display()))?;
     stage.done();
 
     let stage = Stage::start("initramfs");
     let wanted = pins::modules(root)?;
-    let modules = resolve_modules(&k.modules_dir, &wanted)?;
-    let contents = Contents { init: runtime, modules: modules.iter().map(|m| (m.name.clone(), m.object.clone())).collect() };
+    let modules = resolve_modules(&[k.modules_dir.join("kernel")], &wanted)?;
+    let contents = Contents {
+        init: runtime,
+        modules: modules.iter().map(|m| (m.name.clone(), m.object.clone())).collect(),
+        ..Contents::default()
+    };
     let mtime = u32::try_from(sde).context("SOURCE_DATE_EPOCH does not fit the cpio format (after 2106)")?;
     let cpio = contents.to_archive()?.to_newc(mtime)?;
     let initramfs = gzip(&cpio)?;
@@ -98,15 +102,18 @@ pub fn build(root: &Path, opts: &Options) -> Result<Manifest> {
     Ok(manifest)
 }
 
-fn write(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Find the wanted modules and their dependencies in the kernel's module tree, parse them
-/// and return them in load order.
-fn resolve_modules(modules_dir: &Path, wanted: &[String]) -> Result<Vec<Module>> {
+/// Find the wanted modules and their dependencies in module trees `dirs` (an earlier tree's
+/// module wins over a later one's of the same name), parse them and return them in load
+/// order.
+pub(crate) fn resolve_modules(dirs: &[PathBuf], wanted: &[String]) -> Result<Vec<Module>> {
     let mut files = BTreeMap::new();
-    index_modules(&modules_dir.join("kernel"), &mut files)?;
+    for dir in dirs.iter().rev() {
+        index_modules(dir, &mut files)?;
+    }
     let mut parsed: BTreeMap<String, Module> = BTreeMap::new();
     let mut todo: Vec<String> = wanted.iter().map(|w| kmod::canonical(w)).collect();
     while let Some(name) = todo.pop() {
@@ -144,7 +151,13 @@ fn index_modules(dir: &Path, out: &mut BTreeMap<String, PathBuf>) -> Result<()> 
     Ok(())
 }
 
-fn inputs(root: &Path, pin: &pins::KernelPackage, deb: &Path, settings: &pins::BuildSettings, sde: u64) -> Result<Vec<Input>> {
+pub(crate) fn inputs(
+    root: &Path,
+    pin: &pins::KernelPackage,
+    deb: &Path,
+    settings: &pins::BuildSettings,
+    sde: u64,
+) -> Result<Vec<Input>> {
     let rustc = output(Command::new("rustc").arg("-V").current_dir(root)).unwrap_or_default();
     Ok(vec![
         Input {
@@ -177,7 +190,7 @@ fn inputs(root: &Path, pin: &pins::KernelPackage, deb: &Path, settings: &pins::B
 }
 
 /// The Debian versions of the C toolchain ring is compiled and the runtime linked with.
-fn c_toolchain_versions() -> String {
+pub(crate) fn c_toolchain_versions() -> String {
     ["musl-tools", "musl-dev", "gcc-12", "binutils"]
         .iter()
         .map(|p| {

@@ -86,7 +86,12 @@ fn main() {
 fn dispatch(cmd: Cmd) -> Result<()> {
     let root = util::project_root();
     match cmd {
-        Cmd::Image { kernel_deb, out_dir, target_dir } => {
+        Cmd::Image { gpu: true, bring_up_only, .. } => {
+            let runtime = if bring_up_only { gpu::image::Runtime::BringUp } else { gpu::image::Runtime::Cuda };
+            gpu::image::report(&gpu::image::build(&root, runtime)?);
+            Ok(())
+        }
+        Cmd::Image { kernel_deb, out_dir, target_dir, .. } => {
             let mut opts = image::Options::defaults(&root);
             opts.kernel_deb = kernel_deb;
             opts.out_dir = out_dir.unwrap_or(opts.out_dir);

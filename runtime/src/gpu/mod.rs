@@ -9,6 +9,8 @@
 //! verifier) but only checked for size and for echoing our nonce: the model owner verifies
 //! them, bound to the CPU evidence, before releasing the key.
 
+#[allow(unsafe_code)]
+pub mod cuda;
 pub mod devnodes;
 #[allow(unsafe_code)]
 pub mod nvml;

@@ -9,6 +9,7 @@
 //!
 //! - [`fetch`]: fetch the pinned .debs (private apt), verify and unpack them.
 //! - [`modules`]: build NVIDIA's open kernel modules and check the build is reproducible.
+//! - [`image`]: assemble the GPU image (`cargo xtask image --gpu`).
 //! - [`nvcc`]: the private nvcc and the runtime's `cuda` build.
 //! - [`check`]: the two-stage GPU check (`prepare` here, `run` on a GPU machine).
 //! - [`typecheck`]: type-check the `cuda` Rust code with a stub nvcc (no CUDA toolchain; CI).
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub mod check;
 pub mod fetch;
+pub mod image;
 pub mod modules;
 pub mod nvcc;
 pub mod typecheck;

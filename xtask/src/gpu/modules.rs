@@ -15,6 +15,13 @@ use crate::util::{run, sha256_file};
 /// Modules not built: nvidia-peermem needs InfiniBand peer memory, which the image does not use.
 const EXCLUDED_MODULES: &str = "nvidia-peermem";
 
+/// What the module build runs on the host, beyond the pinned packages it unpacks: make and
+/// the kernel's compiler (`CONFIG_CC_VERSION_TEXT`), xz for NVIDIA's source tarball, and the
+/// shared libraries the unpacked kbuild tools (libelf, libcrypto) and pahole (libdw,
+/// libbpf, zlib) link.
+const MODULE_BUILD_PACKAGES: &[&str] =
+    &["make", "gcc-12", "libc6-dev", "binutils", "xz-utils", "libelf1", "libdw1", "libbpf1", "zlib1g", "libssl3"];
+
 /// Result of one module build.
 #[derive(Debug, Clone)]
 pub struct ModuleBuild {
@@ -36,6 +43,7 @@ pub struct ModuleBuild {
 /// backported to 6.12.y) that 550.163.01 does not know; the call gets `0`, as in-tree
 /// drivers pass.
 pub fn build_nvidia_modules(root: &Path, work: &Path, out: &Path) -> Result<ModuleBuild> {
+    crate::deps::ensure_packages(MODULE_BUILD_PACKAGES)?;
     let debs = fetch_roles(root, &["module-build"])?;
     if work.exists() {
         fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
