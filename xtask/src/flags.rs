@@ -42,7 +42,7 @@ pub enum Cmd {
         target_dir: Option<PathBuf>,
         /// Build the GPU image instead (out/gpu/: generic kernel, NVIDIA modules, GSP
         /// firmware, the CUDA runtime and the libraries it loads); see kernel/README.md.
-        #[arg(long, conflicts_with_all = ["kernel_deb", "out_dir", "target_dir"])]
+        #[arg(long, conflicts_with = "kernel_deb")]
         gpu: bool,
         /// With --gpu: the runtime without candle's CUDA kernels (GPU bring-up and
         /// attestation, inference on the CPU; no nvcc needed) into out/gpu-bringup/.
@@ -56,6 +56,13 @@ pub enum Cmd {
         /// Use this copy of the pinned kernel package instead of downloading it.
         #[arg(long)]
         kernel_deb: Option<PathBuf>,
+        /// The GPU image instead (build 2 downloads the pinned packages and builds NVIDIA's
+        /// modules again, in its own copy of the tree).
+        #[arg(long, conflicts_with = "kernel_deb")]
+        gpu: bool,
+        /// With --gpu: the bring-up variant (no nvcc needed).
+        #[arg(long, requires = "gpu")]
+        bring_up_only: bool,
     },
     /// Build the image and compare it with the published expected values (image/expected.json):
     /// every artifact hash and measurement must be equal.
@@ -93,7 +100,14 @@ pub enum Cmd {
     },
     /// Compute the SEV-SNP / TDX / simulated launch measurements of out/ into
     /// out/measurements.json (build the image first).
-    Measure,
+    Measure {
+        /// The GPU image's instead (out/gpu/measurements.json; build it with image --gpu).
+        #[arg(long)]
+        gpu: bool,
+        /// With --gpu: the bring-up variant's (out/gpu-bringup/).
+        #[arg(long, requires = "gpu")]
+        bring_up_only: bool,
+    },
     /// Make the test/demo models under .cache/models (tiny Llama/Qwen2, SmolLM2-135M).
     Models,
     /// Say whether KVM can run the guest on this host (probed in a few seconds by booting the
@@ -114,7 +128,7 @@ pub enum Cmd {
         print_hashes: bool,
     },
     /// The GPU profile: pinned NVIDIA packages, open kernel modules, private nvcc, `cuda` build,
-    /// and the one-shot check for a GPU machine (see kernel/README-gpu.md).
+    /// and the one-shot check for a GPU machine (see kernel/README.md, "The GPU image").
     Gpu {
         #[command(subcommand)]
         what: GpuCmd,

@@ -71,6 +71,11 @@ fn run_gpu(root: &std::path::Path, what: GpuCmd) -> Result<()> {
     Ok(())
 }
 
+/// The GPU image's runtime from `--bring-up-only`.
+fn gpu_runtime(bring_up_only: bool) -> gpu::image::Runtime {
+    if bring_up_only { gpu::image::Runtime::BringUp } else { gpu::image::Runtime::Cuda }
+}
+
 fn main() {
     // Cargo runs this binary as the workspace rustc wrapper during image builds.
     if let Some(code) = build::rustc_wrapper_main() {
@@ -86,9 +91,11 @@ fn main() {
 fn dispatch(cmd: Cmd) -> Result<()> {
     let root = util::project_root();
     match cmd {
-        Cmd::Image { gpu: true, bring_up_only, .. } => {
-            let runtime = if bring_up_only { gpu::image::Runtime::BringUp } else { gpu::image::Runtime::Cuda };
-            gpu::image::report(&gpu::image::build(&root, runtime)?);
+        Cmd::Image { gpu: true, bring_up_only, out_dir, target_dir, .. } => {
+            let mut opts = gpu::image::Options::defaults(&root, gpu_runtime(bring_up_only));
+            opts.out_dir = out_dir.unwrap_or(opts.out_dir);
+            opts.target_dir = target_dir.unwrap_or(opts.target_dir);
+            gpu::image::report(&gpu::image::build(&root, &opts)?);
             Ok(())
         }
         Cmd::Image { kernel_deb, out_dir, target_dir, .. } => {
@@ -104,7 +111,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Demo { prompt, max_tokens } => demo::run(&root, &prompt, max_tokens),
-        Cmd::Repro { kernel_deb } => repro::run(&root, kernel_deb, repro::Isolation::SeparateTargets),
+        Cmd::Repro { gpu: true, bring_up_only, .. } => repro::run_gpu(&root, gpu_runtime(bring_up_only)),
+        Cmd::Repro { kernel_deb, .. } => repro::run(&root, kernel_deb, repro::Isolation::SeparateTargets),
         Cmd::Package { log, log_key } => package::run(&root, log.as_deref().zip(log_key.as_deref())),
         Cmd::Expected { update } => {
             image::build(&root, &image::Options::defaults(&root))?;
@@ -127,7 +135,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Measure => measure::run(&root),
+        Cmd::Measure { gpu, bring_up_only } => measure::run(&root, gpu.then_some(gpu_runtime(bring_up_only))),
         Cmd::Models => {
             let python = deps::ensure_venv(&root)?;
             let dir = deps::ensure_models(&root, &python)?;

@@ -99,10 +99,21 @@ pub fn compute(root: &Path, out: &Path) -> Result<Value> {
     }))
 }
 
-/// Write out/measurements.json and print a summary.
-pub fn run(root: &Path) -> Result<()> {
-    let out = root.join("out");
-    let m = compute(root, &out)?;
+/// Write `measurements.json` of the image in `out/` (or of the GPU image in its folder, with
+/// a `gpu` section that makes `attest policy --from` require GPU evidence from this driver)
+/// and print a summary.
+pub fn run(root: &Path, gpu: Option<crate::gpu::image::Runtime>) -> Result<()> {
+    let out = root.join(gpu.map_or("out", |g| g.out_dir()));
+    let mut m = compute(root, &out)?;
+    if let Some(g) = gpu {
+        m["gpu"] = json!({
+            "runtime_features": g.features(),
+            "driver": crate::gpu::DRIVER_VERSION,
+            "require_gpu": true,
+            "note": "the GPU image serves only after attesting a GPU in production CC mode (chrysalis.gpu=required, the \
+                     published command line's default)",
+        });
+    }
     let path = out.join("measurements.json");
     std::fs::write(&path, serde_json::to_string_pretty(&m)? + "\n")?;
     println!("SEV-SNP (QEMU, EPYC-v4, guest features 0x1):");

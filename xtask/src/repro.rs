@@ -81,6 +81,45 @@ pub fn run(root: &Path, kernel_deb: Option<PathBuf>, isolation: Isolation) -> Re
     Ok(())
 }
 
+/// `cargo xtask repro --gpu`: the GPU image built here, then by an independent process in a
+/// copy of the tree (isolated as [`independent_build`] says, with its own `.cache`, so the
+/// pinned packages are downloaded and NVIDIA's modules built from source again), and
+/// compared artifact by artifact and measurement by measurement.
+pub fn run_gpu(root: &Path, runtime: crate::gpu::image::Runtime) -> Result<()> {
+    use crate::gpu::image::{self as gpu_image, Runtime};
+    let base = root.join(SCRATCH_GPU);
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    let stage = Stage::start(format!("GPU build 1 in {}", root.display()));
+    let opts_a = gpu_image::Options::defaults(root, runtime);
+    let a = gpu_image::build(root, &opts_a)?.manifest;
+    stage.done();
+    let src = base.join("src");
+    let stage = Stage::start(format!("GPU build 2 in {}", src.display()));
+    copy_tree(root, &src)?;
+    let (out_b, target_b) = (base.join("out"), base.join("target"));
+    let mut extra: Vec<std::ffi::OsString> = vec!["--gpu".into()];
+    if runtime == Runtime::BringUp {
+        extra.push("--bring-up-only".into());
+    }
+    let b = independent_image(&src, &base, &out_b, &target_b, &extra)?;
+    stage.done();
+    compare(&a, &b, &opts_a.out_dir, &out_b)?;
+    let (ma, mb) = (crate::measure::compute(root, &opts_a.out_dir)?, crate::measure::compute(root, &out_b)?);
+    if ma != mb {
+        bail!("the two GPU builds give different measurements:\n{ma}\n{mb}");
+    }
+    let v4 = ma["snp"].as_array().and_then(|v| v.first()).cloned().unwrap_or_default();
+    say(format!(
+        "GPU image measurements identical: SNP ({} vCPU {}) {}, TDX MRTD {}, RTMR1 {}, RTMR2 {}",
+        v4["vcpus"], v4["vcpu_type"], v4["measurement"], ma["tdx"]["mrtd"], ma["tdx"]["rtmr1"], ma["tdx"]["rtmr2"]
+    ));
+    Ok(())
+}
+
+/// Where `repro --gpu`'s build 2 happens, relative to the root.
+pub const SCRATCH_GPU: &str = "target/repro-gpu";
+
 /// After build 2 from the copy into the shared target directory, cargo's fingerprints of the
 /// workspace crates list the *copy's* source files, so a later build from the tree would
 /// check those for changes and call a stale runtime fresh. Dropping the workspace crates'
@@ -102,6 +141,17 @@ fn forget_workspace_fingerprints(target_dir: &Path, triple: &str) -> Result<()> 
 /// CARGO_HOME (the registry downloaded again), its own target directory, one job instead of
 /// all cores, umask 077, another locale and time zone.
 fn independent_build(src: &Path, base: &Path, opts: &image::Options) -> Result<Manifest> {
+    let mut extra = Vec::new();
+    if let Some(k) = &opts.kernel_deb {
+        extra.push("--kernel-deb".into());
+        extra.push(k.clone().into_os_string());
+    }
+    independent_image(src, base, &opts.out_dir, &opts.target_dir, &extra)
+}
+
+/// `cargo xtask image --out-dir OUT --target-dir TARGET EXTRA…` in `src`, isolated as
+/// [`independent_build`] says; returns the manifest it wrote.
+fn independent_image(src: &Path, base: &Path, out: &Path, target: &Path, extra: &[std::ffi::OsString]) -> Result<Manifest> {
     let cargo_home = base.join("cargo-home");
     std::fs::create_dir_all(&cargo_home)?;
     let mut cmd = Command::new("sh");
@@ -109,12 +159,10 @@ fn independent_build(src: &Path, base: &Path, opts: &image::Options) -> Result<M
         .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
         .arg(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["xtask", "image", "--out-dir"])
-        .arg(&opts.out_dir)
+        .arg(out)
         .arg("--target-dir")
-        .arg(&opts.target_dir);
-    if let Some(k) = &opts.kernel_deb {
-        cmd.arg("--kernel-deb").arg(k);
-    }
+        .arg(target)
+        .args(extra);
     cmd.env("CARGO_HOME", &cargo_home)
         .env("CARGO_TARGET_DIR", base.join("xtask-target"))
         .env("CARGO_BUILD_JOBS", "1")
@@ -128,7 +176,7 @@ fn independent_build(src: &Path, base: &Path, opts: &image::Options) -> Result<M
         cargo_home.display()
     ));
     crate::util::run(&mut cmd).context("the independent build (build 2)")?;
-    let bytes = std::fs::read(opts.out_dir.join(image::MANIFEST)).context("reading build 2's manifest")?;
+    let bytes = std::fs::read(out.join(image::MANIFEST)).context("reading build 2's manifest")?;
     serde_json::from_slice(&bytes).context("parsing build 2's manifest")
 }
 

@@ -32,7 +32,7 @@ pub fn run_all(root: &Path, skip_repro: bool) -> Result<()> {
     crate::expected::check(root, &root.join("out"))?;
     // The GPU image with the bring-up runtime (NVIDIA's modules built here, the runtime for
     // glibc without candle's CUDA kernels): tests/tests/gpu_image.rs boots it without a GPU.
-    let gpu_image = gpu::image::build(root, gpu::image::Runtime::BringUp)?;
+    let gpu_image = gpu::image::build(root, &gpu::image::Options::defaults(root, gpu::image::Runtime::BringUp))?;
 
     say(format!("disk before the test build: {}", free_disk(root)));
     let stage = Stage::start("cargo test --workspace");

@@ -369,6 +369,25 @@ fn generated_policy_pins_the_model_and_the_tdx_rtmrs() {
     assert!(chrysalis_verify::Policy::from_toml(&stdout(&any)).unwrap().runtime.bundle_header_sha384.is_none());
 }
 
+/// A GPU image's measurements (`cargo xtask measure --gpu`) give a policy that requires GPU
+/// evidence from the image's driver; a CPU image's do not.
+#[test]
+fn a_gpu_image_policy_requires_gpu_evidence_from_its_driver() {
+    let dir = scratch("policy-from-gpu");
+    let m = measurements_json(&dir);
+    let cpu = attest(&["policy", "--from", &m, "--any-model"]);
+    assert!(!chrysalis_verify::Policy::from_toml(&stdout(&cpu)).unwrap().gpu.require_gpu);
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+    v["gpu"] = serde_json::json!({"runtime_features": "cuda", "driver": "550.163.01", "require_gpu": true});
+    std::fs::write(&m, v.to_string()).unwrap();
+    let gpu = attest(&["policy", "--from", &m, "--any-model"]);
+    assert_eq!(code(&gpu), 0, "{}", stderr(&gpu));
+    let p = chrysalis_verify::Policy::from_toml(&stdout(&gpu)).unwrap();
+    assert!(p.gpu.require_gpu);
+    assert_eq!(p.gpu.allowed_driver_versions, Some(vec!["550.163.01".to_owned()]));
+    assert!(p.gpu.rim_bundle.is_none() && !p.gpu.allow_rim_not_available, "without RIMs every GPU is refused");
+}
+
 /// The proxy refuses a policy that pins no model (a provider could serve its own model
 /// through the genuine runtime) unless told --any-model; it says what to add.
 #[test]

@@ -1,4 +1,4 @@
-//! The GPU check (see kernel/README-gpu.md, "GPU check"), in two stages: `prepare` builds
+//! The GPU check (see kernel/README.md, "GPU check"), in two stages: `prepare` builds
 //! the CUDA test and bench binaries here into [`GPU_CHECK_DIR`]; `run`, on a machine with a
 //! GPU that received that folder, runs them and writes `results.json`.
 

@@ -57,11 +57,29 @@ impl Runtime {
         }
     }
 
-    fn features(self) -> &'static str {
+    /// The runtime's cargo features.
+    pub fn features(self) -> &'static str {
         match self {
             Runtime::Cuda => "cuda",
             Runtime::BringUp => "gpu-evidence",
         }
+    }
+}
+
+/// Options of one GPU image build.
+pub struct Options {
+    /// Which runtime.
+    pub runtime: Runtime,
+    /// Where the artifacts go.
+    pub out_dir: PathBuf,
+    /// Cargo target directory of the runtime build.
+    pub target_dir: PathBuf,
+}
+
+impl Options {
+    /// `runtime`'s folder under the root, and `target/`.
+    pub fn defaults(root: &Path, runtime: Runtime) -> Self {
+        Options { runtime, out_dir: root.join(runtime.out_dir()), target_dir: root.join("target") }
     }
 }
 
@@ -123,8 +141,9 @@ pub struct GpuImage {
     pub modules: (Vec<String>, Vec<String>),
 }
 
-/// Build the GPU image into `runtime.out_dir()`.
-pub fn build(root: &Path, runtime: Runtime) -> Result<GpuImage> {
+/// Build the GPU image into `opts.out_dir`.
+pub fn build(root: &Path, opts: &Options) -> Result<GpuImage> {
+    let runtime = opts.runtime;
     crate::deps::ensure_build(root)?;
     let settings = pins::image(root)?;
     let sde = pins::source_date_epoch(&settings)?;
@@ -157,7 +176,7 @@ pub fn build(root: &Path, runtime: Runtime) -> Result<GpuImage> {
             Runtime::BringUp => Vec::new(),
         },
     };
-    let runtime_path = build::runtime(root, &root.join("target"), &flavour, sde)?;
+    let runtime_path = build::runtime(root, &opts.target_dir, &flavour, sde)?;
     let init = fs::read(&runtime_path).with_context(|| format!("reading {}", runtime_path.display()))?;
     stage.done();
 
@@ -196,7 +215,7 @@ pub fn build(root: &Path, runtime: Runtime) -> Result<GpuImage> {
     let initramfs = gzip(&cpio)?;
     stage.done();
 
-    let out_dir = root.join(runtime.out_dir());
+    let out_dir = opts.out_dir.clone();
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let cmdline = pins::cmdline(root)?;
     let kernel_bytes = fs::read(&k.vmlinuz).with_context(|| format!("reading {}", k.vmlinuz.display()))?;
