@@ -26,16 +26,8 @@ use serde_json::json;
 
 /// `VmHWM` and `VmRSS` of this process, in bytes.
 fn rss() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+    use chrysalis_runtime::sys;
+    (sys::peak_rss().unwrap_or(0), sys::rss().unwrap_or(0))
 }
 
 /// This process's (user CPU s, system CPU s, minor faults, major faults) so far, from

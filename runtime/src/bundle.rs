@@ -94,16 +94,7 @@ pub const LOAD_FACTOR: u64 = 2;
 /// for activations and the KV cache), divided by [`LOAD_FACTOR`], so that a model too big to
 /// load is refused before anything is decrypted rather than running the VM out of memory.
 fn memory_budget() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024 / 4 * 3 / LOAD_FACTOR)
-        .unwrap_or(u64::MAX)
+    crate::sys::mem_available().map(|b| b / 4 * 3 / LOAD_FACTOR).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -92,21 +92,32 @@ pub fn uptime() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A memory figure of this process from /proc/self/status (`VmHWM:`, `VmRSS:`), in bytes.
-fn status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()?;
+/// The `<field> <n> kB` line of a /proc status-style file (`/proc/<pid>/status`,
+/// `/proc/meminfo`), in bytes.
+fn kib_field(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let kib: u64 = text.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
 
 /// This process's peak resident memory in bytes (`VmHWM`).
 pub fn peak_rss() -> Option<u64> {
-    status_bytes("VmHWM:")
+    kib_field("/proc/self/status", "VmHWM:")
+}
+
+/// Process `pid`'s peak resident memory in bytes (`VmHWM`; tests watch a child with it).
+pub fn peak_rss_of(pid: u32) -> Option<u64> {
+    kib_field(&format!("/proc/{pid}/status"), "VmHWM:")
 }
 
 /// This process's resident memory now in bytes (`VmRSS`).
 pub fn rss() -> Option<u64> {
-    status_bytes("VmRSS:")
+    kib_field("/proc/self/status", "VmRSS:")
+}
+
+/// Memory the kernel says can be allocated without swapping (`MemAvailable`), in bytes.
+pub fn mem_available() -> Option<u64> {
+    kib_field("/proc/meminfo", "MemAvailable:")
 }
 
 /// Give the whole pages inside `buf` back to the kernel (`MADV_DONTNEED`) and return how many
@@ -133,10 +144,20 @@ pub fn release_pages(buf: &mut [u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::{kib_field, mem_available, peak_rss, peak_rss_of, rss};
+
     /// Resident anonymous memory of this process, in KiB.
     fn rss_anon_kib() -> u64 {
-        let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        s.lines().find(|l| l.starts_with("RssAnon:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+        kib_field("/proc/self/status", "RssAnon:").unwrap_or(0) / 1024
+    }
+
+    #[test]
+    fn memory_figures_read_proc() {
+        let (peak, now) = (peak_rss().unwrap_or(0), rss().unwrap_or(0));
+        assert!(now > 0 && peak >= now, "VmHWM {peak} < VmRSS {now}");
+        assert!(peak_rss_of(std::process::id()).is_some_and(|p| p >= now));
+        assert!(peak_rss_of(u32::MAX).is_none(), "no such process");
+        assert!(mem_available().is_some_and(|m| m > 0));
     }
 
     #[test]

@@ -57,10 +57,7 @@ impl Server {
     }
 
     fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-            .unwrap_or(0)
+        chrysalis_runtime::sys::peak_rss_of(self.child.id()).unwrap_or(0) / 1024
     }
 
     fn alive(&mut self) -> bool {

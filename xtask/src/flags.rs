@@ -81,6 +81,10 @@ pub enum Cmd {
         /// The log's private key (`attest log keygen`).
         #[arg(long, value_name = "FILE", requires = "log")]
         log_key: Option<PathBuf>,
+        /// Also build and package the GPU image (CUDA runtime, private nvcc: about an hour on
+        /// 2 cores) into out/release/chrysalis-gpu-<version>/.
+        #[arg(long)]
+        gpu: bool,
     },
     /// Boot the image in QEMU with the serial console on this terminal.
     Run(run::RunArgs),

@@ -113,7 +113,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Demo { prompt, max_tokens } => demo::run(&root, &prompt, max_tokens),
         Cmd::Repro { gpu: true, bring_up_only, .. } => repro::run_gpu(&root, gpu_runtime(bring_up_only)),
         Cmd::Repro { kernel_deb, .. } => repro::run(&root, kernel_deb, repro::Isolation::SeparateTargets),
-        Cmd::Package { log, log_key } => package::run(&root, log.as_deref().zip(log_key.as_deref())),
+        Cmd::Package { log, log_key, gpu } => package::run(&root, log.as_deref().zip(log_key.as_deref()), gpu),
         Cmd::Expected { update } => {
             image::build(&root, &image::Options::defaults(&root))?;
             let out = root.join("out");

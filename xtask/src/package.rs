@@ -2,7 +2,7 @@
 //! provider's VM against this source: the image, its manifest, the published measurements,
 //! an SBOM of what went into the image, and SHA256SUMS over all of it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -12,28 +12,69 @@ use crate::image::{CMDLINE, INITRAMFS, KERNEL, MANIFEST};
 use crate::util::{cargo, output, say, sha256_file};
 
 /// Build (if needed), measure and package; with `log` (directory, private key), append
-/// the release's image-release entry to that transparency log.
-pub fn run(root: &Path, log: Option<(&Path, &Path)>) -> Result<()> {
+/// the release's image-release entry to that transparency log. With `gpu`, also the GPU
+/// image (its CUDA build, which needs the private nvcc and takes an hour on 2 cores) into a
+/// second folder, `chrysalis-gpu-<version>`.
+pub fn run(root: &Path, log: Option<(&Path, &Path)>, gpu: bool) -> Result<()> {
     let manifest = crate::image::build(root, &crate::image::Options::defaults(root))?;
     let out = root.join("out");
     let measurements = crate::measure::compute(root, &out)?;
     let dir = out.join(format!("release/chrysalis-{}", env!("CARGO_PKG_VERSION")));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    for f in [KERNEL, INITRAMFS, CMDLINE, MANIFEST] {
-        std::fs::copy(out.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
-    }
-    std::fs::write(dir.join("measurements.json"), serde_json::to_string_pretty(&measurements)? + "\n")?;
     // The published expected values must describe exactly this build.
     crate::expected::check(root, &out)?;
-    std::fs::copy(crate::expected::path(root), dir.join("expected.json")).context("copying image/expected.json")?;
+    let settings = crate::pins::image(root)?;
+    let sbom = sbom(root, &manifest, &settings.target, "")?;
+    write_release(root, &dir, &out, &measurements, &sbom, &[("expected.json", crate::expected::path(root))])?;
+    if let Some((log_dir, key)) = log {
+        let index = append_release(&dir, log_dir, key)?;
+        say(format!("transparency log {}: image-release entry {index}", log_dir.display()));
+    }
+    if gpu {
+        let runtime = crate::gpu::image::Runtime::Cuda;
+        let img = crate::gpu::image::build(root, &crate::gpu::image::Options::defaults(root, runtime))?;
+        crate::measure::run(root, Some(runtime))?;
+        let m: Value = serde_json::from_slice(&std::fs::read(img.out_dir.join("measurements.json"))?)?;
+        let mut gpu_sbom = self::sbom(root, &img.manifest, crate::gpu::image::TARGET, runtime.features())?;
+        for input in img.manifest.inputs.iter().filter(|i| i.kind.starts_with("image-")) {
+            if let Some(list) = gpu_sbom["components"].as_array_mut() {
+                list.push(json!({
+                    "type": "library", "name": input.name, "version": input.version,
+                    "purl": format!("pkg:deb/debian/{}@{}?arch=amd64", input.name, input.version),
+                    "hashes": [{ "alg": "SHA-256", "content": input.sha256 }],
+                }));
+            }
+        }
+        let gpu_dir = out.join(format!("release/chrysalis-gpu-{}", env!("CARGO_PKG_VERSION")));
+        write_release(root, &gpu_dir, &img.out_dir, &m, &gpu_sbom, &[("libraries.txt", img.out_dir.join("libraries.txt"))])?;
+    }
+    Ok(())
+}
+
+/// Write one release folder: the image in `image_dir`, its measurements, both firmware
+/// images, the SBOM, `extra` files, and SHA256SUMS over all of them.
+fn write_release(
+    root: &Path,
+    dir: &Path,
+    image_dir: &Path,
+    measurements: &Value,
+    sbom: &Value,
+    extra: &[(&str, PathBuf)],
+) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    for f in [KERNEL, INITRAMFS, CMDLINE, MANIFEST] {
+        std::fs::copy(image_dir.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
+    }
+    std::fs::write(dir.join("measurements.json"), serde_json::to_string_pretty(measurements)? + "\n")?;
+    for (name, from) in extra {
+        std::fs::copy(from, dir.join(name)).with_context(|| format!("copying {}", from.display()))?;
+    }
     let fw = crate::firmware::ensure_firmware(root)?;
     std::fs::copy(&fw.amd_sev, dir.join("ovmf-amdsev.fd"))?;
     std::fs::copy(&fw.intel_tdx, dir.join("ovmf-inteltdx.fd"))?;
-    let sbom = sbom(root, &manifest)?;
-    std::fs::write(dir.join("sbom.cdx.json"), serde_json::to_string_pretty(&sbom)? + "\n")?;
+    std::fs::write(dir.join("sbom.cdx.json"), serde_json::to_string_pretty(sbom)? + "\n")?;
     let mut names: Vec<String> =
-        std::fs::read_dir(&dir)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        std::fs::read_dir(dir)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     let mut sums = String::new();
     for n in &names {
@@ -42,10 +83,6 @@ pub fn run(root: &Path, log: Option<(&Path, &Path)>) -> Result<()> {
     std::fs::write(dir.join("SHA256SUMS"), &sums)?;
     print!("{sums}");
     say(format!("release folder: {} (verify with: cd {0} && sha256sum -c SHA256SUMS)", dir.display()));
-    if let Some((log_dir, key)) = log {
-        let index = append_release(&dir, log_dir, key)?;
-        say(format!("transparency log {}: image-release entry {index}", log_dir.display()));
-    }
     Ok(())
 }
 
@@ -66,15 +103,13 @@ fn append_release(dir: &Path, log_dir: &Path, key: &Path) -> Result<u64> {
 
 /// A CycloneDX 1.5 SBOM: the runtime's Rust dependencies as resolved for the image (target,
 /// features and Cargo.lock), the kernel package, its modules and the firmware.
-fn sbom(root: &Path, manifest: &chrysalis_image::manifest::Manifest) -> Result<Value> {
-    let settings = crate::pins::image(root)?;
-    let tree = output(
-        cargo()
-            .current_dir(root)
-            .args(["tree", "--locked", "-p", "chrysalis-runtime", "--target", &settings.target, "-e", "normal"])
-            .args(["--prefix", "none", "--no-dedupe", "-f", "{p}\t{l}"]),
-    )
-    .context("cargo tree for the SBOM")?;
+fn sbom(root: &Path, manifest: &chrysalis_image::manifest::Manifest, target: &str, features: &str) -> Result<Value> {
+    let mut cmd = cargo();
+    cmd.current_dir(root).args(["tree", "--locked", "-p", "chrysalis-runtime", "--target", target, "-e", "normal"]);
+    if !features.is_empty() {
+        cmd.args(["--features", features]);
+    }
+    let tree = output(cmd.args(["--prefix", "none", "--no-dedupe", "-f", "{p}\t{l}"])).context("cargo tree for the SBOM")?;
     let mut seen = std::collections::BTreeSet::new();
     let mut components = Vec::new();
     for line in tree.lines() {
@@ -106,9 +141,11 @@ fn sbom(root: &Path, manifest: &chrysalis_image::manifest::Manifest) -> Result<V
         }
     }
     for m in &manifest.modules {
-        components.push(
-            json!({ "type": "file", "name": format!("{m}.ko"), "description": "kernel module from the pinned kernel package" }),
-        );
+        components.push(json!({ "type": "file", "name": format!("{m}.ko"), "description": if m.starts_with("nvidia") {
+                "NVIDIA open kernel module, built here from the pinned nvidia-open-kernel-source"
+            } else {
+                "kernel module from the pinned kernel package"
+            } }));
     }
     let fw = crate::firmware::read_pins(root)?;
     for f in &fw.firmware {

@@ -115,12 +115,7 @@ fn load(args: &Args) -> Result<Engine> {
 }
 
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+    chrysalis_runtime::sys::peak_rss().unwrap_or(0) / 1024
 }
 
 fn serve_cmd(args: &Args) -> Result<()> {

@@ -239,13 +239,6 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// `MemAvailable` from /proc/meminfo, in bytes.
-fn mem_available() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// What the loaders hand to [`Engine::load`].
 struct Loaded {
     weights: Weights,
@@ -329,7 +322,7 @@ impl Engine {
         let max_sequences = opts.max_sequences.max(1);
         let per_context = info.context_length.div_ceil(BLOCK_SIZE);
         let block_bytes = kv_shape.block_bytes(dtype) as u64;
-        let budget = opts.kv_cache_bytes.or_else(|| mem_available().map(|m| m / 2)).unwrap_or(1 << 30);
+        let budget = opts.kv_cache_bytes.or_else(|| crate::sys::mem_available().map(|m| m / 2)).unwrap_or(1 << 30);
         let kv_blocks = usize::try_from(budget / block_bytes).unwrap_or(usize::MAX).min(max_sequences * per_context).max(1);
         let kv = KvStore::new(kv_shape, kv_blocks, dtype, &device)?;
         info.kv_blocks = kv_blocks;

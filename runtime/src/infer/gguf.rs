@@ -92,9 +92,7 @@ impl Gguf {
     /// Where tensor `name`'s bytes are in `data`.
     fn span(&self, name: &str) -> Option<Range<usize>> {
         let info = self.content.tensor_infos.get(name)?;
-        let len = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-        let start = usize::try_from(self.content.tensor_data_offset.checked_add(info.offset)?).ok()?;
-        Some(start..start.checked_add(len)?)
+        stored_range(info, usize::try_from(self.content.tensor_data_offset).ok()?, self.data.get_ref().len())
     }
 
     /// Tensor `name`, which stays readable.
@@ -154,6 +152,19 @@ fn invalid(file: &str, reason: impl Into<String>) -> InferError {
     InferError::InvalidFile { file: file.into(), reason: reason.into() }
 }
 
+/// Bytes tensor `info` takes in the file: whole blocks of its type.
+fn stored_len(info: &gguf_file::TensorInfo) -> usize {
+    info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
+}
+
+/// Where `info`'s bytes are in a file of `file_len` bytes whose tensor data starts at `base`;
+/// `None` when they are not all inside it.
+fn stored_range(info: &gguf_file::TensorInfo, base: usize, file_len: usize) -> Option<Range<usize>> {
+    let start = usize::try_from(info.offset).ok()?.checked_add(base)?;
+    let end = start.checked_add(stored_len(info))?;
+    (end <= file_len).then_some(start..end)
+}
+
 /// Parses `bytes` (a whole GGUF file) and converts tensors as `policy` says.
 ///
 /// The returned [`Gguf`] owns the tensor data: `bytes` itself when nothing is converted (no
@@ -168,12 +179,7 @@ pub fn read(file: &str, mut bytes: Zeroizing<Vec<u8>>, policy: GgufWeights, devi
     let converts = content.tensor_infos.values().any(|i| policy.target(i.ggml_dtype, i.shape.dims()).is_some());
     if !converts {
         for (name, info) in &content.tensor_infos {
-            let stored = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-            let fits = usize::try_from(info.offset)
-                .ok()
-                .and_then(|o| o.checked_add(base)?.checked_add(stored))
-                .is_some_and(|end| end <= bytes.len());
-            if !fits {
+            if stored_range(info, base, bytes.len()).is_none() {
                 return Err(invalid(file, format!("tensor {name} lies outside the file")));
             }
         }
@@ -186,20 +192,15 @@ pub fn read(file: &str, mut bytes: Zeroizing<Vec<u8>>, policy: GgufWeights, devi
     let mut out = Vec::new();
     for name in names {
         let Some(info) = content.tensor_infos.get(name) else { continue };
-        let elems = info.shape.elem_count();
-        let stored = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-        let start = usize::try_from(info.offset)
-            .ok()
-            .and_then(|o| o.checked_add(base))
-            .filter(|s| s.checked_add(stored).is_some_and(|end| end <= bytes.len()))
-            .ok_or_else(|| invalid(file, format!("tensor {name} lies outside the file")))?;
+        let stored =
+            stored_range(info, base, bytes.len()).ok_or_else(|| invalid(file, format!("tensor {name} lies outside the file")))?;
         let align = |v: &mut Vec<u8>| v.resize(v.len().next_multiple_of(32), 0);
         align(&mut out);
         let offset = out.len() as u64;
         let target = policy.target(info.ggml_dtype, info.shape.dims());
         let dtype = match target {
             None => {
-                out.extend_from_slice(bytes.get(start..start + stored).unwrap_or_default());
+                out.extend_from_slice(bytes.get(stored).unwrap_or_default());
                 info.ggml_dtype
             }
             Some(to) => {
