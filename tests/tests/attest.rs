@@ -58,18 +58,7 @@ fn health(vm: &Vm) -> serde_json::Value {
 }
 
 fn complete(vm: &Vm, model: &str) -> serde_json::Value {
-    let body = serde_json::json!({"model": model, "prompt": "The sky is", "max_tokens": 4, "temperature": 0});
-    let mut r = ureq::post(&format!("{}/v1/completions", vm.url()))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .header("content-type", "application/json")
-        .send(body.to_string().as_bytes())
-        .unwrap();
-    let status = r.status().as_u16();
-    let v: serde_json::Value = serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
-    assert_eq!(status, 200, "{v}");
-    v
+    chrysalis_e2e::api::complete(&vm.url(), model).unwrap()
 }
 
 #[test]

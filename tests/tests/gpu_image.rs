@@ -88,17 +88,7 @@ fn with_cpu_fallback_the_gpu_image_says_so_and_serves_the_tiny_model() {
     let refused = owner::verify_attestation(&vm.url(), &gpu_policy, &[7; 32]).unwrap_err();
     assert!(format!("{refused:#}").contains("GPU"), "{refused:#}");
     owner::release(&vm.url(), &fleet.policy, &fleet.sealed.key_file).unwrap_or_else(|e| panic!("{e:#}:\n{}", vm.serial()));
-    let body = serde_json::json!({"model": "tiny-llama", "prompt": "The sky is", "max_tokens": 4, "temperature": 0});
-    let mut r = ureq::post(&format!("{}/v1/completions", vm.url()))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .header("content-type", "application/json")
-        .send(body.to_string().as_bytes())
-        .unwrap();
-    let status = r.status().as_u16();
-    let v: serde_json::Value = serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
-    assert_eq!(status, 200, "{v}");
+    let v = chrysalis_e2e::api::complete(&vm.url(), "tiny-llama").unwrap();
     assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
     vm.press_power_button().unwrap();
     assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());

@@ -88,18 +88,23 @@ pub fn build(root: &Path, opts: &Options) -> Result<Manifest> {
         ],
         inputs: inputs(root, &pin, &k.deb, &settings, sde)?,
         modules: modules.iter().map(|m| m.name.clone()).collect(),
-        initramfs_files: read_newc(&cpio)?
-            .into_iter()
-            .map(|e| InitramfsFile {
-                sha256: (e.mode & 0o170000 == 0o100000).then(|| Hashes::of(&e.data).sha256),
-                size: e.data.len() as u64,
-                mode: format!("{:o}", e.mode),
-                path: e.path,
-            })
-            .collect(),
+        initramfs_files: initramfs_files(&cpio)?,
     };
     write(&opts.out_dir.join(MANIFEST), manifest.to_json().as_bytes())?;
     Ok(manifest)
+}
+
+/// The manifest's list of what `cpio` holds: path, mode, size and (for files) SHA-256.
+pub(crate) fn initramfs_files(cpio: &[u8]) -> Result<Vec<InitramfsFile>> {
+    Ok(read_newc(cpio)?
+        .into_iter()
+        .map(|e| InitramfsFile {
+            sha256: (e.mode & 0o170000 == 0o100000).then(|| Hashes::of(&e.data).sha256),
+            size: e.data.len() as u64,
+            mode: format!("{:o}", e.mode),
+            path: e.path,
+        })
+        .collect())
 }
 
 pub(crate) fn write(path: &Path, data: &[u8]) -> Result<()> {

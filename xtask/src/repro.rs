@@ -67,9 +67,13 @@ pub fn run(root: &Path, kernel_deb: Option<PathBuf>, isolation: Isolation) -> Re
     };
     stage.done();
     compare(&a, &b, &opts_a.out_dir, &opts_b.out_dir)?;
-    // Same bytes must give the same published measurements; computing both checks the
-    // measurement code is a pure function of the artifacts too.
-    let (ma, mb) = (crate::measure::compute(root, &opts_a.out_dir)?, crate::measure::compute(root, &opts_b.out_dir)?);
+    same_measurements(root, &opts_a.out_dir, &opts_b.out_dir)
+}
+
+/// Same bytes must give the same published measurements; computing both checks that the
+/// measurement code is a pure function of the artifacts too.
+fn same_measurements(root: &Path, a: &Path, b: &Path) -> Result<()> {
+    let (ma, mb) = (crate::measure::compute(root, a)?, crate::measure::compute(root, b)?);
     if ma != mb {
         bail!("the two builds give different measurements:\n{ma}\n{mb}");
     }
@@ -105,16 +109,7 @@ pub fn run_gpu(root: &Path, runtime: crate::gpu::image::Runtime) -> Result<()> {
     let b = independent_image(&src, &base, &out_b, &target_b, &extra)?;
     stage.done();
     compare(&a, &b, &opts_a.out_dir, &out_b)?;
-    let (ma, mb) = (crate::measure::compute(root, &opts_a.out_dir)?, crate::measure::compute(root, &out_b)?);
-    if ma != mb {
-        bail!("the two GPU builds give different measurements:\n{ma}\n{mb}");
-    }
-    let v4 = ma["snp"].as_array().and_then(|v| v.first()).cloned().unwrap_or_default();
-    say(format!(
-        "GPU image measurements identical: SNP ({} vCPU {}) {}, TDX MRTD {}, RTMR1 {}, RTMR2 {}",
-        v4["vcpus"], v4["vcpu_type"], v4["measurement"], ma["tdx"]["mrtd"], ma["tdx"]["rtmr1"], ma["tdx"]["rtmr2"]
-    ));
-    Ok(())
+    same_measurements(root, &opts_a.out_dir, &out_b)
 }
 
 /// Where `repro --gpu`'s build 2 happens, relative to the root.

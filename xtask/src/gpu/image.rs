@@ -30,12 +30,11 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use chrysalis_image::elf;
 use chrysalis_image::initramfs::{Contents, ExtraFile, gzip};
-use chrysalis_image::manifest::{Artifact, Hashes, InitramfsFile, Input, MANIFEST_VERSION, Manifest};
-use chrysalis_image::reader::read_newc;
+use chrysalis_image::manifest::{Artifact, Hashes, Input, MANIFEST_VERSION, Manifest};
 
 use super::fetch::{Fetched, fetch_roles};
 use super::{DRIVER_VERSION, KERNEL_RELEASE};
-use crate::image::{CMDLINE, INITRAMFS, KERNEL, MANIFEST, resolve_modules, write};
+use crate::image::{CMDLINE, INITRAMFS, KERNEL, MANIFEST, initramfs_files, resolve_modules, write};
 use crate::util::{Stage, run, say};
 use crate::{build, kernel, pins};
 
@@ -255,15 +254,7 @@ pub fn build(root: &Path, opts: &Options) -> Result<GpuImage> {
         ],
         inputs,
         modules: base.iter().chain(&gpu).map(|m| m.name.clone()).collect(),
-        initramfs_files: read_newc(&cpio)?
-            .into_iter()
-            .map(|e| InitramfsFile {
-                sha256: (e.mode & 0o170000 == 0o100000).then(|| Hashes::of(&e.data).sha256),
-                size: e.data.len() as u64,
-                mode: format!("{:o}", e.mode),
-                path: e.path,
-            })
-            .collect(),
+        initramfs_files: initramfs_files(&cpio)?,
     };
     write(&out_dir.join(MANIFEST), manifest.to_json().as_bytes())?;
     Ok(GpuImage {
