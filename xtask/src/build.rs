@@ -85,9 +85,11 @@ pub fn runtime(root: &Path, target_dir: &Path, flavour: &Flavour, sde: u64) -> R
     let link = wrapper_dir.join(WRAPPER_NAME);
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&me, &link).with_context(|| format!("linking {} to {}", link.display(), me.display()))?;
+    // The flavour may bring its own PATH (the private nvcc first); the wrapper goes before it.
+    let base_path = flavour.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.into()).or_else(|| std::env::var_os("PATH"));
     let path = std::env::join_paths(
         std::iter::once(wrapper_dir.clone())
-            .chain(std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default()),
+            .chain(base_path.map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default()),
     )
     .context("building PATH for the rustc wrapper")?;
     let mut cmd = cargo();
@@ -119,7 +121,7 @@ pub fn runtime(root: &Path, target_dir: &Path, flavour: &Flavour, sde: u64) -> R
     for (k, v) in RELEASE_PROFILE {
         cmd.env(format!("CARGO_PROFILE_RELEASE_{k}"), v);
     }
-    cmd.envs(flavour.env.iter().map(|(k, v)| (k, v)));
+    cmd.envs(flavour.env.iter().filter(|(k, _)| k != "PATH").map(|(k, v)| (k, v)));
     run(&mut cmd).with_context(|| format!("building the runtime (cargo build --release --target {})", flavour.target))?;
     Ok(target_dir.join(&flavour.target).join("release/chrysalis-runtime"))
 }

@@ -147,7 +147,11 @@ pub fn build(root: &Path, opts: &Options) -> Result<GpuImage> {
     let settings = pins::image(root)?;
     let sde = pins::source_date_epoch(&settings)?;
     let stage = Stage::start("GPU image packages (kernel/gpu-packages.toml)");
-    let debs = fetch_roles(root, &["image-kernel", "image-firmware", "image-lib"])?;
+    let roles: &[&str] = match runtime {
+        Runtime::Cuda => &["image-kernel", "image-firmware", "image-lib", "image-cuda-lib"],
+        Runtime::BringUp => &["image-kernel", "image-firmware", "image-lib"],
+    };
+    let debs = fetch_roles(root, roles)?;
     stage.done();
 
     let kernel_deb = debs.iter().find(|d| d.package.role == "image-kernel").context("no image-kernel package is pinned")?;

@@ -68,7 +68,7 @@ pub struct Package {
     pub suite: String,
     /// Archive component (`main`, `contrib`, `non-free`, `non-free-firmware`).
     pub component: String,
-    /// `image-kernel`, `image-firmware`, `image-lib`, `module-build` or `nvcc`.
+    /// `image-kernel`, `image-firmware`, `image-lib`, `image-cuda-lib`, `module-build` or `nvcc`.
     pub role: String,
     /// Why it is needed.
     pub why: String,
@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn pins_are_complete_and_well_formed() -> Result<()> {
         let pins = load_packages(&root())?;
-        let roles = ["image-kernel", "image-firmware", "image-lib", "module-build", "nvcc"];
+        let roles = ["image-kernel", "image-firmware", "image-lib", "image-cuda-lib", "module-build", "nvcc"];
         for p in &pins {
             assert_eq!(p.sha256.len(), 64, "{}", p.name);
             assert!(p.sha256.chars().all(|c| c.is_ascii_hexdigit()), "{}", p.name);
