@@ -124,10 +124,12 @@ fn attested_session(cmdline: &str, cfg: &Config, gpu: Result<GpuUp>, inference: 
     Ok(if cfg.lease_s.is_some() { session.on_lease() } else { session })
 }
 
-/// The engine's limits from the measured command line; GPU 0 once the GPUs are attested.
+/// The engine's limits from the measured command line; GPU 0 once the GPUs are attested and
+/// this runtime has CUDA kernels (the GPU image's bring-up variant attests GPUs but
+/// computes on the CPU).
 fn load_options(cfg: &Config, gpu_ready: bool) -> LoadOptions {
     LoadOptions {
-        device: if gpu_ready { DeviceChoice::Cuda(0) } else { DeviceChoice::Cpu },
+        device: if gpu_ready && cfg!(feature = "cuda") { DeviceChoice::Cuda(0) } else { DeviceChoice::Cpu },
         max_sequences: cfg.max_seqs,
         kv_cache_bytes: cfg.kv_mib.map(|m| m << 20),
         prefix_cache: cfg.prefix_cache,
