@@ -22,6 +22,9 @@ pub struct Flavour {
     pub cc: String,
     /// Extra environment for the build (the GPU image's nvcc), on top of the cleared one.
     pub env: Vec<(String, String)>,
+    /// Extra directories the linker searches (`-Lnative=`): the CUDA libraries the `cuda`
+    /// build links against. Search paths are not recorded in the binary.
+    pub link_dirs: Vec<PathBuf>,
 }
 
 impl Flavour {
@@ -33,6 +36,7 @@ impl Flavour {
             features: String::new(),
             cc: MUSL_CC.into(),
             env: Vec::new(),
+            link_dirs: Vec::new(),
         }
     }
 }
@@ -75,6 +79,7 @@ pub fn runtime(root: &Path, target_dir: &Path, flavour: &Flavour, sde: u64) -> R
     for dir in registry_source_dirs(&cargo_home)? {
         flags.push(format!("--remap-path-prefix={}=/cargo/registry/src/crates.io", dir.display()));
     }
+    flags.extend(flavour.link_dirs.iter().map(|d| format!("-Lnative={}", d.display())));
     // Cargo hashes the workspace wrapper's *path* into the `-C metadata` of every workspace
     // crate (and so into symbol names and code layout): a wrapper at `<tree>/target/debug/xtask`
     // made the runtime depend on the checkout's directory. The wrapper is therefore named

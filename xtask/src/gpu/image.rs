@@ -168,23 +168,31 @@ pub fn build(root: &Path, opts: &Options) -> Result<GpuImage> {
     let nvidia = stripped_nvidia_modules(root)?;
     stage.done();
 
+    let unpacked = unpack(root, debs.iter().filter(|d| d.package.role != "image-kernel"))?;
     let stage = Stage::start(format!("runtime (glibc, release, --features {})", runtime.features()));
     let flavour = build::Flavour {
         target: TARGET.into(),
         target_cpu: settings.target_cpu.clone(),
         features: runtime.features().into(),
         cc: CC.into(),
-        env: match runtime {
-            Runtime::Cuda => super::ensure_nvcc(root)?.cargo_env(),
-            Runtime::BringUp => Vec::new(),
-        },
+        env: Vec::new(),
+        link_dirs: Vec::new(),
+    };
+    let flavour = match runtime {
+        Runtime::BringUp => flavour,
+        Runtime::Cuda => {
+            // Link against the toolkit's libraries and the driver's stub libcuda (its soname
+            // is libcuda.so.1, which the image's driver library answers at run time).
+            let nvcc = super::ensure_nvcc(root)?;
+            let link_dirs = vec![link_dir(root, &unpacked)?, nvcc.lib_dir.join("stubs")];
+            build::Flavour { env: nvcc.cargo_env(), link_dirs, ..flavour }
+        }
     };
     let runtime_path = build::runtime(root, &opts.target_dir, &flavour, sde)?;
     let init = fs::read(&runtime_path).with_context(|| format!("reading {}", runtime_path.display()))?;
     stage.done();
 
     let stage = Stage::start("libraries and firmware");
-    let unpacked = unpack(root, debs.iter().filter(|d| d.package.role != "image-kernel"))?;
     let (loader, libraries) = libraries(&init, &unpacked)?;
     let firmware_src = format!("usr/lib/firmware/nvidia/{DRIVER_VERSION}/{GSP_FIRMWARE}");
     let (fw_pkg, fw_path) = find_file(&unpacked, &firmware_src).with_context(|| format!("no package carries {firmware_src}"))?;
@@ -284,6 +292,26 @@ fn stripped_nvidia_modules(root: &Path) -> Result<PathBuf> {
         // `strip` from binutils is deterministic: same input, same output.
         run(Command::new("strip").arg("--strip-debug").arg("-o").arg(&dst).arg(&src))
             .with_context(|| format!("stripping {}", src.display()))?;
+    }
+    Ok(dir)
+}
+
+/// The CUDA libraries the `cuda` build links (`-l<name>`), by soname.
+const CUDA_LINKED: &[&str] = &["libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12", "libcurand.so.10", "libnvrtc.so.12"];
+
+/// A folder of `lib<name>.so` links to the very CUDA libraries the image carries (the
+/// runtime packages have no unversioned development links), for the linker.
+fn link_dir(root: &Path, unpacked: &[(String, PathBuf)]) -> Result<PathBuf> {
+    let dir = root.join(".cache/gpu-image/link");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for soname in CUDA_LINKED {
+        let (_, real) = LIB_DIRS
+            .iter()
+            .find_map(|d| find_file(unpacked, &format!("{d}/{soname}")))
+            .with_context(|| format!("{soname} is in none of the pinned image-cuda-lib packages"))?;
+        let dev_name = soname.split_once(".so").map(|(stem, _)| format!("{stem}.so")).unwrap_or_default();
+        std::os::unix::fs::symlink(&real, dir.join(&dev_name)).with_context(|| format!("linking {dev_name}"))?;
     }
     Ok(dir)
 }
