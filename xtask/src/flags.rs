@@ -82,7 +82,7 @@ pub enum Cmd {
         #[arg(long, value_name = "FILE", requires = "log")]
         log_key: Option<PathBuf>,
         /// Also build and package the GPU image (CUDA runtime, private nvcc: about an hour on
-        /// 2 cores) into out/release/chrysalis-gpu-<version>/.
+        /// 2 cores) into `out/release/chrysalis-gpu-<version>/`.
         #[arg(long)]
         gpu: bool,
     },
