@@ -124,8 +124,17 @@ pub struct Library {
     pub package: String,
     /// Who needs it and how (`linked by X`, `opened by X: evidence`).
     pub why: String,
-    /// Its bytes.
-    pub data: Vec<u8>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256 (hex).
+    pub sha256: String,
+}
+
+impl Library {
+    /// The entry for `data`, found at `path` in the initramfs.
+    fn of(path: String, package: String, why: String, data: &[u8]) -> Self {
+        Library { path, package, why, size: data.len() as u64, sha256: Hashes::of(data).sha256 }
+    }
 }
 
 /// A built GPU image.
@@ -193,7 +202,7 @@ pub fn build(root: &Path, opts: &Options) -> Result<GpuImage> {
     stage.done();
 
     let stage = Stage::start("libraries and firmware");
-    let (loader, libraries) = libraries(&init, &unpacked)?;
+    let libraries = libraries(&init, &unpacked)?;
     let firmware_src = format!("usr/lib/firmware/nvidia/{DRIVER_VERSION}/{GSP_FIRMWARE}");
     let (fw_pkg, fw_path) = find_file(&unpacked, &firmware_src).with_context(|| format!("no package carries {firmware_src}"))?;
     let firmware = fs::read(&fw_path).with_context(|| format!("reading {}", fw_path.display()))?;
@@ -207,14 +216,15 @@ pub fn build(root: &Path, opts: &Options) -> Result<GpuImage> {
     let gpu_wanted: Vec<String> = GPU_MODULES.iter().map(|s| (*s).to_owned()).collect();
     let gpu: Vec<_> =
         resolve_modules(&[nvidia, kernel_tree], &gpu_wanted)?.into_iter().filter(|m| !base_names.contains(&m.name)).collect();
-    let mut files: Vec<ExtraFile> =
-        libraries.iter().map(|l| ExtraFile { path: l.path.clone(), data: l.data.clone(), perm: 0o755 }).collect();
-    files.push(ExtraFile { path: format!("lib64/{LOADER}"), data: loader.data.clone(), perm: 0o755 });
-    files.push(ExtraFile {
-        path: format!("lib/firmware/nvidia/{DRIVER_VERSION}/{GSP_FIRMWARE}"),
-        data: firmware.clone(),
-        perm: 0o644,
-    });
+    // The bytes move into the archive; only the list of what went in stays.
+    let (all_libs, mut files): (Vec<Library>, Vec<ExtraFile>) = libraries
+        .into_iter()
+        .map(|(l, data)| {
+            let path = l.path.clone();
+            (l, ExtraFile { path, data, perm: 0o755 })
+        })
+        .unzip();
+    files.push(ExtraFile { path: format!("lib/firmware/nvidia/{DRIVER_VERSION}/{GSP_FIRMWARE}"), data: firmware, perm: 0o644 });
     let contents = Contents {
         init,
         modules: base.iter().map(|m| (m.name.clone(), m.object.clone())).collect(),
@@ -229,12 +239,11 @@ pub fn build(root: &Path, opts: &Options) -> Result<GpuImage> {
     let out_dir = opts.out_dir.clone();
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let cmdline = pins::cmdline(root)?;
+    let cmdline_hashes = Hashes::of(cmdline.as_bytes());
     let kernel_bytes = fs::read(&k.vmlinuz).with_context(|| format!("reading {}", k.vmlinuz.display()))?;
     write(&out_dir.join(KERNEL), &kernel_bytes)?;
     write(&out_dir.join(INITRAMFS), &initramfs)?;
     write(&out_dir.join(CMDLINE), cmdline.as_bytes())?;
-    let mut all_libs = libraries.clone();
-    all_libs.push(Library { path: format!("lib64/{LOADER}"), ..loader });
     write(&out_dir.join("libraries.txt"), library_report(&all_libs, &fw_pkg).as_bytes())?;
 
     let mut inputs = crate::image::inputs(root, &pin, &k.deb, &settings, sde)?;
@@ -260,7 +269,7 @@ pub fn build(root: &Path, opts: &Options) -> Result<GpuImage> {
         artifacts: vec![
             Artifact { name: KERNEL.into(), hashes: Hashes::of(&kernel_bytes) },
             Artifact { name: INITRAMFS.into(), hashes: Hashes::of(&initramfs) },
-            Artifact { name: CMDLINE.into(), hashes: Hashes::of(pins::cmdline(root)?.as_bytes()) },
+            Artifact { name: CMDLINE.into(), hashes: cmdline_hashes },
             Artifact { name: "init (runtime)".into(), hashes: Hashes::of(&contents.init) },
             Artifact { name: "initramfs.cpio (uncompressed)".into(), hashes: Hashes::of(&cpio) },
         ],
@@ -335,23 +344,20 @@ fn unpack<'a>(root: &Path, debs: impl Iterator<Item = &'a Fetched>) -> Result<Ve
     Ok(out)
 }
 
-/// The loader and every library `/init` reaches through `DT_NEEDED` and [`DLOPENED`],
-/// transitively, each found in exactly the packages unpacked.
-fn libraries(init: &[u8], unpacked: &[(String, PathBuf)]) -> Result<(Library, Vec<Library>)> {
+/// Every library `/init` reaches through `DT_NEEDED` and [`DLOPENED`], transitively, each
+/// found in exactly the packages unpacked, by soname, then the loader (`lib64/…`); each with
+/// its bytes.
+fn libraries(init: &[u8], unpacked: &[(String, PathBuf)]) -> Result<Vec<(Library, Vec<u8>)>> {
     let me = elf::dynamic("/init", init)?;
     let interp = me.interpreter.clone().context("/init is not dynamically linked (no PT_INTERP): is this the glibc build?")?;
     let (pkg, path) =
         find_file(unpacked, interp.trim_start_matches('/')).with_context(|| format!("no package carries {interp}"))?;
-    let loader = Library {
-        path: interp.trim_start_matches('/').into(),
-        package: pkg,
-        why: "program interpreter of /init".into(),
-        data: fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    };
+    let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let loader = (Library::of(interp.trim_start_matches('/').into(), pkg, "program interpreter of /init".into(), &data), data);
     // Breadth first, so that a library is explained by the first thing that needs it.
     let mut todo: VecDeque<(String, String)> = me.needed.iter().map(|n| (n.clone(), "linked by /init".to_owned())).collect();
     todo.extend(DLOPENED.iter().map(|(so, by, ev)| ((*so).to_owned(), format!("opened by {by}: {ev}"))));
-    let mut found: BTreeMap<String, Library> = BTreeMap::new();
+    let mut found: BTreeMap<String, (Library, Vec<u8>)> = BTreeMap::new();
     while let Some((soname, why)) = todo.pop_front() {
         if soname == LOADER || found.contains_key(&soname) {
             continue;
@@ -362,9 +368,10 @@ fn libraries(init: &[u8], unpacked: &[(String, PathBuf)]) -> Result<(Library, Ve
         let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let dynamic = elf::dynamic(&soname, &data)?;
         todo.extend(dynamic.needed.iter().map(|n| (n.clone(), format!("linked by {soname}"))));
-        found.insert(soname.clone(), Library { path: format!("{IMAGE_LIB_DIR}/{soname}"), package: pkg, why, data });
+        let library = Library::of(format!("{IMAGE_LIB_DIR}/{soname}"), pkg, why, &data);
+        found.insert(soname, (library, data));
     }
-    Ok((loader, found.into_values().collect()))
+    Ok(found.into_values().chain([loader]).collect())
 }
 
 /// `rel` in one of the unpacked packages, symlinks followed inside that package (an absolute
@@ -391,7 +398,7 @@ fn library_report(libs: &[Library], firmware_package: &str) -> String {
     let mut s = String::from("# What the GPU image carries besides /init and the kernel modules, and why (xtask image --gpu).\n");
     s.push_str("# path  size  sha256  package  why\n");
     for l in libs {
-        s.push_str(&format!("/{}  {}  {}  {}  {}\n", l.path, l.data.len(), Hashes::of(&l.data).sha256, l.package, l.why));
+        s.push_str(&format!("/{}  {}  {}  {}  {}\n", l.path, l.size, l.sha256, l.package, l.why));
     }
     s.push_str(&format!(
         "/lib/firmware/nvidia/{DRIVER_VERSION}/{GSP_FIRMWARE}  -  -  {firmware_package}  GSP firmware the open modules run the GPU's resource manager on\n"
@@ -407,7 +414,7 @@ pub fn report(img: &GpuImage) {
     println!("modules: {}", img.modules.0.join(" "));
     println!("gpu modules: {}", img.modules.1.join(" "));
     for l in &img.libraries {
-        println!("  {:<48} {:>10} B  {:<28} {}", format!("/{}", l.path), l.data.len(), l.package, l.why);
+        println!("  {:<48} {:>10} B  {:<28} {}", format!("/{}", l.path), l.size, l.package, l.why);
     }
     say(format!("GPU image written to {}", img.out_dir.display()));
 }
