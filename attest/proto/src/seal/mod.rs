@@ -31,6 +31,7 @@ pub mod format;
 pub mod key;
 pub mod keyfile;
 pub mod sealer;
+pub mod staged;
 pub mod unseal;
 
 pub use format::{
@@ -39,6 +40,7 @@ pub use format::{
 pub use key::DataKey;
 pub use keyfile::{KeyFile, KeyFileError};
 pub use sealer::{SealError, SealOptions, SealSource, Sealed, model_files, seal, seal_to_vec};
+pub use staged::{SinkError, StagedFile, StagedSink, StagedUnsealed, Staging, staging_slots, unseal_staged, unseal_staged_file};
 pub use unseal::{
     UnsealError, UnsealOptions, UnsealedFile, UnsealedFiles, read_header_from, unseal, unseal_file, unseal_reader, unseal_with,
 };

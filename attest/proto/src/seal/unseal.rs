@@ -118,6 +118,9 @@ pub enum UnsealError {
     /// Reading the bundle failed.
     #[error("reading the bundle: {0}")]
     Io(io::Error),
+    /// The staged unseal's sink (the device the plaintext is copied to) failed.
+    #[error("copying the plaintext to the model's memory: {0}")]
+    Sink(String),
     /// A worker thread panicked or could not be started.
     #[error("an unseal worker thread failed")]
     Worker,
@@ -173,6 +176,13 @@ pub fn unseal(bundle: &[u8], key: &DataKey) -> Result<UnsealedFiles, UnsealError
 
 /// Unseal an in-memory bundle.
 pub fn unseal_with(bundle: &[u8], key: &DataKey, opts: &UnsealOptions) -> Result<UnsealedFiles, UnsealError> {
+    let (header, body) = slice_body(bundle)?;
+    let got = body.len() as u64;
+    unseal_body(key, &header, opts, Body::Slice { rest: body, got })
+}
+
+/// An in-memory bundle's header and body, the body's length checked against the header.
+pub(super) fn slice_body(bundle: &[u8]) -> Result<(SealedHeader, &[u8]), UnsealError> {
     let header = read_header(bundle)?;
     let layout = &header.layout;
     let body = bundle.get(header.len()..).unwrap_or_default();
@@ -183,7 +193,7 @@ pub fn unseal_with(bundle: &[u8], key: &DataKey, opts: &UnsealOptions) -> Result
     if let Some(extra) = got.checked_sub(layout.body_len).filter(|&extra| extra > 0) {
         return Err(UnsealError::Trailing { extra });
     }
-    unseal_body(key, &header, opts, Body::Slice { rest: body, got })
+    Ok((header, body))
 }
 
 /// Unseal a bundle from a reader (a file, a disk): ciphertext is read directly into the
@@ -202,6 +212,13 @@ pub fn unseal_reader<R: Read>(mut reader: R, key: &DataKey, opts: &UnsealOptions
 /// from the page cache and first-touch page faults spread over all cores. The file's length
 /// is checked against the header before anything is allocated.
 pub fn unseal_file(file: &File, key: &DataKey, opts: &UnsealOptions) -> Result<UnsealedFiles, UnsealError> {
+    let header = file_header(file, opts)?;
+    unseal_body(key, &header, opts, Body::File { file, off: header.len() as u64 })
+}
+
+/// A bundle file's header, the file's length checked against it (up to
+/// [`UnsealOptions::allow_zero_padding`] zero bytes may follow the body).
+pub(super) fn file_header(file: &File, opts: &UnsealOptions) -> Result<SealedHeader, UnsealError> {
     let header = read_header_from(&mut AtReader { file, pos: 0 })?;
     let layout = &header.layout;
     // Seek rather than stat: a block device's metadata length is 0.
@@ -217,7 +234,7 @@ pub fn unseal_file(file: &File, key: &DataKey, opts: &UnsealOptions) -> Result<U
             return Err(UnsealError::Trailing { extra });
         }
     }
-    unseal_body(key, &header, opts, Body::File { file, off: header.len() as u64 })
+    Ok(header)
 }
 
 /// Whether `len` bytes of `file` at `at` are all zero.
@@ -260,7 +277,7 @@ pub fn read_header_from<R: Read>(reader: &mut R) -> Result<SealedHeader, UnsealE
     Ok(read_header(&raw)?)
 }
 
-fn check_limit(layout: &Layout, opts: &UnsealOptions) -> Result<(), UnsealError> {
+pub(super) fn check_limit(layout: &Layout, opts: &UnsealOptions) -> Result<(), UnsealError> {
     if layout.stream_len > opts.max_plaintext {
         return Err(UnsealError::TooLarge { bytes: layout.stream_len, limit: opts.max_plaintext });
     }
@@ -270,7 +287,7 @@ fn check_limit(layout: &Layout, opts: &UnsealOptions) -> Result<(), UnsealError>
     Ok(())
 }
 
-fn threads(opts: &UnsealOptions) -> usize {
+pub(super) fn threads(opts: &UnsealOptions) -> usize {
     opts.threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, NonZeroUsize::get)
 }
 
@@ -281,7 +298,7 @@ fn allocate(spans: &[FileSpan]) -> Vec<Zeroizing<Vec<u8>>> {
 }
 
 /// Where the body's chunks come from; hands out each chunk's ciphertext source in order.
-enum Body<'b> {
+pub(super) enum Body<'b> {
     /// In memory, length already checked: the part not yet handed out.
     Slice { rest: &'b [u8], got: u64 },
     /// A stream: each chunk is read when it is handed out; `got` counts body bytes read.
@@ -438,18 +455,18 @@ fn unseal_body(
 }
 
 /// The decrypted start of a v2 stream: the chunks holding the length prefix and manifest.
-struct ManifestChunks {
+pub(super) struct ManifestChunks {
     /// Those chunks' plaintext (the manifest, maybe file bytes and padding after it).
-    stream: Zeroizing<Vec<u8>>,
-    manifest: Manifest,
+    pub(super) stream: Zeroizing<Vec<u8>>,
+    pub(super) manifest: Manifest,
     /// `M`, the manifest's encoded length.
-    manifest_len: usize,
+    pub(super) manifest_len: usize,
     /// How many chunks `stream` holds: the first chunk left to decrypt.
-    chunks: u32,
+    pub(super) chunks: u32,
 }
 
 /// v2: decrypt the chunks that hold the length prefix and the manifest, on this thread.
-fn read_manifest(cipher: &ChunkCipher, layout: &Layout, body: &mut Body<'_>) -> Result<ManifestChunks, UnsealError> {
+pub(super) fn read_manifest(cipher: &ChunkCipher, layout: &Layout, body: &mut Body<'_>) -> Result<ManifestChunks, UnsealError> {
     let cs = layout.chunk_size as usize;
     let mut open = |index: u32, dst: &mut [u8]| -> Result<(), UnsealError> {
         let (src, mut tag) = body.next(index, layout, dst)?;
