@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrysalis_proto::eventlog::Digest384;
-use chrysalis_proto::seal::{self, DataKey, SealedHeader, UnsealOptions, UnsealedFiles};
+use chrysalis_proto::seal::{self, DataKey, SealedHeader, StagedSink, StagedUnsealed, UnsealOptions, UnsealedFiles};
 
 /// The bundle read at unseal is not the one whose header was measured at boot: the disk is
 /// the provider's, and the owner's key (released against the measured header) may open
@@ -48,10 +48,21 @@ impl Bundle {
         self.unseal_within(key, measured, memory_budget())
     }
 
-    /// [`Bundle::unseal`] with at most `budget` bytes of plaintext.
-    fn unseal_within(&self, key: &DataKey, measured: &Digest384, budget: u64) -> Result<UnsealedFiles> {
+    /// Decrypt the bundle chunk by chunk into `sink` (the staged unseal, for a model in GPU
+    /// memory: [`crate::infer::staged`]), with the checks of [`Bundle::unseal`]. Guest memory
+    /// holds only the staging buffers and what the sink keeps, so no plaintext budget applies
+    /// here: the sink checks its own (host files, device memory) before the first chunk.
+    pub fn unseal_staged<S: StagedSink>(&self, key: &DataKey, measured: &Digest384, sink: &mut S) -> Result<StagedUnsealed> {
+        let (f, opts) = self.open_measured(measured, u64::MAX)?;
+        let got = seal::unseal_staged_file(&f, key, &opts, sink)?;
+        check_header(&got.header_digest, measured)?;
+        Ok(got)
+    }
+
+    /// The bundle file, its header checked against `measured` before anything is decrypted
+    /// (a swapped bundle is refused without work), and the unseal options.
+    fn open_measured(&self, measured: &Digest384, budget: u64) -> Result<(File, UnsealOptions)> {
         let f = File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
-        // Checked before decrypting anything: a swapped bundle is refused without work.
         let header = seal::read_header_from(&mut &f)
             .with_context(|| format!("reading the sealed header of {} again", self.path.display()))?;
         check_header(&header.digest(), measured)?;
@@ -62,6 +73,12 @@ impl Bundle {
             // A disk's size is rounded up to whole sectors; the padding must be zeros.
             allow_zero_padding: 4095,
         };
+        Ok((f, opts))
+    }
+
+    /// [`Bundle::unseal`] with at most `budget` bytes of plaintext.
+    fn unseal_within(&self, key: &DataKey, measured: &Digest384, budget: u64) -> Result<UnsealedFiles> {
+        let (f, opts) = self.open_measured(measured, budget)?;
         let files = seal::unseal_file(&f, key, &opts).map_err(|e| match e {
             seal::UnsealError::TooLarge { .. } => anyhow::Error::new(e).context(format!(
                 "the model is too big for this VM: it may take {LOAD_FACTOR}x its plaintext while loading, and 3/4 of \
@@ -93,7 +110,7 @@ pub const LOAD_FACTOR: u64 = 2;
 /// Plaintext the runtime may unseal: three quarters of the memory available now (the rest is
 /// for activations and the KV cache), divided by [`LOAD_FACTOR`], so that a model too big to
 /// load is refused before anything is decrypted rather than running the VM out of memory.
-fn memory_budget() -> u64 {
+pub fn memory_budget() -> u64 {
     crate::sys::mem_available().map(|b| b / 4 * 3 / LOAD_FACTOR).unwrap_or(u64::MAX)
 }
 

@@ -150,8 +150,49 @@ impl ModelSink for EngineSink {
         Ok(id)
     }
 
+    /// With CUDA kernels and a GPU: the staged unseal straight into GPU memory.
+    #[cfg(feature = "cuda")]
+    fn load_bundle(
+        &self,
+        bundle: &Bundle,
+        key: &chrysalis_proto::seal::DataKey,
+        measured: &chrysalis_proto::eventlog::Digest384,
+        unsealed: &mut dyn FnMut(u64),
+    ) -> Option<Result<String, chrysalis_runtime::session::BundleLoadError>> {
+        matches!(self.1.device, DeviceChoice::Cuda(_)).then(|| self.load_to_gpu(bundle, key, measured, unsealed))
+    }
+
     fn unload(&self, reason: &chrysalis_runtime::session::StopReason) {
         self.0.uninstall(reason.class());
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl EngineSink {
+    /// Decrypt the bundle chunk by chunk into GPU memory (safetensors weights; the other
+    /// files, a GGUF file included, stay on the host), cut the tensors out there and load.
+    fn load_to_gpu(
+        &self,
+        bundle: &Bundle,
+        key: &chrysalis_proto::seal::DataKey,
+        measured: &chrysalis_proto::eventlog::Digest384,
+        unsealed: &mut dyn FnMut(u64),
+    ) -> Result<String, chrysalis_runtime::session::BundleLoadError> {
+        use chrysalis_runtime::infer::cuda_memory::CudaMemory;
+        use chrysalis_runtime::infer::staged::DeviceSink;
+        use chrysalis_runtime::session::BundleLoadError::{Load, Unseal};
+        let device = Engine::device_for(self.1.device).map_err(|e| Load(e.into()))?;
+        let memory = CudaMemory::new(&device).map_err(|e| Load(e.into()))?;
+        let mut sink = DeviceSink::new(memory, chrysalis_runtime::bundle::memory_budget());
+        let got = bundle.unseal_staged(key, measured, &mut sink).map_err(Unseal)?;
+        unsealed(got.files.iter().map(|f| f.size).sum());
+        let model = sink.finish_model().map_err(|e| Load(e.into()))?;
+        let (files, tensors) = model.tensors(Engine::dense_dtype(&device), &device).map_err(|e| Load(e.into()))?;
+        let id = model_id(&got.model_name);
+        let opts = LoadOptions { model_id: id.clone(), ..self.1.clone() };
+        let engine = Engine::load_prepared(files, tensors, &device, &opts).context("loading the model").map_err(Load)?;
+        self.0.install(engine);
+        Ok(id)
     }
 }
 

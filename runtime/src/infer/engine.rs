@@ -250,8 +250,36 @@ struct Loaded {
 impl Engine {
     /// Builds the engine, consuming (and so zeroizing) the files, sets aside the KV cache
     /// and starts the scheduler.
-    pub fn load(mut files: ModelFiles, opts: &LoadOptions) -> Result<Self, InferError> {
+    pub fn load(files: ModelFiles, opts: &LoadOptions) -> Result<Self, InferError> {
         let device = device(opts.device)?;
+        Self::load_on(files, None, &device, opts)
+    }
+
+    /// [`Engine::load`] from a model whose weights are already tensors on `device` (the
+    /// staged unseal into GPU memory, [`super::staged`]); `files` holds the rest. `device`
+    /// must be the one the tensors are on (from [`Engine::device_for`]): candle tells two
+    /// handles on one GPU apart.
+    pub fn load_prepared(
+        files: ModelFiles,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+        opts: &LoadOptions,
+    ) -> Result<Self, InferError> {
+        Self::load_on(files, Some(tensors), device, opts)
+    }
+
+    /// The device [`Engine::load`] uses for `choice`.
+    pub fn device_for(choice: DeviceChoice) -> Result<Device, InferError> {
+        device(choice)
+    }
+
+    fn load_on(
+        mut files: ModelFiles,
+        prepared: Option<HashMap<String, Tensor>>,
+        device: &Device,
+        opts: &LoadOptions,
+    ) -> Result<Self, InferError> {
+        let device = device.clone();
         let tok_config = json_file(&files, "tokenizer_config.json")?;
         let gen_config = json_file(&files, "generation_config.json")?;
         let tokenizer_json = files.remove("tokenizer.json");
@@ -300,7 +328,14 @@ impl Engine {
                 };
                 Loaded { weights, tokenizer, info, dtype: DType::F32 }
             }
-            [] => Self::load_safetensors(&mut files, tokenizer_json.as_ref().map(|b| b.as_slice()), opts, &device, &mut eos_ids)?,
+            [] => Self::load_safetensors(
+                &mut files,
+                prepared,
+                tokenizer_json.as_ref().map(|b| b.as_slice()),
+                opts,
+                &device,
+                &mut eos_ids,
+            )?,
             many => {
                 return Err(InferError::Unsupported(format!("{} GGUF files; expected one", many.len())));
             }
@@ -364,6 +399,7 @@ impl Engine {
 
     fn load_safetensors(
         files: &mut ModelFiles,
+        prepared: Option<HashMap<String, Tensor>>,
         tokenizer_json: Option<&[u8]>,
         opts: &LoadOptions,
         device: &Device,
@@ -377,12 +413,11 @@ impl Engine {
             .ok_or_else(|| InferError::MissingFile("tokenizer.json".into()))
             .and_then(|b| Tokenizer::from_bytes(b).map_err(tokenizer_err))?;
         let shards: Vec<String> = files.keys().filter(|k| k.ends_with(".safetensors")).cloned().collect();
-        if shards.is_empty() {
+        if shards.is_empty() && prepared.is_none() {
             return Err(InferError::MissingFile("*.safetensors".into()));
         }
-        // f32 on CPU (candle's fastest and most exact CPU path); bf16 on GPUs.
-        let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
-        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        let dtype = Self::dense_dtype(device);
+        let mut tensors: HashMap<String, Tensor> = prepared.unwrap_or_default();
         for shard in shards {
             let mut bytes = files.remove(&shard).ok_or_else(|| InferError::MissingFile(shard.clone()))?;
             let loaded = guarded("reading safetensors", || load::take_shard(&shard, &mut bytes, dtype, device))?;
@@ -415,6 +450,12 @@ impl Engine {
             max_sequences: 0,
         };
         Ok(Loaded { weights, tokenizer, info, dtype })
+    }
+
+    /// The dtype safetensors weights take on `device`: f32 on the CPU (candle's fastest and
+    /// most exact CPU path), bf16 on GPUs.
+    pub fn dense_dtype(device: &Device) -> DType {
+        if device.is_cpu() { DType::F32 } else { DType::BF16 }
     }
 
     /// Facts about the loaded model.

@@ -7,6 +7,9 @@
 
 mod batch;
 mod config;
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+pub mod cuda_memory;
 mod detok;
 mod engine;
 mod error;
@@ -18,6 +21,7 @@ mod llama;
 mod load;
 mod qwen2;
 mod sampling;
+pub mod staged;
 mod template;
 mod transformer;
 

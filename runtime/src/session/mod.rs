@@ -19,7 +19,7 @@ use chrysalis_proto::channel::receipt::{Receipt, ReceiptSigner};
 use chrysalis_proto::eventlog::{Digest384, EventLog};
 use chrysalis_proto::evidence::{Evidence, GpuEvidence};
 use chrysalis_proto::keyrelease::{KeyRelease, KeyReleaseError, Nonce, PUBLIC_KEY_LEN, RuntimeKeyPair, open_renewal};
-use chrysalis_proto::seal::UnsealedFiles;
+use chrysalis_proto::seal::{DataKey, UnsealedFiles};
 use serde::Serialize;
 
 use crate::bundle::Bundle;
@@ -34,11 +34,36 @@ pub trait ModelSink: Send + Sync {
     /// Load and install the model. The files are dropped (and zeroized) afterwards.
     fn load(&self, files: UnsealedFiles) -> anyhow::Result<String>;
 
+    /// Unseal and load in one step, for a model that lives in device memory (the staged
+    /// unseal into GPU memory, [`Bundle::unseal_staged`]); `unsealed(plaintext bytes)` is
+    /// called when decryption is done. `None` (the default): this sink loads from host
+    /// memory, so the session unseals the whole bundle and calls [`ModelSink::load`].
+    fn load_bundle(
+        &self,
+        bundle: &Bundle,
+        key: &DataKey,
+        measured: &Digest384,
+        unsealed: &mut dyn FnMut(u64),
+    ) -> Option<Result<String, BundleLoadError>> {
+        let _ = (bundle, key, measured, unsealed);
+        None
+    }
+
     /// Stop serving the installed model and drop it ([`Unsealer::stop`]): the key lease
     /// ended for `reason`. Requests already generating finish; new ones are refused.
     fn unload(&self, reason: &StopReason) {
         let _ = reason;
     }
+}
+
+/// Why [`ModelSink::load_bundle`] failed: in decryption (the bundle) or in loading (the
+/// model, the device).
+#[derive(Debug)]
+pub enum BundleLoadError {
+    /// The bundle did not unseal: changed since boot, tampered, wrong key.
+    Unseal(anyhow::Error),
+    /// The files unsealed but do not load (malformed, out of device memory).
+    Load(anyhow::Error),
 }
 
 /// Why a session request failed; each maps to one HTTP status.
@@ -276,7 +301,7 @@ pub(crate) mod fixture {
     use chrysalis_proto::seal::{DataKey, SealOptions, UnsealedFiles, seal_to_vec};
     use chrysalis_proto::sim_transport;
 
-    use super::{ModelSink, Session};
+    use super::{BundleLoadError, ModelSink, Session};
     use crate::bundle::Bundle;
     use crate::tee::EvidenceSource;
 
@@ -285,6 +310,35 @@ pub(crate) mod fixture {
     impl ModelSink for NameSink {
         fn load(&self, files: UnsealedFiles) -> anyhow::Result<String> {
             Ok(files.model_name.clone())
+        }
+    }
+
+    /// Loads through the staged unseal into host memory posing as a device (what the GPU
+    /// path does), checks the file's bytes there and serves the bundle's model name.
+    pub struct StagedNameSink;
+    impl ModelSink for StagedNameSink {
+        fn load(&self, _: UnsealedFiles) -> anyhow::Result<String> {
+            anyhow::bail!("this sink loads only through load_bundle")
+        }
+
+        fn load_bundle(
+            &self,
+            bundle: &Bundle,
+            key: &DataKey,
+            measured: &chrysalis_proto::eventlog::Digest384,
+            unsealed: &mut dyn FnMut(u64),
+        ) -> Option<Result<String, BundleLoadError>> {
+            use crate::infer::staged::{DeviceSink, HostMemory};
+            let mut sink = DeviceSink::new(HostMemory::default(), 1 << 20);
+            Some((|| {
+                let got = bundle.unseal_staged(key, measured, &mut sink).map_err(BundleLoadError::Unseal)?;
+                unsealed(got.files.iter().map(|f| f.size).sum());
+                let model = sink.finish_model().map_err(|e| BundleLoadError::Load(e.into()))?;
+                match model.host.get("weights.bin").map(|b| b.as_slice()) {
+                    Some(b"weights A") => Ok(got.model_name),
+                    other => Err(BundleLoadError::Load(anyhow::anyhow!("weights.bin holds {other:?}"))),
+                }
+            })())
         }
     }
 
@@ -334,7 +388,16 @@ pub(crate) mod fixture {
             Self::build(name, true)
         }
 
+        /// A session waiting for the key, loading through `sink`.
+        pub fn with_sink(name: &str, sink: Box<dyn ModelSink>) -> Self {
+            Self::build_with(name, false, sink)
+        }
+
         fn build(name: &str, lease: bool) -> Self {
+            Self::build_with(name, lease, Box::new(NameSink))
+        }
+
+        fn build_with(name: &str, lease: bool, sink: Box<dyn ModelSink>) -> Self {
             let dir = temp_dir(name);
             let key = DataKey::generate().unwrap();
             let bundle_path = dir.join("bundle.sealed");
@@ -346,7 +409,7 @@ pub(crate) mod fixture {
             log.extend(Event::digest_of(EventKind::RuntimeBinary, b"init"));
             log.extend(Event::digest_of(EventKind::BundleHeader, &bundle.header.raw));
             log.extend(keys.public_key_event());
-            let session = Session::new(log, keys, fake_tee_port(&dir), Ok(bundle), Box::new(NameSink));
+            let session = Session::new(log, keys, fake_tee_port(&dir), Ok(bundle), sink);
             let session = if lease { session.on_lease() } else { session };
             Fixture { session: Arc::new(session), dir, bundle_path, key, public_key }
         }
@@ -411,6 +474,31 @@ mod tests {
                 .model
                 .is_empty()
         );
+    }
+
+    /// A sink whose model lives in device memory gets the bundle through the staged unseal,
+    /// with the same checks: the milestones are set, and a bundle swapped after boot is
+    /// refused before it reaches the device.
+    #[test]
+    fn a_device_memory_sink_unseals_chunk_by_chunk_with_the_same_checks() {
+        use super::fixture::StagedNameSink;
+        let f = Fixture::with_sink("staged", Box::new(StagedNameSink));
+        f.session.evidence(&nonce(1), Client::Local).unwrap();
+        f.session.release(&f.owner_release(nonce(1))).unwrap();
+        let st = f.session.status();
+        assert_eq!(st.stage, Stage::Serving { model: "Test Model".into() });
+        assert_eq!(st.milestones.plaintext_bytes, Some(b"weights A".len() as u64));
+        assert!(st.milestones.unsealed.is_some() && st.milestones.model_loaded.is_some());
+
+        let g = Fixture::with_sink("staged-swap", Box::new(StagedNameSink));
+        std::fs::write(&g.bundle_path, sealed("Other Model", b"weights B", &g.key)).unwrap();
+        g.session.evidence(&nonce(1), Client::Local).unwrap();
+        let err = g.session.release(&g.owner_release(nonce(1))).unwrap_err();
+        assert!(matches!(&err, SessionError::Unseal(_)) && err.to_string().contains("changed since boot"), "{err}");
+        let st = g.session.status();
+        assert_eq!(st.stage, Stage::WaitingForKey);
+        assert_eq!(st.last_error, Some("unseal_failed"));
+        assert!(st.milestones.unsealed.is_none());
     }
 
     /// On a lease, a renewal for a bound nonce that carries the model's key renews; an old

@@ -21,7 +21,7 @@ use chrysalis_proto::keyrelease::KeyReleaseError;
 use chrysalis_proto::seal::DataKey;
 use serde::Serialize;
 
-use super::{ModelSink, SessionError};
+use super::{BundleLoadError, ModelSink, SessionError};
 use crate::bundle::Bundle;
 use crate::sys;
 
@@ -260,8 +260,27 @@ impl Unsealer {
         let measured = measured.ok_or(UnsealError::NotMeasured)?;
         let start = Instant::now();
         self.state().milestones.rss_before_unseal = sys::rss();
+        let mut unsealed = |bytes: u64| {
+            let peak = sys::peak_rss();
+            log::info!(
+                "unseal: {bytes} B in {} ms, chunk by chunk into device memory, peak RSS {} MiB",
+                start.elapsed().as_millis(),
+                peak.unwrap_or(0) >> 20
+            );
+            let mut s = self.state();
+            s.milestones.unsealed = Some(sys::uptime());
+            s.milestones.plaintext_bytes = Some(bytes);
+            s.milestones.peak_rss_unsealed = peak;
+            s.stage = Stage::Loading;
+        };
+        if let Some(loaded) = self.sink.load_bundle(bundle, &key, &measured, &mut unsealed) {
+            let model = loaded.map_err(|e| match e {
+                BundleLoadError::Unseal(e) => SessionError::from(UnsealError::Bundle(e)),
+                BundleLoadError::Load(e) => SessionError::Load(e),
+            })?;
+            return Ok(self.loaded(model, key, close));
+        }
         let files = bundle.unseal(&key, &measured).map_err(UnsealError::Bundle)?;
-        let kept = self.keep_key.then_some(key);
         let bytes: usize = files.files.iter().map(|f| f.data.len()).sum();
         let peak = sys::peak_rss();
         log::info!(
@@ -279,14 +298,20 @@ impl Unsealer {
         }
         let start = Instant::now();
         let model = self.sink.load(files).map_err(SessionError::Load)?;
+        log::info!("model {model} loaded in {} ms", start.elapsed().as_millis());
+        Ok(self.loaded(model, key, close))
+    }
+
+    /// The model is installed: refuse every further key, keep this one on a lease.
+    fn loaded(&self, model: String, key: DataKey, close: impl FnOnce()) -> String {
         // From now on every further key is refused: one boot serves one model.
         close();
         let peak = sys::peak_rss();
-        log::info!("model {model} loaded in {} ms, peak RSS {} MiB", start.elapsed().as_millis(), peak.unwrap_or(0) >> 20);
+        log::info!("model {model} serving, peak RSS {} MiB", peak.unwrap_or(0) >> 20);
         let mut s = self.state();
         s.milestones.model_loaded = Some(sys::uptime());
         s.milestones.peak_rss_loaded = peak;
-        s.lease_key = kept;
-        Ok(model)
+        s.lease_key = self.keep_key.then_some(key);
+        model
     }
 }

@@ -7,7 +7,14 @@
 //! `chrysalis_proto::seal::unseal_with` on 1 thread and on all cores, with and without the
 //! per-file SHA-256 check, and `unseal_file` from a bundle file in the page cache; runs `openssl speed -evp aes-256-gcm -bytes
 //! 16384 -seconds 3` (and `-multi $(nproc)`); prints the ratios and writes
-//! `out/bench/unseal.json`. Use a release build for numbers you report:
+//! `out/bench/unseal.json`.
+//!
+//! It also measures the GPU path's CPU side (`unseal_staged`, issue 15 item 6): decryption
+//! into the staging buffers alone, and with a model of what the driver does per copy in
+//! confidential-computing mode (the chunk copied into a bounce buffer and encrypted there
+//! with AES-256-GCM, [`DeviceStandIn`]), against the path it replaces (the whole bundle
+//! unsealed, then every chunk through the same model on one thread), with the resident
+//! memory each takes. Use a release build for numbers you report:
 //! `cargo run --release -p xtask -- bench unseal`.
 
 use std::num::NonZeroUsize;
@@ -16,8 +23,13 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use chrysalis_proto::seal::{DataKey, SealOptions, UnsealOptions, seal_to_vec, unseal_file, unseal_with};
+use chrysalis_proto::seal::cipher::ChunkCipher;
+use chrysalis_proto::seal::{
+    DataKey, SealOptions, SinkError, StagedFile, StagedSink, UnsealOptions, seal_to_vec, staging_slots, unseal_file,
+    unseal_staged, unseal_with,
+};
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 #[derive(Serialize)]
 struct Measurement {
@@ -26,6 +38,86 @@ struct Measurement {
     verify_sha256: bool,
     best_gb_s: f64,
     runs_gb_s: Vec<f64>,
+}
+
+/// The GPU path's copy as far as it runs on the CPU, without a GPU. In confidential-computing
+/// mode the driver cannot let the GPU read private guest memory: for each host-to-device copy
+/// it copies the staging buffer into a shared bounce buffer and encrypts it there with
+/// AES-256-GCM on the CPU, which is the work modelled here (`cc: true`). `cc: false` puts
+/// nothing anywhere: what is left is decryption into staging buffers that stay mapped.
+struct DeviceStandIn {
+    cc: Option<(ChunkCipher, Vec<u8>)>,
+    counter: u32,
+    put_bytes: u64,
+    /// RSS before the unseal and the most seen while chunks were put, in bytes.
+    rss_before: u64,
+    rss_peak: u64,
+}
+
+impl DeviceStandIn {
+    fn new(cc: bool, chunk: usize) -> anyhow::Result<Self> {
+        let cc = if cc {
+            let key = DataKey::generate().context("rng")?;
+            Some((ChunkCipher::new(&key, [7; 7], [0; 48]), vec![0u8; chunk]))
+        } else {
+            None
+        };
+        Ok(DeviceStandIn { cc, counter: 0, put_bytes: 0, rss_before: rss(), rss_peak: 0 })
+    }
+
+    /// The driver's part of one copy: plaintext into the bounce buffer, encrypted there.
+    fn copy(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
+        if let Some((cipher, bounce)) = &mut self.cc {
+            let b = bounce.get_mut(..bytes.len()).ok_or_else(|| SinkError("chunk larger than the bounce buffer".into()))?;
+            b.copy_from_slice(bytes);
+            self.counter = self.counter.wrapping_add(1);
+            let tag = cipher.seal(self.counter, false, b).map_err(|_| SinkError("bounce encryption".into()))?;
+            std::hint::black_box(tag);
+        }
+        self.put_bytes += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+impl StagedSink for DeviceStandIn {
+    type Slot = Zeroizing<Vec<u8>>;
+    fn staging(&mut self, len: usize) -> Result<Self::Slot, SinkError> {
+        Ok(Zeroizing::new(vec![0; len]))
+    }
+    fn begin(&mut self, _: u64, _: usize, _: &[StagedFile]) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn put(&mut self, _: u32, _: u64, len: usize, slot: &mut Self::Slot) -> Result<(), SinkError> {
+        if self.put_bytes.is_multiple_of(64 << 20) {
+            self.rss_peak = self.rss_peak.max(rss());
+        }
+        self.copy(slot.get(..len).unwrap_or_default())
+    }
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// This process's resident memory in bytes (0 if /proc cannot be read).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kib| kib << 10)
+}
+
+/// How the GPU path compares with unsealing the whole bundle first (issue 15 item 6): GB/s of
+/// plaintext end to end, and the memory the plaintext takes meanwhile.
+#[derive(Serialize)]
+struct StagedMeasurement {
+    name: String,
+    threads: usize,
+    verify_sha256: bool,
+    cc_bounce_model: bool,
+    best_gb_s: f64,
+    runs_gb_s: Vec<f64>,
+    /// Resident memory above the start while the plaintext went through, MiB.
+    extra_rss_mib: f64,
 }
 
 #[derive(Serialize)]
@@ -39,6 +131,8 @@ struct UnsealReport {
     openssl_single_gb_s: Option<f64>,
     openssl_multi_gb_s: Option<f64>,
     measurements: Vec<Measurement>,
+    staged: Vec<StagedMeasurement>,
+    staging_mib: f64,
     ratios: Vec<(String, f64)>,
     first_touch_copy_gb_s: [f64; 2],
 }
@@ -171,6 +265,82 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         eprintln!("[xtask]   {:<34} threads={threads:<3} best {best:.2} GB/s", "first-touch copy (memory ceiling)");
         best
     };
+    // The GPU path first, while the process holds only the bundle.
+    let cs = opts.chunk_size as usize;
+    let mut staged = Vec::new();
+    let mut stage = |name: &str, threads: usize, verify: bool, cc: bool| -> anyhow::Result<f64> {
+        let o = UnsealOptions { threads: NonZeroUsize::new(threads), verify_sha256: verify, ..UnsealOptions::default() };
+        let (mut all, mut extra) = (Vec::new(), 0u64);
+        for _ in 0..runs {
+            let mut sink = DeviceStandIn::new(cc, cs)?;
+            let t = Instant::now();
+            let got = unseal_staged(&bundle, &key, &o, &mut sink).context("staged unseal")?;
+            let secs = t.elapsed().as_secs_f64();
+            let files: u64 = got.files.iter().map(|f| f.size).sum();
+            if files != plaintext {
+                bail!("staged unseal found {files} file bytes, expected {plaintext}");
+            }
+            extra = extra.max(sink.rss_peak.saturating_sub(sink.rss_before));
+            all.push(plaintext as f64 / secs / 1e9);
+        }
+        let best = all.iter().copied().fold(0.0, f64::max);
+        let mib = extra as f64 / f64::from(1 << 20);
+        eprintln!(
+            "[xtask]   {name:<34} threads={threads:<3} sha256={verify:<5} best {best:.2} GB/s  runs {all:.2?}  +{mib:.0} MiB RSS"
+        );
+        staged.push(StagedMeasurement {
+            name: name.into(),
+            threads,
+            verify_sha256: verify,
+            cc_bounce_model: cc,
+            best_gb_s: best,
+            runs_gb_s: all,
+            extra_rss_mib: mib,
+        });
+        Ok(best)
+    };
+    let staged_only = stage("staged (decrypt into staging)", cores, false, false)?;
+    let staged_cc = stage("staged + CC bounce model", cores, false, true)?;
+    let staged_cc_sha = stage("staged + CC bounce model", cores, true, true)?;
+    // What the GPU path replaces: the whole bundle unsealed into memory on every core, then
+    // copied to the device tensor by tensor, each copy through the driver on one thread.
+    let whole_then_copy = {
+        let o = UnsealOptions { threads: NonZeroUsize::new(cores), verify_sha256: true, ..UnsealOptions::default() };
+        let (mut all, mut extra) = (Vec::new(), 0u64);
+        for _ in 0..runs {
+            let mut sink = DeviceStandIn::new(true, cs)?;
+            let t = Instant::now();
+            let files = unseal_with(&bundle, &key, &o).context("unsealing")?;
+            extra = extra.max(rss().saturating_sub(sink.rss_before));
+            for f in &files.files {
+                for c in f.data.chunks(cs) {
+                    sink.copy(c).map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            drop(files);
+            all.push(plaintext as f64 / secs / 1e9);
+        }
+        let best = all.iter().copied().fold(0.0, f64::max);
+        let mib = extra as f64 / f64::from(1 << 20);
+        eprintln!(
+            "[xtask]   {:<34} threads={cores:<3} sha256=true  best {best:.2} GB/s  runs {all:.2?}  +{mib:.0} MiB RSS",
+            "whole unseal, then CC bounce model"
+        );
+        staged.push(StagedMeasurement {
+            name: "whole unseal, then CC bounce model".into(),
+            threads: cores,
+            verify_sha256: true,
+            cc_bounce_model: true,
+            best_gb_s: best,
+            runs_gb_s: all,
+            extra_rss_mib: mib,
+        });
+        best
+    };
+    let staging_mib = (staging_slots(cores) * cs) as f64 / f64::from(1 << 20);
+    eprintln!("[xtask]   staging buffers: {} of {} KiB = {staging_mib:.0} MiB", staging_slots(cores), cs >> 10);
+
     let touch1 = touch(1);
     let touchn = touch(cores);
     let one = time("unseal (decrypt only)", 1, false, false)?;
@@ -201,6 +371,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             (format!("file decrypt {cores} threads / (openssl 1 core x {cores})"), file_all / x),
             (format!("file decrypt+sha256 {cores} threads / (openssl 1 core x {cores})"), reader / x),
             (format!("decrypt {cores} threads / first-touch copy {cores} threads"), all / touchn),
+            (format!("staged decrypt {cores} threads / (openssl 1 core x {cores})"), staged_only / x),
+            (format!("staged + CC model {cores} threads / (openssl 1 core x {cores})"), staged_cc / x),
+            ("staged + CC model + sha256 / whole unseal then CC model".to_owned(), staged_cc_sha / whole_then_copy),
         ];
         for (n, r) in &ratios {
             println!("{n:<62} {:>6.1}%", r * 100.0);
@@ -216,6 +389,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         openssl_single_gb_s: ossl1,
         openssl_multi_gb_s: osslm,
         measurements,
+        staged,
+        staging_mib,
         ratios,
         first_touch_copy_gb_s: [touch1, touchn],
     };

@@ -13,7 +13,7 @@
 //! done ([`Staging::host`] waits for that).
 //!
 //! The order of work:
-//! 1. the header is checked against the input as in [`super::unseal`] (length, limit);
+//! 1. the header is checked against the input as in [`super::unseal_file()`] (length, limit);
 //! 2. v2: the manifest's chunks are decrypted on the calling thread; the sink learns where
 //!    each file lies in the plaintext stream ([`StagedSink::begin`]);
 //! 3. workers (one per core by default) each take a free staging buffer, then the next chunk
@@ -29,7 +29,7 @@
 //! index, independent of scheduling: chunks are claimed in order and every claimed chunk is
 //! finished, and delivery continues in order up to the lowest failure.
 //!
-//! Trust: as [`super::unseal`]: the bundle bytes are untrusted, the key came from an attested
+//! Trust: as [`mod@super::unseal`]: the bundle bytes are untrusted, the key came from an attested
 //! key release; the sink is the runtime's own code.
 
 use std::collections::BTreeMap;
@@ -86,8 +86,9 @@ pub trait StagedSink {
     type Slot: Staging;
     /// A new staging buffer of exactly `len` bytes (one chunk).
     fn staging(&mut self, len: usize) -> Result<Self::Slot, SinkError>;
-    /// Called once, before any chunk: the stream's length and where each file lies in it.
-    fn begin(&mut self, stream_len: u64, files: &[StagedFile]) -> Result<(), SinkError>;
+    /// Called once, before any chunk and any [`StagedSink::staging`]: the stream's length, the
+    /// chunk size (every staging buffer's length) and where each file lies in the stream.
+    fn begin(&mut self, stream_len: u64, chunk_size: usize, files: &[StagedFile]) -> Result<(), SinkError>;
     /// Chunk `index` (stream bytes `offset .. offset + len`) is decrypted and authenticated
     /// in the first `len` bytes of `slot`; the rest of the slot is zero, and so are the
     /// stream's bytes that belong to no file (the manifest, padding). Start copying; the
@@ -306,7 +307,7 @@ fn staged<S: StagedSink>(
         }
     }
     let sink_err = |e: SinkError| UnsealError::Sink(e.0);
-    sink.begin(layout.stream_len, &files).map_err(sink_err)?;
+    sink.begin(layout.stream_len, cs, &files).map_err(sink_err)?;
     let data_end = spans.last().map_or(0, |s| s.offset.saturating_add(s.size));
     let mut deliver = Deliver {
         spans: &spans,
@@ -500,7 +501,7 @@ mod tests {
             self.made += 1;
             Ok(Zeroizing::new(vec![0; len]))
         }
-        fn begin(&mut self, stream_len: u64, files: &[StagedFile]) -> Result<(), SinkError> {
+        fn begin(&mut self, stream_len: u64, _: usize, files: &[StagedFile]) -> Result<(), SinkError> {
             self.stream = vec![0xAA; stream_len as usize];
             self.files = files.to_vec();
             Ok(())
