@@ -61,7 +61,7 @@ fn run(pid1: bool, start: f64) -> Result<()> {
     }
     // The GPU image's driver (a no-op in the CPU image); its failure is judged with the GPU
     // evidence below, under the measured `chrysalis.gpu` policy.
-    let gpu = chrysalis_runtime::gpu_boot::bring_up(pid1);
+    let gpu = gpu_boot::bring_up(pid1);
     if pid1 {
         init::mount::configfs()?;
         init::modules::lock()?;

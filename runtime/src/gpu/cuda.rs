@@ -113,11 +113,17 @@ impl Cuda {
         Ok(cuda)
     }
 
-    /// `cuInit(0)` then `cuDeviceGetCount`: how many GPUs CUDA can use. Needs the NVIDIA
-    /// modules loaded and the device nodes created.
+    /// `cuInit(0)` then `cuDeviceGetCount`: how many GPUs CUDA can use (0 when `cuInit`
+    /// answers `CUDA_ERROR_NO_DEVICE`). Needs the NVIDIA modules loaded and the device nodes
+    /// created.
     pub fn device_count(&self) -> Result<u32, CudaError> {
         // SAFETY: cuInit takes a flags word that must be 0.
-        self.check("cuInit", unsafe { (self.fns.init)(0) })?;
+        let init = unsafe { (self.fns.init)(0) };
+        if init == ERROR_NO_DEVICE {
+            // The driver is fine; there is simply no GPU for it.
+            return Ok(0);
+        }
+        self.check("cuInit", init)?;
         let mut n: c_int = 0;
         // SAFETY: cuDeviceGetCount writes one int through a valid pointer.
         self.check("cuDeviceGetCount", unsafe { (self.fns.device_count)(&mut n) })?;
