@@ -74,9 +74,12 @@ impl DeviceMemory for CudaMemory {
     fn reserve(&mut self, len: u64) -> Result<(), SinkError> {
         let (free, total) = self.stream.context().mem_get_info().map_err(driver("reading the GPU's free memory"))?;
         let want = usize::try_from(len).unwrap_or(usize::MAX);
-        if want > free {
+        // The stream and the tensors cut out of it are both on the GPU for a while.
+        if want.saturating_mul(2) > free {
             return Err(SinkError(format!(
-                "the model's {} MiB do not fit the GPU: {} MiB free of {} MiB; nothing was loaded",
+                "the model needs {} MiB of GPU memory while it loads (its {} MiB twice: the decrypted stream and the \
+                 tensors cut out of it), and the GPU has {} MiB free of {} MiB; no weights were decrypted",
+                (len >> 20).saturating_mul(2),
                 len >> 20,
                 free >> 20,
                 total >> 20
