@@ -19,15 +19,17 @@
 //! 3. workers (one per core by default) each take a free staging buffer, then the next chunk
 //!    index, read its ciphertext into the buffer and decrypt it in place. Taking the buffer
 //!    before the index means every claimed chunk has a buffer, so the pool cannot deadlock;
-//! 4. the calling thread takes decrypted chunks in stream order, checks the padding, feeds
-//!    each file's SHA-256, calls [`StagedSink::put`] and returns the buffer to the pool.
+//! 4. decrypted chunks go in stream order to a checking thread (padding, each file's
+//!    SHA-256), then back to the calling thread, which calls [`StagedSink::put`] and returns
+//!    the buffer to the pool: the hash of one chunk overlaps the copy of the one before.
 //!
 //! Streaming has one consequence a whole-bundle unseal does not: chunks before a failing one
 //! have already been handed to the sink when the failure is found (each of them
 //! authenticated, at its authenticated position). The sink must treat everything it was
 //! given as void unless the call returns `Ok`. The error is the one at the lowest chunk
 //! index, independent of scheduling: chunks are claimed in order and every claimed chunk is
-//! finished, and delivery continues in order up to the lowest failure.
+//! finished, and checks and puts continue in order up to the lowest failure. A chunk whose
+//! check fails is not put.
 //!
 //! Trust: as [`mod@super::unseal`]: the bundle bytes are untrusted, the key came from an attested
 //! key release; the sink is the runtime's own code.
@@ -335,21 +337,29 @@ fn staged<S: StagedSink>(
     } else {
         Vec::new()
     };
-    let mut put = |index: u32, slot: &mut Slot<S::Slot>| -> Result<(), UnsealError> {
+    // Two stages in stream order: the checks (padding, each file's SHA-256) on a thread of
+    // their own, then the sink's copy on this one, so the hash of one chunk overlaps the copy
+    // of the one before.
+    let mut check = |index: u32, slot: &mut Slot<S::Slot>| -> Result<(), UnsealError> {
         let (off, len, _) = chunk_place(layout, &spans, v1, index);
         let bytes = slot.0.host().map_err(sink_err)?;
         // v1 chunks at a file's end are short: the sink gets zeros after them.
         if let Some(rest) = bytes.get_mut(len..) {
             rest.zeroize();
         }
-        deliver.check(index, off, bytes.get(..len).unwrap_or_default())?;
+        deliver.check(index, off, bytes.get(..len).unwrap_or_default())
+    };
+    let mut put = |index: u32, slot: &mut Slot<S::Slot>| -> Result<(), UnsealError> {
+        let (off, len, _) = chunk_place(layout, &spans, v1, index);
         sink.put(index, off, len, &mut slot.0).map_err(sink_err)
     };
     if let Some((last, mut slot)) = tail {
+        check(last, &mut slot)?;
         put(last, &mut slot)?;
     }
     if first < count {
-        run(&cipher, layout, &spans, v1, source, first, threads, pool, &mut put)?;
+        let stages = Stages { check: &mut check, put: &mut put };
+        run(&cipher, layout, &spans, v1, source, first, threads, pool, stages)?;
     }
     if verify && deliver.cur < spans.len() {
         // Only reachable if the stream ended before a file did, which the layout excludes.
@@ -359,13 +369,45 @@ fn staged<S: StagedSink>(
     Ok(StagedUnsealed { model_name: manifest.model_name, header_digest: header.digest(), stream_len: layout.stream_len, files })
 }
 
-/// A worker's report: the chunk, whether it decrypted, and its buffer.
-type Done<S> = (u32, Result<(), UnsealError>, Slot<S>);
+/// What the threads tell the calling thread: a worker decrypted a chunk (or failed to), or
+/// the checking thread checked one.
+enum Msg<S: Staging> {
+    Decrypted(u32, Result<(), UnsealError>, Slot<S>),
+    Checked(u32, Result<(), UnsealError>, Slot<S>),
+}
 
-/// Checks and puts one decrypted chunk (the calling thread's part).
-type Put<'p, S> = dyn FnMut(u32, &mut Slot<S>) -> Result<(), UnsealError> + 'p;
+/// One in-order stage's work on chunk `index` in its buffer, on the calling thread.
+type Stage<'a, S> = dyn FnMut(u32, &mut Slot<S>) -> Result<(), UnsealError> + 'a;
 
-/// Decrypt chunks `first..` with `threads` workers and `pool`, putting them in order.
+/// The same, run on a thread of its own.
+type SendStage<'a, S> = dyn FnMut(u32, &mut Slot<S>) -> Result<(), UnsealError> + Send + 'a;
+
+/// The two in-order stages of a decrypted chunk.
+struct Stages<'c, 'p, S: Staging> {
+    /// Padding and SHA-256 (on the checking thread).
+    check: &'c mut SendStage<'c, S>,
+    /// The sink's copy (on the calling thread).
+    put: &'p mut Stage<'p, S>,
+}
+
+/// The lowest failing chunk and its error.
+#[derive(Default)]
+struct Failure(Option<(u32, UnsealError)>);
+
+impl Failure {
+    fn record(&mut self, index: u32, e: UnsealError) {
+        if self.0.as_ref().is_none_or(|(i, _)| index < *i) {
+            self.0 = Some((index, e));
+        }
+    }
+
+    /// Whether chunk `index` comes before every failure so far (and so goes on).
+    fn before(&self, index: u32) -> bool {
+        self.0.as_ref().is_none_or(|(i, _)| index < *i)
+    }
+}
+
+/// Decrypt chunks `first..` with `threads` workers and `pool`; check and put them in order.
 #[allow(clippy::too_many_arguments)]
 fn run<S: Staging>(
     cipher: &ChunkCipher,
@@ -376,8 +418,9 @@ fn run<S: Staging>(
     first: u32,
     threads: usize,
     pool: Vec<Slot<S>>,
-    put: &mut Put<'_, S>,
+    stages: Stages<'_, '_, S>,
 ) -> Result<(), UnsealError> {
+    let Stages { check, put } = stages;
     let count = layout.chunk_count;
     let next = AtomicU32::new(first);
     let abort = AtomicBool::new(false);
@@ -387,15 +430,16 @@ fn run<S: Staging>(
         let _ = free_tx.send(s);
     }
     let free_rx = Mutex::new(free_rx);
-    let (done_tx, done_rx) = mpsc::channel::<Done<S>>();
-    let mut failure: Option<(u32, UnsealError)> = None;
+    let (msg_tx, msg_rx) = mpsc::channel::<Msg<S>>();
+    let (check_tx, check_rx) = mpsc::channel::<(u32, Slot<S>)>();
+    let mut failure = Failure::default();
     let mut panicked = false;
     std::thread::scope(|scope| {
-        let mut workers = Vec::with_capacity(threads);
+        let mut threads_ = Vec::with_capacity(threads.saturating_add(1));
         for _ in 0..threads {
-            let done_tx = done_tx.clone();
+            let msg_tx = msg_tx.clone();
             let (next, abort, free_rx) = (&next, &abort, &free_rx);
-            workers.push(scope.spawn(move || {
+            threads_.push(scope.spawn(move || {
                 loop {
                     // The buffer first, then the index: every claimed chunk has a buffer.
                     let got = match free_rx.lock() {
@@ -420,55 +464,80 @@ fn run<S: Staging>(
                     if result.is_err() {
                         abort.store(true, Ordering::Relaxed);
                     }
-                    if done_tx.send((index, result, slot)).is_err() {
+                    if msg_tx.send(Msg::Decrypted(index, result, slot)).is_err() {
                         break;
                     }
                 }
             }));
         }
-        drop(done_tx);
+        {
+            // The checking thread: chunks arrive in order; it stops at the first failure.
+            let msg_tx = msg_tx.clone();
+            threads_.push(scope.spawn(move || {
+                for (index, mut slot) in check_rx.iter() {
+                    let result = check(index, &mut slot);
+                    let failed = result.is_err();
+                    if msg_tx.send(Msg::Checked(index, result, slot)).is_err() || failed {
+                        break;
+                    }
+                }
+            }));
+        }
+        drop(msg_tx);
         let mut free_tx = Some(free_tx);
+        let mut check_tx = Some(check_tx);
         let mut pending: BTreeMap<u32, Slot<S>> = BTreeMap::new();
-        let mut expect = first;
-        let fail = |failure: &mut Option<(u32, UnsealError)>, index: u32, e: UnsealError| {
-            if failure.as_ref().is_none_or(|(i, _)| index < *i) {
-                *failure = Some((index, e));
-            }
-        };
-        for (index, result, slot) in done_rx.iter() {
-            match result {
-                Ok(()) => {
+        // The next chunk to check and the next to put.
+        let (mut to_check, mut to_put) = (first, first);
+        for msg in msg_rx.iter() {
+            match msg {
+                Msg::Decrypted(index, Ok(()), slot) => {
                     pending.insert(index, slot);
                 }
-                Err(e) => {
-                    fail(&mut failure, index, e);
+                Msg::Decrypted(index, Err(e), _) | Msg::Checked(index, Err(e), _) => {
+                    failure.record(index, e);
+                    abort.store(true, Ordering::Relaxed);
                     // No new chunks: the workers finish the ones they hold and stop.
                     free_tx = None;
                 }
-            }
-            // Deliver in order, up to the lowest failure.
-            while failure.as_ref().is_none_or(|(i, _)| expect < *i) {
-                let Some(mut slot) = pending.remove(&expect) else { break };
-                if let Err(e) = put(expect, &mut slot) {
-                    abort.store(true, Ordering::Relaxed);
-                    fail(&mut failure, expect, e);
-                    free_tx = None;
+                Msg::Checked(index, Ok(()), mut slot) => {
+                    // Checked chunks come back in order: `index == to_put`.
+                    if failure.before(index)
+                        && let Err(e) = put(index, &mut slot)
+                    {
+                        failure.record(index, e);
+                        abort.store(true, Ordering::Relaxed);
+                        free_tx = None;
+                    }
+                    if let Some(tx) = &free_tx {
+                        let _ = tx.send(slot);
+                    }
+                    to_put = index.saturating_add(1);
                 }
-                if let Some(tx) = &free_tx {
-                    let _ = tx.send(slot);
-                }
-                expect = expect.saturating_add(1);
             }
-            if expect >= count {
-                // All delivered: the workers waiting for a buffer stop.
+            // Hand decrypted chunks to the checks in order, up to the lowest failure.
+            while failure.before(to_check) {
+                let Some(slot) = pending.remove(&to_check) else { break };
+                if let Some(tx) = &check_tx {
+                    // A checking thread that stopped has reported why.
+                    let _ = tx.send((to_check, slot));
+                }
+                to_check = to_check.saturating_add(1);
+            }
+            if to_check >= count || !failure.before(to_check) {
+                // Nothing more to check: the checking thread ends once it has the rest.
+                check_tx = None;
+            }
+            if to_put >= count {
+                // All put: the workers waiting for a buffer stop.
                 free_tx = None;
             }
         }
-        for w in workers {
-            panicked |= w.join().is_err();
+        for t in threads_ {
+            panicked |= t.join().is_err();
         }
     });
-    if let Some((_, e)) = failure {
+    if let Some((_, e)) = failure.0 {
         return Err(e);
     }
     if panicked || next.load(Ordering::Relaxed) < count {
@@ -657,6 +726,57 @@ mod tests {
         unseal_staged(&bundle, &key, &off, &mut sink).expect("hashes not checked");
         assert_eq!(sink.file("w.gguf"), Some(&data[..]));
         assert_eq!(sink.file("config.json"), Some(&b"{}"[..]));
+        // A bad chunk after the file whose hash lies: the earlier failure is the one named,
+        // whatever the threads' timing.
+        let mut bad = bundle.clone();
+        let at = header.len() + (2 + TAG_LEN) + (4096 + TAG_LEN) + 7;
+        bad[at] ^= 1;
+        for t in [1, 2, 4] {
+            let e = unseal_staged(&bad, &key, &opts(t), &mut Host::default()).err();
+            assert!(matches!(e, Some(UnsealError::Decrypt { chunk: 2 })), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_lowest_failure_wins_between_a_hash_and_a_later_chunk() {
+        use crate::seal::format::{FORMAT_V1, FileEntry, HeaderV1};
+        let key = DataKey::generate().expect("rng");
+        let data = vec![6u8; 12_000];
+        let header = BundleHeader::V1(HeaderV1 {
+            format_version: FORMAT_V1,
+            model_name: "m".into(),
+            chunk_size: 4096,
+            nonce_prefix: [2; 7],
+            files: vec![
+                // Lies: chunk 0 is the last of this file, so its check fails there.
+                FileEntry { name: "config.json".into(), size: 2, sha256: [1; 32] },
+                FileEntry { name: "w.gguf".into(), size: 12_000, sha256: Sha256::digest(&data).into() },
+            ],
+        })
+        .to_sealed()
+        .expect("valid");
+        let c = ChunkCipher::new(&key, [2; 7], header.digest());
+        let mut bundle = header.raw.clone();
+        let parts: Vec<Vec<u8>> = std::iter::once(b"{}".to_vec()).chain(data.chunks(4096).map(<[u8]>::to_vec)).collect();
+        for (i, mut p) in parts.into_iter().enumerate() {
+            let tag = c.seal(i as u32, i == 3, &mut p).expect("seals");
+            bundle.extend_from_slice(&p);
+            bundle.extend_from_slice(&tag);
+        }
+        // Chunk 3 altered too: the hash at chunk 0 is reported.
+        let last = bundle.len() - 20;
+        bundle[last] ^= 1;
+        for t in [1, 2, 4] {
+            for _ in 0..10 {
+                let mut sink = Host::default();
+                let e = unseal_staged(&bundle, &key, &opts(t), &mut sink).err();
+                assert!(
+                    matches!(e, Some(UnsealError::HashMismatch { ref file }) if file == "config.json"),
+                    "{e:?} ({t} threads)"
+                );
+                assert!(sink.order.is_empty(), "the chunk whose hash failed is not put: {:?}", sink.order);
+            }
+        }
     }
 
     #[test]
