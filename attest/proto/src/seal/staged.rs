@@ -687,34 +687,42 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_lying_file_hash_is_caught_and_the_sink_never_finishes() {
-        // A key holder can write a v1 header whose hashes lie: the AEAD accepts every chunk,
-        // the per-file SHA-256 does not.
+    /// A v1 bundle of `config.json` (`{}`) and `w.gguf` (`data`), written as a key holder
+    /// may write one: with the file hashes given, true or not. Returns it and its header's
+    /// length.
+    fn v1_bundle(key: &DataKey, config_sha: [u8; 32], data: &[u8], data_sha: [u8; 32]) -> (Vec<u8>, usize) {
         use crate::seal::format::{FORMAT_V1, FileEntry, HeaderV1};
-        let key = DataKey::generate().expect("rng");
-        let data = vec![5u8; 10_000];
-        let real: [u8; 32] = Sha256::digest(b"{}").into();
         let header = BundleHeader::V1(HeaderV1 {
             format_version: FORMAT_V1,
             model_name: "m".into(),
             chunk_size: 4096,
             nonce_prefix: [1; 7],
             files: vec![
-                FileEntry { name: "config.json".into(), size: 2, sha256: real },
-                FileEntry { name: "w.gguf".into(), size: 10_000, sha256: [0; 32] },
+                FileEntry { name: "config.json".into(), size: 2, sha256: config_sha },
+                FileEntry { name: "w.gguf".into(), size: data.len() as u64, sha256: data_sha },
             ],
         })
         .to_sealed()
         .expect("valid");
-        let c = ChunkCipher::new(&key, [1; 7], header.digest());
+        let c = ChunkCipher::new(key, [1; 7], header.digest());
         let mut bundle = header.raw.clone();
         let parts: Vec<Vec<u8>> = std::iter::once(b"{}".to_vec()).chain(data.chunks(4096).map(<[u8]>::to_vec)).collect();
+        let last = parts.len() - 1;
         for (i, mut p) in parts.into_iter().enumerate() {
-            let tag = c.seal(i as u32, i == 3, &mut p).expect("seals");
+            let tag = c.seal(i as u32, i == last, &mut p).expect("seals");
             bundle.extend_from_slice(&p);
             bundle.extend_from_slice(&tag);
         }
+        (bundle, header.len())
+    }
+
+    #[test]
+    fn a_lying_file_hash_is_caught_and_the_sink_never_finishes() {
+        // A key holder can write a v1 header whose hashes lie: the AEAD accepts every chunk,
+        // the per-file SHA-256 does not.
+        let key = DataKey::generate().expect("rng");
+        let data = vec![5u8; 10_000];
+        let (bundle, header_len) = v1_bundle(&key, Sha256::digest(b"{}").into(), &data, [0; 32]);
         for t in [1, 3] {
             let mut sink = Host::default();
             let e = unseal_staged(&bundle, &key, &opts(t), &mut sink).err();
@@ -729,7 +737,7 @@ mod tests {
         // A bad chunk after the file whose hash lies: the earlier failure is the one named,
         // whatever the threads' timing.
         let mut bad = bundle.clone();
-        let at = header.len() + (2 + TAG_LEN) + (4096 + TAG_LEN) + 7;
+        let at = header_len + (2 + TAG_LEN) + (4096 + TAG_LEN) + 7;
         bad[at] ^= 1;
         for t in [1, 2, 4] {
             let e = unseal_staged(&bad, &key, &opts(t), &mut Host::default()).err();
@@ -739,30 +747,10 @@ mod tests {
 
     #[test]
     fn the_lowest_failure_wins_between_a_hash_and_a_later_chunk() {
-        use crate::seal::format::{FORMAT_V1, FileEntry, HeaderV1};
         let key = DataKey::generate().expect("rng");
         let data = vec![6u8; 12_000];
-        let header = BundleHeader::V1(HeaderV1 {
-            format_version: FORMAT_V1,
-            model_name: "m".into(),
-            chunk_size: 4096,
-            nonce_prefix: [2; 7],
-            files: vec![
-                // Lies: chunk 0 is the last of this file, so its check fails there.
-                FileEntry { name: "config.json".into(), size: 2, sha256: [1; 32] },
-                FileEntry { name: "w.gguf".into(), size: 12_000, sha256: Sha256::digest(&data).into() },
-            ],
-        })
-        .to_sealed()
-        .expect("valid");
-        let c = ChunkCipher::new(&key, [2; 7], header.digest());
-        let mut bundle = header.raw.clone();
-        let parts: Vec<Vec<u8>> = std::iter::once(b"{}".to_vec()).chain(data.chunks(4096).map(<[u8]>::to_vec)).collect();
-        for (i, mut p) in parts.into_iter().enumerate() {
-            let tag = c.seal(i as u32, i == 3, &mut p).expect("seals");
-            bundle.extend_from_slice(&p);
-            bundle.extend_from_slice(&tag);
-        }
+        // Lies about config.json: chunk 0 is the last of that file, so its check fails there.
+        let (mut bundle, _) = v1_bundle(&key, [1; 32], &data, Sha256::digest(&data).into());
         // Chunk 3 altered too: the hash at chunk 0 is reported.
         let last = bundle.len() - 20;
         bundle[last] ^= 1;
